@@ -1,0 +1,1 @@
+"""mirante's training side: events, the run store, and (with torch) models and the training loop."""

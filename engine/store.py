@@ -1,0 +1,838 @@
+"""The run store: one SQLite file per run, written by one thread, read by any number of processes.
+
+Layout. `Step` events, the bulk of a run, are kept column-wise: a chunk of up to
+`CHUNK_ROWS` consecutive steps is one row of `step_chunks` (seq, step and wall-time
+columns) plus one row of `series_chunks` per scalar name (its values), each column
+byte-shuffled and zlib-compressed. Reading a million-step loss curve is then a thousand
+blob reads and a few numpy calls. Every other event is one row of `events`, its payload
+encoded by `engine.events`. Every row carries a CRC32, so damage inside a value is reported
+rather than drawn.
+
+Writing. `RunWriter.write` appends to an in-memory queue and returns; a writer thread
+commits in batches (every `flush_interval` seconds or `flush_events` events, whichever comes
+first) in WAL mode with `synchronous=NORMAL`. The chunk being filled is rewritten whole at
+each commit until it is full, so chunks stay large however slowly events arrive. The writer
+holds an exclusive `flock` on the file for its lifetime: the kernel drops it when the process
+dies, however it dies, which is how readers tell a running run from a crashed one.
+
+Reading. `RunReader` opens the file read-only and reads in short transactions, each a
+consistent snapshot, so it can follow a run while another process writes it. Any problem
+with the file (missing, empty, not a run store, newer schema, truncated, corrupted) is a
+`StoreError` whose message names the file and the problem in one line.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import sqlite3
+import struct
+import threading
+import time
+import zlib
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, TypeVar
+from urllib.parse import quote
+
+import numpy as np
+
+from engine import events as ev
+
+try:
+    import fcntl
+except ImportError:  # Windows: liveness falls back to the writer's heartbeat
+    fcntl = None  # type: ignore[assignment]
+
+SUFFIX = ".mirante"
+APPLICATION_ID = 0x4D495241  # "MIRA": marks a SQLite file as a mirante run store
+CHUNK_ROWS = 1024  # steps per column chunk
+HEARTBEAT_INTERVAL = 5.0  # seconds between heartbeats of an idle writer
+HEARTBEAT_STALE = 60.0  # without flock, a writer silent this long is taken for dead
+RUN_STATES = ("running", "finished", "failed", "interrupted", "crashed")
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE names (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    wall_time REAL NOT NULL,
+    body BLOB NOT NULL,
+    crc INTEGER NOT NULL
+);
+CREATE INDEX events_by_kind ON events (kind, step);
+CREATE TABLE step_chunks (
+    first_seq INTEGER PRIMARY KEY,
+    last_seq INTEGER NOT NULL,
+    first_step INTEGER NOT NULL,
+    last_step INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    seqs BLOB NOT NULL,
+    steps BLOB NOT NULL,
+    walls BLOB NOT NULL,
+    crc INTEGER NOT NULL
+);
+CREATE INDEX step_chunks_by_last ON step_chunks (last_seq);
+CREATE TABLE series_chunks (
+    name_id INTEGER NOT NULL,
+    first_seq INTEGER NOT NULL,
+    rows BLOB,              -- positions in the step chunk that have this scalar, NULL for all
+    vals BLOB NOT NULL,
+    crc INTEGER NOT NULL,
+    PRIMARY KEY (name_id, first_seq)
+);
+"""
+
+
+class StoreError(Exception):
+    """A run store that cannot be read or written; the message names the file and the problem."""
+
+
+# --- column codecs --------------------------------------------------------------------
+#
+# Byte-shuffling puts the i-th byte of every value together, so zlib finds the runs in
+# exponents and high bytes; int columns are delta-encoded first (steps and seqs then
+# compress to almost nothing).
+
+
+def _pack_f64(values: np.ndarray) -> bytes:
+    a = np.ascontiguousarray(values, dtype="<f8")
+    return zlib.compress(a.view(np.uint8).reshape(-1, 8).T.tobytes(), 1)
+
+
+def _unpack_f64(blob: bytes, n: int) -> np.ndarray:
+    raw = np.frombuffer(zlib.decompress(blob), dtype=np.uint8)
+    if raw.size != 8 * n:
+        raise StoreError(f"column holds {raw.size // 8} values, expected {n}")
+    return raw.reshape(8, n).T.copy().view("<f8").ravel()
+
+
+def _pack_i64(values: np.ndarray) -> bytes:
+    a = np.asarray(values, dtype="<i8")
+    return _pack_f64(np.diff(a, prepend=0).view("<f8"))
+
+
+def _unpack_i64(blob: bytes, n: int) -> np.ndarray:
+    return np.cumsum(_unpack_f64(blob, n).view("<i8"))
+
+
+def _crc(*parts: bytes | None, ints: tuple[int, ...] = ()) -> int:
+    crc = zlib.crc32(struct.pack(f"<{len(ints)}q", *ints))
+    for part in parts:
+        crc = zlib.crc32(part or b"\x00", crc)
+    return crc
+
+
+def _event_crc(seq: int, step: int, wall_time: float, kind: str, body: bytes) -> int:
+    return zlib.crc32(body, zlib.crc32(struct.pack("<qqd", seq, step, wall_time) + kind.encode()))
+
+
+# --- writing ---------------------------------------------------------------------------
+
+
+class _OpenChunk:
+    """The column chunk being filled: Step events not yet sealed into a full chunk."""
+
+    def __init__(self) -> None:
+        self.seqs: list[int] = []
+        self.steps: list[int] = []
+        self.walls: list[float] = []
+        self.columns: dict[str, tuple[list[int], list[float]]] = {}
+        self.dirty = False
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def add(self, event: ev.Step) -> None:
+        row = len(self.seqs)
+        self.seqs.append(event.seq)
+        self.steps.append(event.step)
+        self.walls.append(event.wall_time)
+        for name, value in event.scalars.items():
+            rows, vals = self.columns.setdefault(name, ([], []))
+            rows.append(row)
+            vals.append(value)
+        self.dirty = True
+
+    def store(self, db: sqlite3.Connection, name_id: Callable[[str], int]) -> None:
+        n = len(self.seqs)
+        first, last = self.seqs[0], self.seqs[-1]
+        seqs = _pack_i64(np.array(self.seqs, dtype=np.int64))
+        steps = _pack_i64(np.array(self.steps, dtype=np.int64))
+        walls = _pack_f64(np.array(self.walls, dtype=np.float64))
+        crc = _crc(seqs, steps, walls, ints=(first, last, self.steps[0], self.steps[-1], n))
+        db.execute(
+            "INSERT OR REPLACE INTO step_chunks VALUES (?,?,?,?,?,?,?,?,?)",
+            (first, last, self.steps[0], self.steps[-1], n, seqs, steps, walls, crc),
+        )
+        for name, (rows, vals) in self.columns.items():
+            nid = name_id(name)
+            row_blob = None if len(rows) == n else _pack_i64(np.array(rows, dtype=np.int64))
+            val_blob = _pack_f64(np.array(vals, dtype=np.float64))
+            db.execute(
+                "INSERT OR REPLACE INTO series_chunks VALUES (?,?,?,?,?)",
+                (nid, first, row_blob, val_blob, _crc(row_blob, val_blob, ints=(nid, first, len(rows)))),
+            )
+        self.dirty = False
+
+
+class RunWriter:
+    """Writes one run's events to its store from a background thread; `write` never blocks.
+
+    Events must arrive with consecutive `seq` (see `engine.events.Sequencer`); a new store
+    starts at seq 1, an appended one at `last_seq + 1`.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        append: bool = False,
+        flush_interval: float = 0.25,
+        flush_events: int = 1000,
+    ) -> None:
+        self.path = Path(path)
+        self.flush_interval = flush_interval
+        self.flush_events = flush_events
+        self._queue: deque[ev.Event] = deque()
+        self._wake = threading.Event()
+        self._closing = False
+        self._error: BaseException | None = None
+        self._names: dict[str, int] = {}
+        self._chunk = _OpenChunk()
+        self._last_heartbeat = 0.0
+        self._lock_file = None
+        self.committed_seq = 0  # highest seq durably committed; readers can see up to it
+
+        exists = self.path.exists()
+        if exists and not append:
+            raise StoreError(f"{self.path}: already exists (resume it, or choose another name)")
+        if not exists and append:
+            raise StoreError(f"{self.path}: no such run store to append to")
+        if exists:
+            RunReader(self.path).close()  # validates: a clear error for what is not a run store
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            if exists:
+                self._resume()
+            else:
+                self._create()
+        except sqlite3.Error as exc:
+            self._unlock()
+            raise StoreError(f"{self.path}: cannot write run store: {exc}") from None
+        self.last_seq = self.committed_seq  # highest seq accepted by write()
+        self._thread = threading.Thread(target=self._run, name=f"mirante-writer:{self.path.name}", daemon=True)
+        self._thread.start()
+
+    # -- caller side
+
+    def write(self, event: ev.Event) -> None:
+        """Queue `event` for the store. Returns at once."""
+        if self._error is not None:
+            raise StoreError(f"{self.path}: writer failed: {self._error}")
+        if self._closing:
+            raise StoreError(f"{self.path}: writer is closed")
+        if event.seq != self.last_seq + 1:
+            raise ValueError(f"event seq {event.seq} does not follow {self.last_seq}")
+        self.last_seq = event.seq
+        self._queue.append(event)
+        if len(self._queue) == self.flush_events:
+            self._wake.set()
+
+    def write_many(self, batch: list[ev.Event]) -> None:
+        for event in batch:
+            self.write(event)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Block until everything written so far is committed."""
+        target = self.last_seq
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._wake.set()
+        while self.committed_seq < target and self._error is None and self._thread.is_alive():
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"{self.path}: flush timed out")
+            time.sleep(0.002)
+            self._wake.set()
+        if self._error is not None:
+            raise StoreError(f"{self.path}: writer failed: {self._error}")
+
+    def close(self) -> None:
+        """Commit everything queued, stop the thread, release the file."""
+        if self._closing:
+            return
+        self._closing = True
+        self._wake.set()
+        self._thread.join()
+        try:
+            # A finished run becomes one plain file: leaving WAL mode checkpoints the log into
+            # it, and read-only readers then create no -wal/-shm files beside it. If a reader
+            # is still attached the switch is refused; the file stays in WAL mode, intact.
+            try:
+                self._db.execute("PRAGMA journal_mode=DELETE")
+            except sqlite3.OperationalError:
+                pass
+            self._db.close()
+        finally:
+            self._unlock()
+        if self._error is not None:
+            raise StoreError(f"{self.path}: writer failed: {self._error}")
+
+    def __enter__(self) -> RunWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writer thread
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            batch = [self._queue.popleft() for _ in range(len(self._queue))]
+            try:
+                if batch or time.monotonic() - self._last_heartbeat > HEARTBEAT_INTERVAL:
+                    self._commit(batch)
+            except BaseException as exc:  # kept for the caller: write() and close() raise it
+                self._error = exc
+                return
+            if self._closing and not self._queue:
+                return
+
+    def _commit(self, batch: list[ev.Event]) -> None:
+        rows = []
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            for event in batch:
+                if type(event) is ev.Step:
+                    self._chunk.add(event)
+                    if len(self._chunk) == CHUNK_ROWS:
+                        self._chunk.store(db, self._name_id)
+                        self._chunk = _OpenChunk()
+                else:
+                    body = ev.encode_payload(event)
+                    crc = _event_crc(event.seq, event.step, event.wall_time, event.kind, body)
+                    rows.append((event.seq, event.kind, event.step, event.wall_time, body, crc))
+            if rows:
+                db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?)", rows)
+            if self._chunk.dirty:
+                self._chunk.store(db, self._name_id)
+            now = time.monotonic()
+            if now - self._last_heartbeat > HEARTBEAT_INTERVAL:
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('heartbeat', ?)", (repr(time.time()),))
+                self._last_heartbeat = now
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        if batch:
+            self.committed_seq = batch[-1].seq
+
+    def _name_id(self, name: str) -> int:
+        nid = self._names.get(name)
+        if nid is None:
+            nid = self._db.execute("INSERT INTO names (name) VALUES (?)", (name,)).lastrowid
+            self._names[name] = nid
+        return nid
+
+    # -- setup
+
+    def _create(self) -> None:
+        db = self._db
+        db.execute("BEGIN")
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        meta = {
+            "created": repr(time.time()),
+            "writer_host": socket.gethostname(),
+            "writer_pid": str(os.getpid()),
+            "heartbeat": repr(time.time()),
+        }
+        db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+        db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+        db.execute(f"PRAGMA user_version={ev.SCHEMA_VERSION}")
+        db.execute("COMMIT")
+
+    def _resume(self) -> None:
+        db = self._db
+        self._names = dict(db.execute("SELECT name, id FROM names").fetchall())
+        last_event = db.execute("SELECT max(seq) FROM events").fetchone()[0] or 0
+        last_chunk = db.execute("SELECT max(last_seq) FROM step_chunks").fetchone()[0] or 0
+        self.committed_seq = max(last_event, last_chunk)
+        # the last chunk may be partly filled: keep filling it, as if never closed
+        row = db.execute("SELECT first_seq FROM step_chunks ORDER BY first_seq DESC LIMIT 1").fetchone()
+        if row is not None:
+            reader = RunReader(self.path)
+            try:
+                chunk = reader._read_step_chunk(row[0])
+            finally:
+                reader.close()
+            if len(chunk) < CHUNK_ROWS:
+                for event in chunk:
+                    self._chunk.add(event)
+                self._chunk.dirty = False
+        db.execute(
+            "INSERT OR REPLACE INTO meta VALUES ('writer_pid', ?), ('writer_host', ?)",
+            (str(os.getpid()), socket.gethostname()),
+        )
+
+    def _lock(self) -> None:
+        if fcntl is None:
+            return
+        self._lock_file = open(self.path, "ab")  # noqa: SIM115 - held open for the writer's lifetime
+        try:
+            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            self._lock_file = None
+            raise StoreError(f"{self.path}: another process is writing this run") from None
+
+    def _unlock(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()  # closing the file releases the flock
+            self._lock_file = None
+
+
+# --- reading ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Series:
+    """A scalar series cut into buckets of consecutive steps, keeping each bucket's extremes.
+
+    One bucket per screen column: min and max keep a single spike visible, `last` is the
+    value a tooltip or a "now" label shows. min/max ignore NaN; `nan` counts them so a
+    chart can mark the bucket.
+    """
+
+    name: str
+    step: np.ndarray  # last step in the bucket
+    min: np.ndarray
+    max: np.ndarray
+    last: np.ndarray
+    count: np.ndarray  # points in the bucket
+    nan: np.ndarray  # NaN points in the bucket
+
+    def __len__(self) -> int:
+        return len(self.step)
+
+
+def downsample(name: str, steps: np.ndarray, values: np.ndarray, points: int) -> Series:
+    """Cut (steps, values) into at most `points` buckets of equal step width."""
+    steps = np.asarray(steps, dtype=np.int64)
+    values = np.asarray(values, dtype=np.float64)
+    if len(steps) and np.any(np.diff(steps) < 0):
+        order = np.argsort(steps, kind="stable")
+        steps, values = steps[order], values[order]
+    isnan = np.isnan(values)
+    if len(steps) <= points:
+        return Series(name, steps, values, values, values, np.ones(len(steps), np.int64), isnan.astype(np.int64))
+    lo, hi = int(steps[0]), int(steps[-1])
+    bucket = (steps - lo) * points // (hi - lo + 1)
+    starts = np.flatnonzero(np.diff(bucket, prepend=-1))
+    ends = np.append(starts[1:], len(steps))
+    return Series(
+        name,
+        step=steps[ends - 1],
+        min=np.fmin.reduceat(values, starts),
+        max=np.fmax.reduceat(values, starts),
+        last=values[ends - 1],
+        count=ends - starts,
+        nan=np.add.reduceat(isnan.astype(np.int64), starts),
+    )
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One line of `mirante ls`."""
+
+    path: Path
+    name: str
+    model: str
+    dataset: str
+    status: str
+    steps: int
+    best_val_acc: float | None
+    started: float | None  # wall time of the first event
+    duration: float | None  # seconds from the first event to the last
+
+
+T = TypeVar("T")
+
+
+def _guarded(method: Callable[..., T]) -> Callable[..., T]:
+    """Turn any failure to read the file into a one-line StoreError naming it."""
+
+    @functools.wraps(method)
+    def wrapper(self: RunReader, *args: Any, **kwargs: Any) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except StoreError as exc:
+            msg = str(exc)
+            raise StoreError(msg if msg.startswith(str(self.path)) else f"{self.path}: {msg}") from None
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: corrupted or unreadable run store ({exc})") from None
+        except (zlib.error, ev.EventDecodeError, ValueError, TypeError, KeyError, IndexError, struct.error) as exc:
+            raise StoreError(f"{self.path}: corrupted run store ({exc})") from None
+
+    return wrapper
+
+
+class RunReader:
+    """Reads a run store, finished or being written; never writes to it.
+
+    Each call reads one consistent snapshot in a short transaction. One reader is meant for
+    one thread at a time.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise StoreError(f"{self.path}: no such file")
+        if self.path.is_dir():
+            raise StoreError(f"{self.path}: is a directory, not a run store")
+        if self.path.stat().st_size == 0:
+            raise StoreError(f"{self.path}: empty file, not a run store")
+        try:
+            uri = f"file:{quote(str(self.path.resolve()))}?mode=ro"
+            self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot open ({exc})") from None
+        self._names: dict[int, str] = {}
+        try:
+            self._check()
+        except BaseException:
+            self._db.close()
+            raise
+
+    @_guarded
+    def _check(self) -> None:
+        try:
+            app_id = self._db.execute("PRAGMA application_id").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            if "not a database" in str(exc):
+                raise StoreError("not a mirante run store (not an SQLite database)") from None
+            raise
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if app_id != APPLICATION_ID:
+            raise StoreError("not a mirante run store")
+        if version > ev.SCHEMA_VERSION:
+            raise StoreError(
+                f"written by a newer mirante (store schema {version}; this version reads up to "
+                f"{ev.SCHEMA_VERSION}): upgrade mirante"
+            )
+        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        missing = {"meta", "names", "events", "step_chunks", "series_chunks"} - tables
+        if missing:
+            raise StoreError(f"damaged run store: tables {sorted(missing)} are missing")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> RunReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _snapshot(self) -> _Snapshot:
+        return _Snapshot(self._db)
+
+    # -- metadata
+
+    @_guarded
+    def meta(self) -> dict[str, str]:
+        return dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+
+    @_guarded
+    def started(self) -> ev.RunStarted | None:
+        """The run's (last) RunStarted event."""
+        return self._last_of("RunStarted")  # type: ignore[return-value]
+
+    @_guarded
+    def ended(self) -> ev.RunEnded | None:
+        """The RunEnded that closes the last RunStarted, if any."""
+        with self._snapshot():
+            start = self._db.execute("SELECT max(seq) FROM events WHERE kind='RunStarted'").fetchone()[0] or 0
+            row = self._db.execute(
+                "SELECT * FROM events WHERE kind='RunEnded' AND seq > ? ORDER BY seq DESC LIMIT 1", (start,)
+            ).fetchone()
+        return self._decode_row(row) if row else None  # type: ignore[return-value]
+
+    def writer_alive(self) -> bool:
+        """Whether a process is writing this run now."""
+        if fcntl is not None:
+            with open(self.path, "rb") as f:
+                try:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return True
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+                return False
+        heartbeat = float(self.meta().get("heartbeat", 0))
+        return time.time() - heartbeat < HEARTBEAT_STALE
+
+    @_guarded
+    def status(self) -> str:
+        """running, finished, failed, interrupted, or crashed (no RunEnded and no writer)."""
+        end = self.ended()
+        if end is not None:
+            return end.status if end.status in ev.RUN_STATUSES else "failed"
+        return "running" if self.writer_alive() else "crashed"
+
+    @_guarded
+    def last_seq(self) -> int:
+        with self._snapshot():
+            a = self._db.execute("SELECT max(seq) FROM events").fetchone()[0] or 0
+            b = self._db.execute("SELECT max(last_seq) FROM step_chunks").fetchone()[0] or 0
+        return max(a, b)
+
+    @_guarded
+    def summary(self) -> RunSummary:
+        start = self.started()
+        with self._snapshot():
+            q = self._db.execute
+            steps_ev = q("SELECT max(step), min(wall_time), max(wall_time) FROM events").fetchone()
+            last_chunk = q("SELECT last_step, walls, n FROM step_chunks ORDER BY first_seq DESC LIMIT 1").fetchone()
+            first_chunk = q("SELECT walls, n FROM step_chunks ORDER BY first_seq LIMIT 1").fetchone()
+            epochs = [self._decode_row(r) for r in q("SELECT * FROM events WHERE kind='Epoch'")]
+        last_step = steps_ev[0] if steps_ev[0] is not None else 0
+        walls = [w for w in steps_ev[1:] if w is not None]
+        if last_chunk:
+            last_step = max(last_step, last_chunk[0])
+            walls.append(float(_unpack_f64(last_chunk[1], last_chunk[2])[-1]))
+            walls.append(float(_unpack_f64(first_chunk[0], first_chunk[1])[0]))
+        accs = [e.val_acc for e in epochs if e is not None and e.val_acc is not None]
+        return RunSummary(
+            path=self.path,
+            name=start.name if start else self.path.stem,
+            model=start.model if start else "?",
+            dataset=start.dataset if start else "?",
+            status=self.status(),
+            steps=int(last_step),
+            best_val_acc=max(accs) if accs else None,
+            started=min(walls) if walls else None,
+            duration=max(walls) - min(walls) if walls else None,
+        )
+
+    # -- scalars
+
+    @_guarded
+    def scalar_names(self) -> list[str]:
+        """Names of the Step scalars, in the order they first appeared."""
+        return [r[0] for r in self._db.execute("SELECT name FROM names ORDER BY id")]
+
+    @_guarded
+    def scalars(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Every (step, value) of one Step scalar, as two arrays."""
+        row = self._db.execute("SELECT id FROM names WHERE name=?", (name,)).fetchone()
+        if row is None:
+            return np.empty(0, np.int64), np.empty(0, np.float64)
+        steps, values = [], []
+        with self._snapshot():
+            cursor = self._db.execute(
+                "SELECT c.first_seq, c.last_seq, c.first_step, c.last_step, c.n, c.seqs, c.steps, c.walls, c.crc,"
+                " s.rows, s.vals, s.crc FROM series_chunks s JOIN step_chunks c ON c.first_seq = s.first_seq"
+                " WHERE s.name_id = ? ORDER BY s.first_seq",
+                (row[0],),
+            )
+            for first, last, s0, s1, n, seqs, steps_blob, walls, crc, rows, vals, vcrc in cursor:
+                if crc != _crc(seqs, steps_blob, walls, ints=(first, last, s0, s1, n)):
+                    raise StoreError(f"checksum mismatch in step chunk {first}")
+                chunk_steps = _unpack_i64(steps_blob, n)
+                if rows is None:
+                    m = n
+                    values.append(_unpack_f64(vals, n))
+                else:
+                    m = len(zlib.decompress(rows)) // 8
+                    idx = _unpack_i64(rows, m)
+                    if len(idx) and (idx.min() < 0 or idx.max() >= n):
+                        raise StoreError(f"row index out of range in chunk {first}")
+                    chunk_steps = chunk_steps[idx]
+                    values.append(_unpack_f64(vals, m))
+                if vcrc != _crc(rows, vals, ints=(row[0], first, m)):
+                    raise StoreError(f"checksum mismatch in series chunk {first} of {name!r}")
+                steps.append(chunk_steps)
+        if not steps:
+            return np.empty(0, np.int64), np.empty(0, np.float64)
+        return np.concatenate(steps), np.concatenate(values)
+
+    def series(self, name: str, points: int = 500) -> Series:
+        """A Step scalar downsampled to at most `points` buckets (min, max and last of each)."""
+        steps, values = self.scalars(name)
+        return downsample(name, steps, values, points)
+
+    @_guarded
+    def epochs(self) -> list[ev.Epoch]:
+        return self.events_of("Epoch")  # type: ignore[return-value]
+
+    # -- other events
+
+    @_guarded
+    def events_of(self, kind: str, limit: int | None = None) -> list[ev.Event]:
+        """All events of one kind (not Step), in order; the last `limit` if given."""
+        if limit is None:
+            rows = self._db.execute("SELECT * FROM events WHERE kind=? ORDER BY seq", (kind,)).fetchall()
+        else:
+            rows = self._db.execute(
+                "SELECT * FROM events WHERE kind=? ORDER BY seq DESC LIMIT ?", (kind, limit)
+            ).fetchall()[::-1]
+        return [e for e in map(self._decode_row, rows) if e is not None]
+
+    @_guarded
+    def event(self, seq: int) -> ev.Event | None:
+        """The event with this seq (Step events included)."""
+        row = self._db.execute("SELECT * FROM events WHERE seq=?", (seq,)).fetchone()
+        if row is not None:
+            return self._decode_row(row)
+        found = self.follow(seq - 1, limit=1)
+        return found[0] if found and found[0].seq == seq else None
+
+    @_guarded
+    def vectors(self, field: str = "grad_norm", points: int = 200) -> tuple[np.ndarray, np.ndarray]:
+        """One LayerStats field over time: (steps, matrix [time, layer]), at most `points` rows.
+
+        The rows are evenly spaced over the run, the last one always included.
+        """
+        if field not in ("grad_norm", "weight_norm", "update_ratio"):
+            raise ValueError(f"unknown LayerStats field {field!r}")
+        with self._snapshot():
+            seqs = [r[0] for r in self._db.execute("SELECT seq FROM events WHERE kind='LayerStats' ORDER BY step")]
+            if len(seqs) > points:
+                picks = np.unique(np.linspace(0, len(seqs) - 1, points).round().astype(int))
+                seqs = [seqs[i] for i in picks]
+            rows = []
+            for i in range(0, len(seqs), 500):
+                part = seqs[i : i + 500]
+                marks = ",".join("?" * len(part))
+                rows += self._db.execute(f"SELECT * FROM events WHERE seq IN ({marks}) ORDER BY seq", part).fetchall()
+        stats = [self._decode_row(r) for r in rows]
+        if not stats:
+            return np.empty(0, np.int64), np.empty((0, 0), np.float32)
+        width = max(len(getattr(s, field)) for s in stats)
+        matrix = np.full((len(stats), width), np.nan, np.float32)
+        for i, s in enumerate(stats):
+            v = np.frombuffer(getattr(s, field), dtype=np.float32)
+            matrix[i, : len(v)] = v
+        return np.array([s.step for s in stats], np.int64), matrix
+
+    @_guarded
+    def follow(self, after_seq: int = 0, limit: int | None = 10_000) -> list[ev.Event]:
+        """Events with seq > `after_seq`, in seq order, at most `limit` of them.
+
+        Call again with the last seq returned to follow a run being written: the result is a
+        consistent snapshot, so nothing is skipped or repeated. Unknown kinds are skipped.
+        """
+        cap = limit if limit is not None else -1
+        with self._snapshot():
+            rows = self._db.execute(
+                "SELECT * FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, cap)
+            ).fetchall()
+            steps: list[ev.Step] = []
+            cursor = self._db.execute(
+                "SELECT first_seq FROM step_chunks WHERE last_seq > ? ORDER BY first_seq", (after_seq,)
+            )
+            for (first,) in cursor.fetchall():
+                steps += [s for s in self._read_step_chunk(first) if s.seq > after_seq]
+                if limit is not None and len(steps) >= limit:
+                    break
+        merged = [e for e in map(self._decode_row, rows) if e is not None]
+        merged += steps
+        merged.sort(key=lambda e: e.seq)
+        return merged if limit is None else merged[:limit]
+
+    def iter_events(self, batch: int = 10_000) -> Iterator[ev.Event]:
+        """Every event of the run, in order, read in batches."""
+        after = 0
+        while True:
+            page = self.follow(after, limit=batch)
+            if not page:
+                return
+            yield from page
+            after = page[-1].seq
+
+    # -- internals
+
+    def _last_of(self, kind: str) -> ev.Event | None:
+        row = self._db.execute("SELECT * FROM events WHERE kind=? ORDER BY seq DESC LIMIT 1", (kind,)).fetchone()
+        return self._decode_row(row) if row else None
+
+    def _decode_row(self, row: tuple) -> ev.Event | None:
+        seq, kind, step, wall_time, body, crc = row
+        if crc != _event_crc(seq, step, wall_time, kind, body):
+            raise StoreError(f"checksum mismatch in event {seq}")
+        return ev.decode_payload(kind, seq, step, wall_time, body)
+
+    def _name(self, nid: int) -> str:
+        name = self._names.get(nid)
+        if name is None:
+            self._names = dict(self._db.execute("SELECT id, name FROM names").fetchall())
+            name = self._names.get(nid)
+            if name is None:
+                raise StoreError(f"scalar name id {nid} is not in the names table")
+        return name
+
+    def _read_step_chunk(self, first_seq: int) -> list[ev.Step]:
+        """The Step events of one column chunk, rebuilt."""
+        row = self._db.execute("SELECT * FROM step_chunks WHERE first_seq=?", (first_seq,)).fetchone()
+        if row is None:
+            raise StoreError(f"step chunk {first_seq} is missing")
+        first, last, s0, s1, n, seqs_blob, steps_blob, walls_blob, crc = row
+        if crc != _crc(seqs_blob, steps_blob, walls_blob, ints=(first, last, s0, s1, n)):
+            raise StoreError(f"checksum mismatch in step chunk {first}")
+        seqs = _unpack_i64(seqs_blob, n).tolist()
+        steps = _unpack_i64(steps_blob, n).tolist()
+        walls = _unpack_f64(walls_blob, n).tolist()
+        scalars: list[dict[str, float]] = [{} for _ in range(n)]
+        for nid, rows_blob, vals_blob, vcrc in self._db.execute(
+            "SELECT name_id, rows, vals, crc FROM series_chunks WHERE first_seq=? ORDER BY rowid", (first,)
+        ):
+            name = self._name(nid)
+            m = n if rows_blob is None else len(zlib.decompress(rows_blob)) // 8
+            if vcrc != _crc(rows_blob, vals_blob, ints=(nid, first, m)):
+                raise StoreError(f"checksum mismatch in series chunk {first} of {name!r}")
+            idx = range(n) if rows_blob is None else _unpack_i64(rows_blob, m).tolist()
+            for i, v in zip(idx, _unpack_f64(vals_blob, m).tolist()):
+                scalars[i][name] = v
+        return [
+            ev.Step(seq=seqs[i], step=steps[i], wall_time=walls[i], scalars=scalars[i]) for i in range(n)
+        ]
+
+
+class _Snapshot:
+    """A read transaction: every query inside sees the same committed state."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self._outer = False
+
+    def __enter__(self) -> _Snapshot:
+        self._outer = not self._db.in_transaction
+        if self._outer:
+            self._db.execute("BEGIN")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._outer and self._db.in_transaction:
+            self._db.execute("COMMIT")
+
+
+def find_runs(directory: str | os.PathLike) -> list[Path]:
+    """Run stores in `directory`, newest first."""
+    d = Path(directory)
+    if not d.exists():
+        raise StoreError(f"{d}: no such directory")
+    if not d.is_dir():
+        raise StoreError(f"{d}: not a directory")
+    return sorted(d.glob(f"*{SUFFIX}"), key=lambda p: p.stat().st_mtime, reverse=True)

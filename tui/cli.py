@@ -1,0 +1,154 @@
+"""The `mirante` command: subcommands, argument parsing, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from engine.store import SUFFIX, RunReader, RunSummary, StoreError, find_runs
+
+EXIT_USAGE = 2
+RUNS_DIR = Path("runs")
+
+
+class CliError(Exception):
+    """Bad input: printed as one line, exit code 2."""
+
+
+def resolve_run(run: str) -> Path:
+    """A run given as a path, or as a name in ./runs (with or without the suffix)."""
+    path = Path(run)
+    if path.exists():
+        return path
+    for candidate in (RUNS_DIR / run, RUNS_DIR / f"{run}{SUFFIX}"):
+        if candidate.exists():
+            return candidate
+    raise CliError(f"{run}: no such run (not a file, and not a run in {RUNS_DIR}/)")
+
+
+# --- ls ----------------------------------------------------------------------------------
+
+LS_COLUMNS = ("name", "model", "dataset", "status", "steps", "best val acc", "duration", "started")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _ls_row(s: RunSummary) -> tuple[str, ...]:
+    started = "-" if s.started is None else dt.datetime.fromtimestamp(s.started).strftime("%Y-%m-%d %H:%M")
+    acc = "-" if s.best_val_acc is None else f"{100 * s.best_val_acc:.2f}%"
+    return (s.path.stem, s.model, s.dataset, s.status, f"{s.steps:,}", acc, _duration(s.duration), started)
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Plain aligned columns: readable in a terminal, easy to grep and cut in a pipe."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+    return "\n".join(lines)
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    directory = Path(args.dir)
+    if directory.is_file():
+        paths = [directory]
+    else:
+        try:
+            paths = find_runs(directory)
+        except StoreError as exc:
+            raise CliError(str(exc)) from None
+    if not paths:
+        print(f"no runs in {directory}/ (run stores are *{SUFFIX} files)")
+        return 0
+    rows = []
+    for path in paths:
+        try:
+            with RunReader(path) as run:
+                rows.append(_ls_row(run.summary()))
+        except StoreError as exc:
+            print(f"mirante: {exc}", file=sys.stderr)
+            rows.append((path.stem, "-", "-", "unreadable", "-", "-", "-", "-"))
+    print(format_table(LS_COLUMNS, rows))
+    return 0
+
+
+# --- export ------------------------------------------------------------------------------
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from engine.export import export
+
+    path = resolve_run(args.run)
+    out_path = Path(args.output) if args.output else None
+    if out_path is not None and out_path.resolve() == path.resolve():
+        raise CliError(f"{out_path}: refusing to overwrite the run store itself")
+    with RunReader(path) as run:
+        if out_path is None:
+            count = export(run, args.format, sys.stdout)
+            sys.stdout.flush()
+        else:
+            tmp = out_path.with_name(out_path.name + ".partial")
+            try:
+                with open(tmp, "w", newline="") as out:
+                    count = export(run, args.format, out)
+                os.replace(tmp, out_path)
+            except OSError as exc:
+                raise CliError(f"{out_path}: cannot write ({exc.strerror})") from None
+            finally:
+                tmp.unlink(missing_ok=True)
+            unit = "rows" if args.format == "csv" else "events"
+            print(f"wrote {count:,} {unit} to {out_path}", file=sys.stderr)
+    return 0
+
+
+# --- main --------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mirante",
+        description="A terminal training monitor and profiler for PyTorch CNNs.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    ls = sub.add_parser("ls", help="list the runs in a directory", description="List the runs in a directory.")
+    ls.add_argument("dir", nargs="?", default=str(RUNS_DIR), help=f"directory of runs (default: {RUNS_DIR}/)")
+    ls.set_defaults(func=cmd_ls)
+
+    ex = sub.add_parser(
+        "export",
+        help="export a run to CSV or JSONL",
+        description="Export a run. CSV: every number, one row each (seq, step, wall_time, kind, name, value). "
+        "JSONL: every event, one JSON object per line (NaN and infinities as strings).",
+    )
+    ex.add_argument("run", help=f"a run store, or the name of a run in {RUNS_DIR}/")
+    ex.add_argument("--format", "-f", choices=("csv", "jsonl"), default="csv")
+    ex.add_argument("-o", "--output", help="file to write (default: standard output)")
+    ex.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except (CliError, StoreError) as exc:
+        print(f"mirante: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:  # `mirante export run | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
