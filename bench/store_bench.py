@@ -66,8 +66,8 @@ def write_run(path: Path, steps: int, layers: int, every: int) -> tuple[int, flo
     started = time.perf_counter()
     writer = RunWriter(path)
     writer.write(ev.RunStarted(**seq.header(0), name=path.stem, model="bench", dataset="none", layers=names))
-    for step, values in enumerate(zip(*columns)):
-        writer.write(ev.Step(**seq.header(step), scalars=dict(zip(scalar_names, values))))
+    for step, values in enumerate(zip(*columns, strict=True)):
+        writer.write(ev.Step(**seq.header(step), scalars=dict(zip(scalar_names, values, strict=True))))
         if step % every == 0:
             i = step // every
             writer.write(

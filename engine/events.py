@@ -16,8 +16,9 @@ import struct
 import time
 import warnings
 from array import array
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Iterable, Mapping
+from typing import Any, ClassVar
 
 SCHEMA_VERSION = 1
 """Version of the event schema and of the run store that keeps it (`PRAGMA user_version`)."""
@@ -171,8 +172,7 @@ class RunEnded(Event):
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.kind: cls
-    for cls in (RunStarted, Step, LayerStats, Epoch, Activation, Filters, Diagnostic, System, RunEnded)
+    cls.kind: cls for cls in (RunStarted, Step, LayerStats, Epoch, Activation, Filters, Diagnostic, System, RunEnded)
 }
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
-from typing import IO, Iterator
+from collections.abc import Iterator
+from typing import IO
 
 from engine import events as ev
 from engine.store import RunReader

@@ -32,9 +32,10 @@ import threading
 import time
 import zlib
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import numpy as np
@@ -803,11 +804,9 @@ class RunReader:
             if vcrc != _crc(rows_blob, vals_blob, ints=(nid, first, m)):
                 raise StoreError(f"checksum mismatch in series chunk {first} of {name!r}")
             idx = range(n) if rows_blob is None else _unpack_i64(rows_blob, m).tolist()
-            for i, v in zip(idx, _unpack_f64(vals_blob, m).tolist()):
+            for i, v in zip(idx, _unpack_f64(vals_blob, m).tolist(), strict=True):
                 scalars[i][name] = v
-        return [
-            ev.Step(seq=seqs[i], step=steps[i], wall_time=walls[i], scalars=scalars[i]) for i in range(n)
-        ]
+        return [ev.Step(seq=seqs[i], step=steps[i], wall_time=walls[i], scalars=scalars[i]) for i in range(n)]
 
 
 class _Snapshot:

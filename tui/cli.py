@@ -6,8 +6,8 @@ import argparse
 import datetime as dt
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from engine.store import SUFFIX, RunReader, RunSummary, StoreError, find_runs
 
@@ -51,7 +51,7 @@ def _ls_row(s: RunSummary) -> tuple[str, ...]:
 def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """Plain aligned columns: readable in a terminal, easy to grep and cut in a pipe."""
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
     return "\n".join(lines)
 
 
