@@ -23,6 +23,7 @@ with the file (missing, empty, not a run store, newer schema, truncated, corrupt
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import socket
@@ -50,6 +51,7 @@ except ImportError:  # Windows: liveness falls back to the writer's heartbeat
 SUFFIX = ".mirante"
 APPLICATION_ID = 0x4D495241  # "MIRA": marks a SQLite file as a mirante run store
 CHUNK_ROWS = 1024  # steps per column chunk
+PAGE_SIZE = 16384
 HEARTBEAT_INTERVAL = 5.0  # seconds between heartbeats of an idle writer
 HEARTBEAT_STALE = 60.0  # without flock, a writer silent this long is taken for dead
 RUN_STATES = ("running", "finished", "failed", "interrupted", "crashed")
@@ -221,6 +223,9 @@ class RunWriter:
         self._lock()
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            if not exists:
+                # LayerStats rows are about 1 KB: 16 KB pages waste ~2% on them where 4 KB waste ~12%
+                self._db.execute(f"PRAGMA page_size={PAGE_SIZE}")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             if exists:
@@ -233,6 +238,7 @@ class RunWriter:
         self.last_seq = self.committed_seq  # highest seq accepted by write()
         self._thread = threading.Thread(target=self._run, name=f"mirante-writer:{self.path.name}", daemon=True)
         self._thread.start()
+        atexit.register(self.close)  # a script that forgets close() still gets its last events stored
 
     # -- caller side
 
@@ -271,6 +277,7 @@ class RunWriter:
         if self._closing:
             return
         self._closing = True
+        atexit.unregister(self.close)
         self._wake.set()
         self._thread.join()
         try:

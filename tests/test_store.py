@@ -203,3 +203,20 @@ def test_find_runs(tmp_path):
     assert [p.name for p in find_runs(tmp_path)] == ["a.mirante"]
     with pytest.raises(StoreError, match="no such directory"):
         find_runs(tmp_path / "nope")
+
+
+def test_a_forgotten_close_still_stores_the_last_events(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = tmp_path / "forgot.mirante"
+    code = (
+        "from engine import events as ev; from engine.store import RunWriter\n"
+        f"w = RunWriter({str(path)!r}, flush_interval=60)\n"
+        "w.write(ev.Step(seq=1, wall_time=0.0, step=1, scalars={'x': 1.0}))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-c", code], cwd=root, check=True, timeout=60)
+    with RunReader(path) as run:
+        assert run.scalars("x")[1].tolist() == [1.0]
