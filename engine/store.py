@@ -65,7 +65,8 @@ CREATE TABLE events (
     step INTEGER NOT NULL,
     wall_time REAL NOT NULL,
     body BLOB NOT NULL,
-    crc INTEGER NOT NULL
+    crc INTEGER NOT NULL,
+    tag TEXT                -- what the event is about (an Activation's layer), to list without decoding
 );
 CREATE INDEX events_by_kind ON events (kind, step);
 CREATE TABLE step_chunks (
@@ -130,8 +131,13 @@ def _crc(*parts: bytes | None, ints: tuple[int, ...] = ()) -> int:
     return crc
 
 
-def _event_crc(seq: int, step: int, wall_time: float, kind: str, body: bytes) -> int:
-    return zlib.crc32(body, zlib.crc32(struct.pack("<qqd", seq, step, wall_time) + kind.encode()))
+def _event_crc(seq: int, step: int, wall_time: float, kind: str, body: bytes, tag: str | None) -> int:
+    head = struct.pack("<qqd", seq, step, wall_time) + kind.encode() + b"\x00" + (tag or "").encode()
+    return zlib.crc32(body, zlib.crc32(head))
+
+
+_ROW = "seq, kind, step, wall_time, body, crc, tag"  # the columns `RunReader._decode_row` takes
+_TAGGED = {"Activation": "layer", "Filters": "layer", "Diagnostic": "code"}  # kind -> field kept as tag
 
 
 # --- writing ---------------------------------------------------------------------------
@@ -329,10 +335,12 @@ class RunWriter:
                         self._chunk = _OpenChunk()
                 else:
                     body = ev.encode_payload(event)
-                    crc = _event_crc(event.seq, event.step, event.wall_time, event.kind, body)
-                    rows.append((event.seq, event.kind, event.step, event.wall_time, body, crc))
+                    tag_field = _TAGGED.get(event.kind)
+                    tag = getattr(event, tag_field) if tag_field else None
+                    crc = _event_crc(event.seq, event.step, event.wall_time, event.kind, body, tag)
+                    rows.append((event.seq, event.kind, event.step, event.wall_time, body, crc, tag))
             if rows:
-                db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?)", rows)
+                db.executemany(f"INSERT INTO events ({_ROW}) VALUES (?,?,?,?,?,?,?)", rows)
             if self._chunk.dirty:
                 self._chunk.store(db, self._name_id)
             now = time.monotonic()
@@ -574,7 +582,7 @@ class RunReader:
         with self._snapshot():
             start = self._db.execute("SELECT max(seq) FROM events WHERE kind='RunStarted'").fetchone()[0] or 0
             row = self._db.execute(
-                "SELECT * FROM events WHERE kind='RunEnded' AND seq > ? ORDER BY seq DESC LIMIT 1", (start,)
+                f"SELECT {_ROW} FROM events WHERE kind='RunEnded' AND seq > ? ORDER BY seq DESC LIMIT 1", (start,)
             ).fetchone()
         return self._decode_row(row) if row else None  # type: ignore[return-value]
 
@@ -614,7 +622,7 @@ class RunReader:
             steps_ev = q("SELECT max(step), min(wall_time), max(wall_time) FROM events").fetchone()
             last_chunk = q("SELECT last_step, walls, n FROM step_chunks ORDER BY first_seq DESC LIMIT 1").fetchone()
             first_chunk = q("SELECT walls, n FROM step_chunks ORDER BY first_seq LIMIT 1").fetchone()
-            epochs = [self._decode_row(r) for r in q("SELECT * FROM events WHERE kind='Epoch'")]
+            epochs = [self._decode_row(r) for r in q(f"SELECT {_ROW} FROM events WHERE kind='Epoch'")]
         last_step = steps_ev[0] if steps_ev[0] is not None else 0
         walls = [w for w in steps_ev[1:] if w is not None]
         if last_chunk:
@@ -691,21 +699,43 @@ class RunReader:
     def events_of(self, kind: str, limit: int | None = None) -> list[ev.Event]:
         """All events of one kind (not Step), in order; the last `limit` if given."""
         if limit is None:
-            rows = self._db.execute("SELECT * FROM events WHERE kind=? ORDER BY seq", (kind,)).fetchall()
+            rows = self._db.execute(f"SELECT {_ROW} FROM events WHERE kind=? ORDER BY seq", (kind,)).fetchall()
         else:
             rows = self._db.execute(
-                "SELECT * FROM events WHERE kind=? ORDER BY seq DESC LIMIT ?", (kind, limit)
+                f"SELECT {_ROW} FROM events WHERE kind=? ORDER BY seq DESC LIMIT ?", (kind, limit)
             ).fetchall()[::-1]
         return [e for e in map(self._decode_row, rows) if e is not None]
 
     @_guarded
     def event(self, seq: int) -> ev.Event | None:
         """The event with this seq (Step events included)."""
-        row = self._db.execute("SELECT * FROM events WHERE seq=?", (seq,)).fetchone()
+        row = self._db.execute(f"SELECT {_ROW} FROM events WHERE seq=?", (seq,)).fetchone()
         if row is not None:
             return self._decode_row(row)
         found = self.follow(seq - 1, limit=1)
         return found[0] if found and found[0].seq == seq else None
+
+    @_guarded
+    def activation_index(self, kind: str = "Activation") -> list[tuple[int, int, str]]:
+        """(seq, step, layer) of every Activation (or Filters) event, without reading the maps."""
+        if kind not in ("Activation", "Filters"):
+            raise ValueError(f"not a kind of map: {kind!r}")
+        rows = self._db.execute("SELECT seq, step, tag FROM events WHERE kind=? ORDER BY seq", (kind,))
+        return [(seq, step, tag) for seq, step, tag in rows]
+
+    @_guarded
+    def activation(
+        self, layer: str, step: int | None = None, kind: str = "Activation"
+    ) -> ev.Activation | ev.Filters | None:
+        """The maps of `layer` recorded last at or before `step` (the latest if step is None)."""
+        if kind not in ("Activation", "Filters"):
+            raise ValueError(f"not a kind of map: {kind!r}")
+        limit = step if step is not None else 2**62
+        row = self._db.execute(
+            f"SELECT {_ROW} FROM events WHERE kind=? AND tag=? AND step <= ? ORDER BY step DESC, seq DESC LIMIT 1",
+            (kind, layer, limit),
+        ).fetchone()
+        return self._decode_row(row) if row else None  # type: ignore[return-value]
 
     @_guarded
     def vectors(self, field: str = "grad_norm", points: int = 200) -> tuple[np.ndarray, np.ndarray]:
@@ -724,7 +754,9 @@ class RunReader:
             for i in range(0, len(seqs), 500):
                 part = seqs[i : i + 500]
                 marks = ",".join("?" * len(part))
-                rows += self._db.execute(f"SELECT * FROM events WHERE seq IN ({marks}) ORDER BY seq", part).fetchall()
+                rows += self._db.execute(
+                    f"SELECT {_ROW} FROM events WHERE seq IN ({marks}) ORDER BY seq", part
+                ).fetchall()
         stats = [self._decode_row(r) for r in rows]
         if not stats:
             return np.empty(0, np.int64), np.empty((0, 0), np.float32)
@@ -745,7 +777,7 @@ class RunReader:
         cap = limit if limit is not None else -1
         with self._snapshot():
             rows = self._db.execute(
-                "SELECT * FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, cap)
+                f"SELECT {_ROW} FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, cap)
             ).fetchall()
             steps: list[ev.Step] = []
             cursor = self._db.execute(
@@ -773,12 +805,12 @@ class RunReader:
     # -- internals
 
     def _last_of(self, kind: str) -> ev.Event | None:
-        row = self._db.execute("SELECT * FROM events WHERE kind=? ORDER BY seq DESC LIMIT 1", (kind,)).fetchone()
+        row = self._db.execute(f"SELECT {_ROW} FROM events WHERE kind=? ORDER BY seq DESC LIMIT 1", (kind,)).fetchone()
         return self._decode_row(row) if row else None
 
     def _decode_row(self, row: tuple) -> ev.Event | None:
-        seq, kind, step, wall_time, body, crc = row
-        if crc != _event_crc(seq, step, wall_time, kind, body):
+        seq, kind, step, wall_time, body, crc, tag = row
+        if crc != _event_crc(seq, step, wall_time, kind, body, tag):
             raise StoreError(f"checksum mismatch in event {seq}")
         return ev.decode_payload(kind, seq, step, wall_time, body)
 

@@ -220,3 +220,25 @@ def test_a_forgotten_close_still_stores_the_last_events(tmp_path):
     subprocess.run([sys.executable, "-c", code], cwd=root, check=True, timeout=60)
     with RunReader(path) as run:
         assert run.scalars("x")[1].tolist() == [1.0]
+
+
+def test_activation_maps_are_listed_and_fetched_by_layer_and_step(run_path):
+    seq = ev.Sequencer()
+    with RunWriter(run_path) as writer:
+        for step in (0, 100, 200):
+            for layer in ("conv1", "layer3.1.conv2"):
+                data = bytes([step // 100]) * 2 * 4 * 2 * 2  # float16 (4, 2, 2), bytes tell the step apart
+                writer.write(ev.Activation(**seq.header(step), layer=layer, sample=3, shape=(4, 2, 2), data=data))
+        writer.write(ev.Filters(**seq.header(200), layer="conv1", shape=(4, 3, 1, 1), data=b"\x00" * 24))
+    with RunReader(run_path) as run:
+        index = run.activation_index()
+        assert [(step, layer) for _, step, layer in index] == [
+            (s, layer) for s in (0, 100, 200) for layer in ("conv1", "layer3.1.conv2")
+        ]
+        assert run.activation("conv1").step == 200
+        found = run.activation("layer3.1.conv2", step=150)
+        assert (found.step, found.layer, found.shape, found.data[:1]) == (100, "layer3.1.conv2", (4, 2, 2), b"\x01")
+        assert run.activation("conv1", step=-1) is None
+        assert run.activation("nope") is None
+        assert [layer for _, _, layer in run.activation_index("Filters")] == ["conv1"]
+        assert run.activation("conv1", kind="Filters").shape == (4, 3, 1, 1)
