@@ -1,0 +1,492 @@
+"""Reading a run store: `RunReader` (snapshots, follow, downsampled series) and `find_runs`."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sqlite3
+import struct
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import numpy as np
+
+from engine import events as ev
+from engine.store.schema import (
+    APPLICATION_ID,
+    EVENT_COLUMNS,
+    HEARTBEAT_STALE,
+    SUFFIX,
+    StoreError,
+    chunk_crc,
+    event_crc,
+    unpack_f64,
+    unpack_i64,
+)
+
+try:
+    import fcntl
+except ImportError:  # Windows: liveness falls back to the writer's heartbeat
+    fcntl = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class Series:
+    """A scalar series cut into buckets of consecutive steps, keeping each bucket's extremes.
+
+    One bucket per screen column: min and max keep a single spike visible, `last` is the
+    value a tooltip or a "now" label shows. min/max ignore NaN; `nan` counts them so a
+    chart can mark the bucket.
+    """
+
+    name: str
+    step: np.ndarray  # last step in the bucket
+    min: np.ndarray
+    max: np.ndarray
+    last: np.ndarray
+    count: np.ndarray  # points in the bucket
+    nan: np.ndarray  # NaN points in the bucket
+
+    def __len__(self) -> int:
+        return len(self.step)
+
+
+def downsample(name: str, steps: np.ndarray, values: np.ndarray, points: int) -> Series:
+    """Cut (steps, values) into at most `points` buckets of equal step width."""
+    steps = np.asarray(steps, dtype=np.int64)
+    values = np.asarray(values, dtype=np.float64)
+    if len(steps) and np.any(np.diff(steps) < 0):
+        order = np.argsort(steps, kind="stable")
+        steps, values = steps[order], values[order]
+    isnan = np.isnan(values)
+    if len(steps) <= points:
+        return Series(name, steps, values, values, values, np.ones(len(steps), np.int64), isnan.astype(np.int64))
+    lo, hi = int(steps[0]), int(steps[-1])
+    bucket = (steps - lo) * points // (hi - lo + 1)
+    starts = np.flatnonzero(np.diff(bucket, prepend=-1))
+    ends = np.append(starts[1:], len(steps))
+    return Series(
+        name,
+        step=steps[ends - 1],
+        min=np.fmin.reduceat(values, starts),
+        max=np.fmax.reduceat(values, starts),
+        last=values[ends - 1],
+        count=ends - starts,
+        nan=np.add.reduceat(isnan.astype(np.int64), starts),
+    )
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One line of `mirante ls`."""
+
+    path: Path
+    name: str
+    model: str
+    dataset: str
+    status: str
+    steps: int
+    best_val_acc: float | None
+    started: float | None  # wall time of the first event
+    duration: float | None  # seconds from the first event to the last
+
+
+T = TypeVar("T")
+
+
+def _guarded(method: Callable[..., T]) -> Callable[..., T]:
+    """Turn any failure to read the file into a one-line StoreError naming it."""
+
+    @functools.wraps(method)
+    def wrapper(self: RunReader, *args: Any, **kwargs: Any) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except StoreError as exc:
+            msg = str(exc)
+            raise StoreError(msg if msg.startswith(str(self.path)) else f"{self.path}: {msg}") from None
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: corrupted or unreadable run store ({exc})") from None
+        except (zlib.error, ev.EventDecodeError, ValueError, TypeError, KeyError, IndexError, struct.error) as exc:
+            raise StoreError(f"{self.path}: corrupted run store ({exc})") from None
+
+    return wrapper
+
+
+class RunReader:
+    """Reads a run store, finished or being written; never writes to it.
+
+    Each call reads one consistent snapshot in a short transaction. One reader is meant for
+    one thread at a time.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise StoreError(f"{self.path}: no such file")
+        if self.path.is_dir():
+            raise StoreError(f"{self.path}: is a directory, not a run store")
+        if self.path.stat().st_size == 0:
+            raise StoreError(f"{self.path}: empty file, not a run store")
+        try:
+            uri = f"file:{quote(str(self.path.resolve()))}?mode=ro"
+            self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot open ({exc})") from None
+        self._names: dict[int, str] = {}
+        try:
+            self._check()
+        except BaseException:
+            self._db.close()
+            raise
+
+    @_guarded
+    def _check(self) -> None:
+        try:
+            app_id = self._db.execute("PRAGMA application_id").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            if "not a database" in str(exc):
+                raise StoreError("not a mirante run store (not an SQLite database)") from None
+            raise
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if app_id != APPLICATION_ID:
+            raise StoreError("not a mirante run store")
+        if version > ev.SCHEMA_VERSION:
+            raise StoreError(
+                f"written by a newer mirante (store schema {version}; this version reads up to "
+                f"{ev.SCHEMA_VERSION}): upgrade mirante"
+            )
+        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        missing = {"meta", "names", "events", "step_chunks", "series_chunks"} - tables
+        if missing:
+            raise StoreError(f"damaged run store: tables {sorted(missing)} are missing")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> RunReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _snapshot(self) -> _Snapshot:
+        return _Snapshot(self._db)
+
+    # -- metadata
+
+    @_guarded
+    def meta(self) -> dict[str, str]:
+        return dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+
+    @_guarded
+    def started(self) -> ev.RunStarted | None:
+        """The run's (last) RunStarted event."""
+        return self._last_of("RunStarted")  # type: ignore[return-value]
+
+    @_guarded
+    def ended(self) -> ev.RunEnded | None:
+        """The RunEnded that closes the last RunStarted, if any."""
+        with self._snapshot():
+            start = self._db.execute("SELECT max(seq) FROM events WHERE kind='RunStarted'").fetchone()[0] or 0
+            row = self._db.execute(
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE kind='RunEnded' AND seq > ? ORDER BY seq DESC LIMIT 1",
+                (start,),
+            ).fetchone()
+        return self._decode_row(row) if row else None  # type: ignore[return-value]
+
+    def writer_alive(self) -> bool:
+        """Whether a process is writing this run now."""
+        if fcntl is not None:
+            with open(self.path, "rb") as f:
+                try:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return True
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+                return False
+        heartbeat = float(self.meta().get("heartbeat", 0))
+        return time.time() - heartbeat < HEARTBEAT_STALE
+
+    @_guarded
+    def status(self) -> str:
+        """running, finished, failed, interrupted, or crashed (no RunEnded and no writer)."""
+        end = self.ended()
+        if end is not None:
+            return end.status if end.status in ev.RUN_STATUSES else "failed"
+        return "running" if self.writer_alive() else "crashed"
+
+    @_guarded
+    def last_seq(self) -> int:
+        with self._snapshot():
+            a = self._db.execute("SELECT max(seq) FROM events").fetchone()[0] or 0
+            b = self._db.execute("SELECT max(last_seq) FROM step_chunks").fetchone()[0] or 0
+        return max(a, b)
+
+    @_guarded
+    def summary(self) -> RunSummary:
+        start = self.started()
+        with self._snapshot():
+            q = self._db.execute
+            steps_ev = q("SELECT max(step), min(wall_time), max(wall_time) FROM events").fetchone()
+            last_chunk = q("SELECT last_step, walls, n FROM step_chunks ORDER BY first_seq DESC LIMIT 1").fetchone()
+            first_chunk = q("SELECT walls, n FROM step_chunks ORDER BY first_seq LIMIT 1").fetchone()
+            epochs = [self._decode_row(r) for r in q(f"SELECT {EVENT_COLUMNS} FROM events WHERE kind='Epoch'")]
+        last_step = steps_ev[0] if steps_ev[0] is not None else 0
+        walls = [w for w in steps_ev[1:] if w is not None]
+        if last_chunk:
+            last_step = max(last_step, last_chunk[0])
+            walls.append(float(unpack_f64(last_chunk[1], last_chunk[2])[-1]))
+            walls.append(float(unpack_f64(first_chunk[0], first_chunk[1])[0]))
+        accs = [e.val_acc for e in epochs if e is not None and e.val_acc is not None]
+        return RunSummary(
+            path=self.path,
+            name=start.name if start else self.path.stem,
+            model=start.model if start else "?",
+            dataset=start.dataset if start else "?",
+            status=self.status(),
+            steps=int(last_step),
+            best_val_acc=max(accs) if accs else None,
+            started=min(walls) if walls else None,
+            duration=max(walls) - min(walls) if walls else None,
+        )
+
+    # -- scalars
+
+    @_guarded
+    def scalar_names(self) -> list[str]:
+        """Names of the Step scalars, in the order they first appeared."""
+        return [r[0] for r in self._db.execute("SELECT name FROM names ORDER BY id")]
+
+    @_guarded
+    def scalars(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Every (step, value) of one Step scalar, as two arrays."""
+        row = self._db.execute("SELECT id FROM names WHERE name=?", (name,)).fetchone()
+        if row is None:
+            return np.empty(0, np.int64), np.empty(0, np.float64)
+        steps, values = [], []
+        with self._snapshot():
+            cursor = self._db.execute(
+                "SELECT c.first_seq, c.last_seq, c.first_step, c.last_step, c.n, c.seqs, c.steps, c.walls, c.crc,"
+                " s.rows, s.vals, s.crc FROM series_chunks s JOIN step_chunks c ON c.first_seq = s.first_seq"
+                " WHERE s.name_id = ? ORDER BY s.first_seq",
+                (row[0],),
+            )
+            for first, last, s0, s1, n, seqs, steps_blob, walls, crc, rows, vals, vcrc in cursor:
+                if crc != chunk_crc(seqs, steps_blob, walls, ints=(first, last, s0, s1, n)):
+                    raise StoreError(f"checksum mismatch in step chunk {first}")
+                chunk_steps = unpack_i64(steps_blob, n)
+                if rows is None:
+                    m = n
+                    values.append(unpack_f64(vals, n))
+                else:
+                    m = len(zlib.decompress(rows)) // 8
+                    idx = unpack_i64(rows, m)
+                    if len(idx) and (idx.min() < 0 or idx.max() >= n):
+                        raise StoreError(f"row index out of range in chunk {first}")
+                    chunk_steps = chunk_steps[idx]
+                    values.append(unpack_f64(vals, m))
+                if vcrc != chunk_crc(rows, vals, ints=(row[0], first, m)):
+                    raise StoreError(f"checksum mismatch in series chunk {first} of {name!r}")
+                steps.append(chunk_steps)
+        if not steps:
+            return np.empty(0, np.int64), np.empty(0, np.float64)
+        return np.concatenate(steps), np.concatenate(values)
+
+    def series(self, name: str, points: int = 500) -> Series:
+        """A Step scalar downsampled to at most `points` buckets (min, max and last of each)."""
+        steps, values = self.scalars(name)
+        return downsample(name, steps, values, points)
+
+    @_guarded
+    def epochs(self) -> list[ev.Epoch]:
+        return self.events_of("Epoch")  # type: ignore[return-value]
+
+    # -- other events
+
+    @_guarded
+    def events_of(self, kind: str, limit: int | None = None) -> list[ev.Event]:
+        """All events of one kind (not Step), in order; the last `limit` if given."""
+        if limit is None:
+            rows = self._db.execute(f"SELECT {EVENT_COLUMNS} FROM events WHERE kind=? ORDER BY seq", (kind,)).fetchall()
+        else:
+            rows = self._db.execute(
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE kind=? ORDER BY seq DESC LIMIT ?", (kind, limit)
+            ).fetchall()[::-1]
+        return [e for e in map(self._decode_row, rows) if e is not None]
+
+    @_guarded
+    def event(self, seq: int) -> ev.Event | None:
+        """The event with this seq (Step events included)."""
+        row = self._db.execute(f"SELECT {EVENT_COLUMNS} FROM events WHERE seq=?", (seq,)).fetchone()
+        if row is not None:
+            return self._decode_row(row)
+        found = self.follow(seq - 1, limit=1)
+        return found[0] if found and found[0].seq == seq else None
+
+    @_guarded
+    def activation_index(self, kind: str = "Activation") -> list[tuple[int, int, str]]:
+        """(seq, step, layer) of every Activation (or Filters) event, without reading the maps."""
+        if kind not in ("Activation", "Filters"):
+            raise ValueError(f"not a kind of map: {kind!r}")
+        rows = self._db.execute("SELECT seq, step, tag FROM events WHERE kind=? ORDER BY seq", (kind,))
+        return [(seq, step, tag) for seq, step, tag in rows]
+
+    @_guarded
+    def activation(
+        self, layer: str, step: int | None = None, kind: str = "Activation"
+    ) -> ev.Activation | ev.Filters | None:
+        """The maps of `layer` recorded last at or before `step` (the latest if step is None)."""
+        if kind not in ("Activation", "Filters"):
+            raise ValueError(f"not a kind of map: {kind!r}")
+        limit = step if step is not None else 2**62
+        row = self._db.execute(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE kind=? AND tag=? AND step <= ?"
+            " ORDER BY step DESC, seq DESC LIMIT 1",
+            (kind, layer, limit),
+        ).fetchone()
+        return self._decode_row(row) if row else None  # type: ignore[return-value]
+
+    @_guarded
+    def vectors(self, field: str = "grad_norm", points: int = 200) -> tuple[np.ndarray, np.ndarray]:
+        """One LayerStats field over time: (steps, matrix [time, layer]), at most `points` rows.
+
+        The rows are evenly spaced over the run, the last one always included.
+        """
+        if field not in ("grad_norm", "weight_norm", "update_ratio"):
+            raise ValueError(f"unknown LayerStats field {field!r}")
+        with self._snapshot():
+            seqs = [r[0] for r in self._db.execute("SELECT seq FROM events WHERE kind='LayerStats' ORDER BY step")]
+            if len(seqs) > points:
+                picks = np.unique(np.linspace(0, len(seqs) - 1, points).round().astype(int))
+                seqs = [seqs[i] for i in picks]
+            rows = []
+            for i in range(0, len(seqs), 500):
+                part = seqs[i : i + 500]
+                marks = ",".join("?" * len(part))
+                rows += self._db.execute(
+                    f"SELECT {EVENT_COLUMNS} FROM events WHERE seq IN ({marks}) ORDER BY seq", part
+                ).fetchall()
+        stats = [self._decode_row(r) for r in rows]
+        if not stats:
+            return np.empty(0, np.int64), np.empty((0, 0), np.float32)
+        width = max(len(getattr(s, field)) for s in stats)
+        matrix = np.full((len(stats), width), np.nan, np.float32)
+        for i, s in enumerate(stats):
+            v = np.frombuffer(getattr(s, field), dtype=np.float32)
+            matrix[i, : len(v)] = v
+        return np.array([s.step for s in stats], np.int64), matrix
+
+    @_guarded
+    def follow(self, after_seq: int = 0, limit: int | None = 10_000) -> list[ev.Event]:
+        """Events with seq > `after_seq`, in seq order, at most `limit` of them.
+
+        Call again with the last seq returned to follow a run being written: the result is a
+        consistent snapshot, so nothing is skipped or repeated. Unknown kinds are skipped.
+        """
+        cap = limit if limit is not None else -1
+        with self._snapshot():
+            rows = self._db.execute(
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, cap)
+            ).fetchall()
+            steps: list[ev.Step] = []
+            cursor = self._db.execute(
+                "SELECT first_seq FROM step_chunks WHERE last_seq > ? ORDER BY first_seq", (after_seq,)
+            )
+            for (first,) in cursor.fetchall():
+                steps += [s for s in self._read_step_chunk(first) if s.seq > after_seq]
+                if limit is not None and len(steps) >= limit:
+                    break
+        merged = [e for e in map(self._decode_row, rows) if e is not None]
+        merged += steps
+        merged.sort(key=lambda e: e.seq)
+        return merged if limit is None else merged[:limit]
+
+    def iter_events(self, batch: int = 10_000) -> Iterator[ev.Event]:
+        """Every event of the run, in order, read in batches."""
+        after = 0
+        while True:
+            page = self.follow(after, limit=batch)
+            if not page:
+                return
+            yield from page
+            after = page[-1].seq
+
+    # -- internals
+
+    def _last_of(self, kind: str) -> ev.Event | None:
+        row = self._db.execute(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE kind=? ORDER BY seq DESC LIMIT 1", (kind,)
+        ).fetchone()
+        return self._decode_row(row) if row else None
+
+    def _decode_row(self, row: tuple) -> ev.Event | None:
+        seq, kind, step, wall_time, body, crc, tag = row
+        if crc != event_crc(seq, step, wall_time, kind, body, tag):
+            raise StoreError(f"checksum mismatch in event {seq}")
+        return ev.decode_payload(kind, seq, step, wall_time, body)
+
+    def _name(self, nid: int) -> str:
+        name = self._names.get(nid)
+        if name is None:
+            self._names = dict(self._db.execute("SELECT id, name FROM names").fetchall())
+            name = self._names.get(nid)
+            if name is None:
+                raise StoreError(f"scalar name id {nid} is not in the names table")
+        return name
+
+    def _read_step_chunk(self, first_seq: int) -> list[ev.Step]:
+        """The Step events of one column chunk, rebuilt."""
+        row = self._db.execute("SELECT * FROM step_chunks WHERE first_seq=?", (first_seq,)).fetchone()
+        if row is None:
+            raise StoreError(f"step chunk {first_seq} is missing")
+        first, last, s0, s1, n, seqs_blob, steps_blob, walls_blob, crc = row
+        if crc != chunk_crc(seqs_blob, steps_blob, walls_blob, ints=(first, last, s0, s1, n)):
+            raise StoreError(f"checksum mismatch in step chunk {first}")
+        seqs = unpack_i64(seqs_blob, n).tolist()
+        steps = unpack_i64(steps_blob, n).tolist()
+        walls = unpack_f64(walls_blob, n).tolist()
+        scalars: list[dict[str, float]] = [{} for _ in range(n)]
+        for nid, rows_blob, vals_blob, vcrc in self._db.execute(
+            "SELECT name_id, rows, vals, crc FROM series_chunks WHERE first_seq=? ORDER BY rowid", (first,)
+        ):
+            name = self._name(nid)
+            m = n if rows_blob is None else len(zlib.decompress(rows_blob)) // 8
+            if vcrc != chunk_crc(rows_blob, vals_blob, ints=(nid, first, m)):
+                raise StoreError(f"checksum mismatch in series chunk {first} of {name!r}")
+            idx = range(n) if rows_blob is None else unpack_i64(rows_blob, m).tolist()
+            for i, v in zip(idx, unpack_f64(vals_blob, m).tolist(), strict=True):
+                scalars[i][name] = v
+        return [ev.Step(seq=seqs[i], step=steps[i], wall_time=walls[i], scalars=scalars[i]) for i in range(n)]
+
+
+class _Snapshot:
+    """A read transaction: every query inside sees the same committed state."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self._outer = False
+
+    def __enter__(self) -> _Snapshot:
+        self._outer = not self._db.in_transaction
+        if self._outer:
+            self._db.execute("BEGIN")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._outer and self._db.in_transaction:
+            self._db.execute("COMMIT")
+
+
+def find_runs(directory: str | os.PathLike) -> list[Path]:
+    """Run stores in `directory`, newest first."""
+    d = Path(directory)
+    if not d.exists():
+        raise StoreError(f"{d}: no such directory")
+    if not d.is_dir():
+        raise StoreError(f"{d}: not a directory")
+    return sorted(d.glob(f"*{SUFFIX}"), key=lambda p: p.stat().st_mtime, reverse=True)

@@ -1,0 +1,314 @@
+"""Writing a run store: `RunWriter` commits events in batches from a background thread."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import socket
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from engine import events as ev
+from engine.store.reader import RunReader
+from engine.store.schema import (
+    APPLICATION_ID,
+    CHUNK_ROWS,
+    EVENT_COLUMNS,
+    HEARTBEAT_INTERVAL,
+    PAGE_SIZE,
+    SCHEMA,
+    TAGGED,
+    StoreError,
+    chunk_crc,
+    event_crc,
+    pack_f64,
+    pack_i64,
+)
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock; readers judge liveness by the heartbeat
+    fcntl = None  # type: ignore[assignment]
+
+
+class _OpenChunk:
+    """The column chunk being filled: Step events not yet sealed into a full chunk."""
+
+    def __init__(self) -> None:
+        self.seqs: list[int] = []
+        self.steps: list[int] = []
+        self.walls: list[float] = []
+        self.columns: dict[str, tuple[list[int], list[float]]] = {}
+        self.dirty = False
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def add(self, event: ev.Step) -> None:
+        row = len(self.seqs)
+        self.seqs.append(event.seq)
+        self.steps.append(event.step)
+        self.walls.append(event.wall_time)
+        for name, value in event.scalars.items():
+            rows, vals = self.columns.setdefault(name, ([], []))
+            rows.append(row)
+            vals.append(value)
+        self.dirty = True
+
+    def store(self, db: sqlite3.Connection, name_id: Callable[[str], int]) -> None:
+        n = len(self.seqs)
+        first, last = self.seqs[0], self.seqs[-1]
+        seqs = pack_i64(np.array(self.seqs, dtype=np.int64))
+        steps = pack_i64(np.array(self.steps, dtype=np.int64))
+        walls = pack_f64(np.array(self.walls, dtype=np.float64))
+        crc = chunk_crc(seqs, steps, walls, ints=(first, last, self.steps[0], self.steps[-1], n))
+        db.execute(
+            "INSERT OR REPLACE INTO step_chunks VALUES (?,?,?,?,?,?,?,?,?)",
+            (first, last, self.steps[0], self.steps[-1], n, seqs, steps, walls, crc),
+        )
+        for name, (rows, vals) in self.columns.items():
+            nid = name_id(name)
+            row_blob = None if len(rows) == n else pack_i64(np.array(rows, dtype=np.int64))
+            val_blob = pack_f64(np.array(vals, dtype=np.float64))
+            db.execute(
+                "INSERT OR REPLACE INTO series_chunks VALUES (?,?,?,?,?)",
+                (nid, first, row_blob, val_blob, chunk_crc(row_blob, val_blob, ints=(nid, first, len(rows)))),
+            )
+        self.dirty = False
+
+
+class RunWriter:
+    """Writes one run's events to its store from a background thread; `write` never blocks.
+
+    Events must arrive with consecutive `seq` (see `engine.events.Sequencer`); a new store
+    starts at seq 1, an appended one at `last_seq + 1`.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        append: bool = False,
+        flush_interval: float = 0.25,
+        flush_events: int = 1000,
+    ) -> None:
+        self.path = Path(path)
+        self.flush_interval = flush_interval
+        self.flush_events = flush_events
+        self._queue: deque[ev.Event] = deque()
+        self._wake = threading.Event()
+        self._closing = False
+        self._error: BaseException | None = None
+        self._names: dict[str, int] = {}
+        self._chunk = _OpenChunk()
+        self._last_heartbeat = 0.0
+        self._lock_file = None
+        self.committed_seq = 0  # highest seq durably committed; readers can see up to it
+
+        exists = self.path.exists()
+        if exists and not append:
+            raise StoreError(f"{self.path}: already exists (resume it, or choose another name)")
+        if not exists and append:
+            raise StoreError(f"{self.path}: no such run store to append to")
+        if exists:
+            RunReader(self.path).close()  # validates: a clear error for what is not a run store
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            if not exists:
+                # LayerStats rows are about 1 KB: 16 KB pages waste ~2% on them where 4 KB waste ~12%
+                self._db.execute(f"PRAGMA page_size={PAGE_SIZE}")
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            if exists:
+                self._resume()
+            else:
+                self._create()
+        except sqlite3.Error as exc:
+            self._unlock()
+            raise StoreError(f"{self.path}: cannot write run store: {exc}") from None
+        self.last_seq = self.committed_seq  # highest seq accepted by write()
+        self._thread = threading.Thread(target=self._run, name=f"mirante-writer:{self.path.name}", daemon=True)
+        self._thread.start()
+        atexit.register(self.close)  # a script that forgets close() still gets its last events stored
+
+    # -- caller side
+
+    def write(self, event: ev.Event) -> None:
+        """Queue `event` for the store. Returns at once."""
+        if self._error is not None:
+            raise StoreError(f"{self.path}: writer failed: {self._error}")
+        if self._closing:
+            raise StoreError(f"{self.path}: writer is closed")
+        if event.seq != self.last_seq + 1:
+            raise ValueError(f"event seq {event.seq} does not follow {self.last_seq}")
+        self.last_seq = event.seq
+        self._queue.append(event)
+        if len(self._queue) == self.flush_events:
+            self._wake.set()
+
+    def write_many(self, batch: list[ev.Event]) -> None:
+        for event in batch:
+            self.write(event)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Block until everything written so far is committed."""
+        target = self.last_seq
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._wake.set()
+        while self.committed_seq < target and self._error is None and self._thread.is_alive():
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"{self.path}: flush timed out")
+            time.sleep(0.002)
+            self._wake.set()
+        if self._error is not None:
+            raise StoreError(f"{self.path}: writer failed: {self._error}")
+
+    def close(self) -> None:
+        """Commit everything queued, stop the thread, release the file."""
+        if self._closing:
+            return
+        self._closing = True
+        atexit.unregister(self.close)
+        self._wake.set()
+        self._thread.join()
+        try:
+            # A finished run becomes one plain file: leaving WAL mode checkpoints the log into
+            # it, and read-only readers then create no -wal/-shm files beside it. If a reader
+            # is still attached the switch is refused; the file stays in WAL mode, intact.
+            try:
+                self._db.execute("PRAGMA journal_mode=DELETE")
+            except sqlite3.OperationalError:
+                pass
+            self._db.close()
+        finally:
+            self._unlock()
+        if self._error is not None:
+            raise StoreError(f"{self.path}: writer failed: {self._error}")
+
+    def __enter__(self) -> RunWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writer thread
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            batch = [self._queue.popleft() for _ in range(len(self._queue))]
+            try:
+                if batch or time.monotonic() - self._last_heartbeat > HEARTBEAT_INTERVAL:
+                    self._commit(batch)
+            except BaseException as exc:  # kept for the caller: write() and close() raise it
+                self._error = exc
+                return
+            if self._closing and not self._queue:
+                return
+
+    def _commit(self, batch: list[ev.Event]) -> None:
+        rows = []
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            for event in batch:
+                if type(event) is ev.Step:
+                    self._chunk.add(event)
+                    if len(self._chunk) == CHUNK_ROWS:
+                        self._chunk.store(db, self._name_id)
+                        self._chunk = _OpenChunk()
+                else:
+                    body = ev.encode_payload(event)
+                    tag_field = TAGGED.get(event.kind)
+                    tag = getattr(event, tag_field) if tag_field else None
+                    crc = event_crc(event.seq, event.step, event.wall_time, event.kind, body, tag)
+                    rows.append((event.seq, event.kind, event.step, event.wall_time, body, crc, tag))
+            if rows:
+                db.executemany(f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?)", rows)
+            if self._chunk.dirty:
+                self._chunk.store(db, self._name_id)
+            now = time.monotonic()
+            if now - self._last_heartbeat > HEARTBEAT_INTERVAL:
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('heartbeat', ?)", (repr(time.time()),))
+                self._last_heartbeat = now
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        if batch:
+            self.committed_seq = batch[-1].seq
+
+    def _name_id(self, name: str) -> int:
+        nid = self._names.get(name)
+        if nid is None:
+            nid = self._db.execute("INSERT INTO names (name) VALUES (?)", (name,)).lastrowid
+            self._names[name] = nid
+        return nid
+
+    # -- setup
+
+    def _create(self) -> None:
+        db = self._db
+        db.execute("BEGIN")
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        meta = {
+            "created": repr(time.time()),
+            "writer_host": socket.gethostname(),
+            "writer_pid": str(os.getpid()),
+            "heartbeat": repr(time.time()),
+        }
+        db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+        db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+        db.execute(f"PRAGMA user_version={ev.SCHEMA_VERSION}")
+        db.execute("COMMIT")
+
+    def _resume(self) -> None:
+        db = self._db
+        self._names = dict(db.execute("SELECT name, id FROM names").fetchall())
+        last_event = db.execute("SELECT max(seq) FROM events").fetchone()[0] or 0
+        last_chunk = db.execute("SELECT max(last_seq) FROM step_chunks").fetchone()[0] or 0
+        self.committed_seq = max(last_event, last_chunk)
+        # the last chunk may be partly filled: keep filling it, as if never closed
+        row = db.execute("SELECT first_seq FROM step_chunks ORDER BY first_seq DESC LIMIT 1").fetchone()
+        if row is not None:
+            reader = RunReader(self.path)
+            try:
+                chunk = reader._read_step_chunk(row[0])
+            finally:
+                reader.close()
+            if len(chunk) < CHUNK_ROWS:
+                for event in chunk:
+                    self._chunk.add(event)
+                self._chunk.dirty = False
+        db.execute(
+            "INSERT OR REPLACE INTO meta VALUES ('writer_pid', ?), ('writer_host', ?)",
+            (str(os.getpid()), socket.gethostname()),
+        )
+
+    def _lock(self) -> None:
+        if fcntl is None:
+            return
+        self._lock_file = open(self.path, "ab")  # noqa: SIM115 - held open for the writer's lifetime
+        try:
+            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            self._lock_file = None
+            raise StoreError(f"{self.path}: another process is writing this run") from None
+
+    def _unlock(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()  # closing the file releases the flock
+            self._lock_file = None
