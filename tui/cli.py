@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from engine.config import ConfigError
 from engine.store import SUFFIX, RunReader, RunSummary, StoreError, find_runs
 
 EXIT_USAGE = 2
@@ -108,6 +109,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- train -------------------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from engine.config import from_args
+    from tui.headless import train_headless
+
+    config = from_args(args)
+    config.name = config.run_name  # fixed here, so the child and this process agree on it
+    store = Path(config.runs_dir) / f"{config.name}{SUFFIX}"
+    if args.resume is None and store.exists():
+        raise CliError(f"{store}: a run with this name exists (--resume it, or choose another --name)")
+    return train_headless(config.to_dict(), str(store) if args.resume is None else args.resume, args.resume)
+
+
 # --- main --------------------------------------------------------------------------------
 
 
@@ -132,6 +148,19 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", "-f", choices=("csv", "jsonl"), default="csv")
     ex.add_argument("-o", "--output", help="file to write (default: standard output)")
     ex.set_defaults(func=cmd_export)
+
+    from engine.catalog import models_help
+    from engine.config import add_arguments
+
+    tr = sub.add_parser(
+        "train",
+        help="train a CNN and record the run",
+        description="Train a CNN, recording every event to runs/NAME.mirante. Models:\n" + models_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(tr)
+    tr.add_argument("--resume", metavar="RUN", default=None, help="continue RUN from its last checkpoint")
+    tr.set_defaults(func=cmd_train)
     return parser
 
 
@@ -140,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (CliError, StoreError) as exc:
+    except (CliError, StoreError, ConfigError) as exc:
         print(f"mirante: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:  # `mirante export run | head`: the reader left, nothing is wrong

@@ -1,0 +1,54 @@
+"""`Emitter`: stamps events, writes every one to the run store, and batches them to a live queue."""
+
+from __future__ import annotations
+
+import queue
+import time
+from typing import Any
+
+from engine import events as ev
+from engine.store import RunWriter
+
+QUEUE_BATCH_SECONDS = 0.1  # how often batches go to the UI queue
+QUEUE_BATCH_EVENTS = 1000
+
+
+class Emitter:
+    """The trainer's one way out: `emit(Kind, step, **fields)`.
+
+    The store gets every event (the log is complete even if the UI dies). The queue, when
+    there is one, gets lists of events; if it is full the batch is dropped, never waited
+    for, and the UI catches up from the store (`dropped` counts what it missed).
+    """
+
+    def __init__(self, writer: RunWriter, live: Any | None = None, clock=time.time) -> None:
+        self.writer = writer
+        self.live = live
+        self.sequencer = ev.Sequencer(last_seq=writer.last_seq, clock=clock)
+        self.dropped = 0
+        self._batch: list[ev.Event] = []
+        self._last_send = time.monotonic()
+
+    def emit(self, kind: type[ev.Event], step: int, **fields: Any) -> ev.Event:
+        event = kind(**self.sequencer.header(step), **fields)
+        self.writer.write(event)
+        if self.live is not None:
+            self._batch.append(event)
+            if len(self._batch) >= QUEUE_BATCH_EVENTS or time.monotonic() - self._last_send > QUEUE_BATCH_SECONDS:
+                self.send()
+        return event
+
+    def send(self) -> None:
+        """Put the pending batch on the live queue now (if there is room)."""
+        if self.live is None or not self._batch:
+            return
+        try:
+            self.live.put_nowait(self._batch)
+        except queue.Full:
+            self.dropped += len(self._batch)
+        self._batch = []
+        self._last_send = time.monotonic()
+
+    def close(self) -> None:
+        self.send()
+        self.writer.close()

@@ -1,0 +1,172 @@
+"""`Monitor`: mirante for your own training loop: the same events and store, the same no-sync rule.
+
+    with Monitor(model, optimizer, run="my-run", batch_size=64) as mon:
+        for epoch in range(epochs):
+            for x, y in loader:
+                optimizer.zero_grad()
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
+                loss.backward()
+                mon.step(loss, logits=logits, targets=y)  # after backward(), before or after optimizer.step()
+                optimizer.step()
+            mon.epoch(val_loss=..., val_acc=...)
+
+`mon.step` keeps the loss on the device and reads it back with others every `log_every`
+steps; per-layer gradient norms are taken every `probe_every` steps. The update/weight ratio
+of a probe step is measured at the next `step()` call, as the change of the weights between
+the two calls: one optimizer step, whichever side of `optimizer.step()` you call it on.
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from engine import events as ev
+from engine import flops
+from engine.emit import Emitter
+from engine.recorder import Recorder
+from engine.store import SUFFIX, RunWriter
+
+
+class Monitor:
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        run: str | Path = "run",
+        runs_dir: str | Path = "runs",
+        dataset: str = "custom",
+        config: dict[str, Any] | None = None,
+        batch_size: int | None = None,
+        input_shape: tuple[int, int, int] | None = None,
+        sample: Tensor | None = None,
+        log_every: int = 10,
+        probe_every: int = 10,
+        capture_every: int = 0,
+        live: Any | None = None,
+    ) -> None:
+        """Start recording to `runs_dir/run.mirante` (or to `run` itself if it ends in .mirante).
+
+        `input_shape` (C, H, W) adds parameter and MAC counts; `sample` (one input, [1, C, H, W])
+        enables activation captures every `capture_every` steps; `live` is a queue for the app.
+        """
+        path = Path(run) if str(run).endswith(SUFFIX) else Path(runs_dir) / f"{run}{SUFFIX}"
+        self.model = model
+        self.optimizer = optimizer
+        self.batch_size = batch_size
+        self.steps = 0
+        self.epochs = 0
+        self.closed = False
+        self._probed_step: int | None = None  # a probe waiting for the weights to move
+        device = next(model.parameters()).device
+        self.out = Emitter(RunWriter(path), live)
+        self.rec = Recorder(
+            self.out,
+            model,
+            device,
+            log_every=log_every,
+            probe_every=probe_every,
+            capture_every=capture_every,
+            sample=sample,
+        )
+        summary: dict[str, Any] = {"layer_types": list(self.rec.norms.types)}
+        if input_shape is not None:
+            summary |= flops.count(model, input_shape).summary()
+        else:
+            summary["params"] = sum(p.numel() for p in model.parameters())
+        self.out.emit(
+            ev.RunStarted,
+            0,
+            name=path.name.removesuffix(SUFFIX),
+            model=type(model).__name__,
+            dataset=dataset,
+            config=dict(config or {}),
+            model_summary=summary,
+            layers=self.rec.layers,
+            device={"type": device.type, "host": platform.node()},
+            versions={"python": platform.python_version(), "torch": torch.__version__},
+        )
+
+    def step(
+        self,
+        loss: Tensor,
+        *,
+        logits: Tensor | None = None,
+        targets: Tensor | None = None,
+        lr: float | None = None,
+        batch_size: int | None = None,
+    ) -> None:
+        """Record one optimizer step. Call after `loss.backward()`; never waits for the device."""
+        if self._probed_step is not None:  # the weights have moved by one optimizer step since the probe
+            self.rec.probe_update(self._probed_step)
+            self._probed_step = None
+        if self.rec.is_probe_step(self.steps):
+            self.rec.probe_grads()
+            self._probed_step = self.steps + 1
+        correct = None
+        if logits is not None and targets is not None:
+            correct = (logits.detach().argmax(dim=1) == targets).sum()
+        if lr is None:
+            lr = float(self.optimizer.param_groups[0]["lr"]) if self.optimizer is not None else float("nan")
+        size = batch_size or self.batch_size or (len(targets) if targets is not None else None)
+        self.steps += 1
+        self.rec.record(self.steps, loss, lr, correct=correct, batch_size=size)
+
+    def epoch(
+        self,
+        *,
+        train_loss: float | None = None,
+        train_acc: float | None = None,
+        val_loss: float | None = None,
+        val_acc: float | None = None,
+        **scalars: float,
+    ) -> None:
+        """Close an epoch. Train loss/accuracy default to the means of the steps since the last epoch."""
+        self.rec.flush(self.steps, wait=True)
+        mean_loss, mean_acc = self.rec.take_epoch()
+        self.epochs += 1
+        self.out.emit(
+            ev.Epoch,
+            self.steps,
+            epoch=self.epochs,
+            train_loss=_float(train_loss) if train_loss is not None else mean_loss,
+            train_acc=_float(train_acc) if train_acc is not None else mean_acc,
+            val_loss=_float(val_loss),
+            val_acc=_float(val_acc),
+            scalars={k: _float(v) for k, v in scalars.items()},
+        )
+
+    def close(self, status: str = "finished", reason: str = "") -> None:
+        """Deliver what is pending, end the run with `status`, close the store."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._probed_step is not None:
+            self.rec.probe_update(self._probed_step)
+        self.rec.flush(self.steps, wait=True)
+        self.out.emit(ev.RunEnded, self.steps, status=status, reason=reason)
+        self.out.close()
+
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(self, kind: type | None, exc: BaseException | None, tb: Any) -> None:
+        if kind is None:
+            self.close()
+        elif issubclass(kind, KeyboardInterrupt):
+            self.close("interrupted", "KeyboardInterrupt")
+        else:
+            self.close("failed", f"{kind.__name__}: {exc}".splitlines()[0])
+
+
+def _float(value: Any) -> float | None:
+    """A number from a float or a tensor (a tensor is read back: called once per epoch)."""
+    if value is None:
+        return None
+    return float(value.item()) if isinstance(value, Tensor) else float(value)  # note: sync point, per epoch

@@ -1,0 +1,198 @@
+"""`Recorder`: what a training step leaves for the monitor, gathered on the device and emitted in batches.
+
+Shared by mirante's own loop (`engine.train`) and the `Monitor` API for users' loops. Per
+step it keeps the loss (and correct count) as device tensors and the learning rate as a host
+float: no kernel launch beyond an argmax, no copy. Every `log_every` steps it stacks them
+and starts one non-blocking copy; every `probe_every` steps it takes per-layer norms; every
+`capture_every` steps it captures activation maps. Values reach the store when their copy
+has finished (`probes.ReadBack`), so no step waits for the device on the monitor's account.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from engine import events as ev
+from engine import probes
+from engine.emit import Emitter
+
+SYSTEM_EVERY_S = 5.0  # seconds between System events
+
+
+class Recorder:
+    def __init__(
+        self,
+        emitter: Emitter,
+        model: nn.Module,
+        device: torch.device,
+        *,
+        log_every: int = 10,
+        probe_every: int = 10,
+        capture_every: int = 0,
+        sample: Tensor | None = None,
+        capture_layer: str | None = None,
+        autocast: Any = None,
+    ) -> None:
+        self.out = emitter
+        self.model = model
+        self.device = device
+        self.log_every = log_every
+        self.probe_every = probe_every
+        self.capture_every = capture_every
+        self.sample = sample
+        self._autocast = autocast  # a zero-argument factory of the training's autocast context
+        self.norms = probes.LayerNorms(model)
+        self.readback = probes.ReadBack(device)
+        self.capture_layers = probes.capture_layers(model, capture_layer) if sample is not None else []
+        # the interval being gathered: device tensors and host floats
+        self._losses: list[Tensor] = []
+        self._correct: list[Tensor] = []
+        self._sizes: list[int] = []
+        self._lrs: list[float] = []
+        self._data_time = 0.0
+        self._interval_start = time.perf_counter()
+        self._last_system = 0.0
+        # epoch totals, filled in as read-backs arrive
+        self.epoch_loss = 0.0
+        self.epoch_correct = 0.0
+        self.epoch_seen = 0
+        self.epoch_steps = 0
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return self.norms.names
+
+    def is_probe_step(self, step: int) -> bool:
+        """Whether the update that follows `step` steps taken gets per-layer norms."""
+        return step % self.probe_every == 0
+
+    def probe_grads(self) -> None:
+        """Per-layer gradient norms, and a copy of the weights: after backward (and unscaling)."""
+        self.norms.before_step()
+
+    def probe_update(self, step: int) -> None:
+        """Weight norms and update/weight ratios once the weights have moved by one optimizer step."""
+        stats = self.norms.after_step()
+        self.readback.submit([stats], lambda host: self._emit_layer_stats(step, host[0]))
+
+    def record(
+        self,
+        step: int,
+        loss: Tensor,
+        lr: float,
+        *,
+        correct: Tensor | None = None,
+        batch_size: int | None = None,
+        data_time: float = 0.0,
+    ) -> None:
+        """Record the step just taken (`step` counts it); emits only at interval ends."""
+        self._losses.append(loss.detach())  # no copy, no conversion: converted once per interval
+        if correct is not None:
+            self._correct.append(correct.detach())
+        self._sizes.append(batch_size or 0)
+        self._lrs.append(float(lr))
+        self._data_time += data_time
+        if self.capture_every and step % self.capture_every == 0:
+            self.capture(step)
+        if step % self.log_every == 0:
+            self.flush(step)
+
+    def flush(self, step: int, wait: bool = False) -> None:
+        """End an interval: start copying its values, deliver the copies that have finished."""
+        if self._losses:
+            n = len(self._losses)
+            seconds = time.perf_counter() - self._interval_start
+            images = sum(self._sizes)
+            timing = {"time/step_s": seconds / n, "time/data_s": self._data_time / n}
+            if images:
+                timing["throughput/img_s"] = images / seconds
+            tensors = [torch.stack(self._losses).float()]
+            if len(self._correct) == n:
+                tensors.append(torch.stack(self._correct))
+            first, lrs, sizes = step - n + 1, self._lrs, self._sizes
+            self.readback.submit(tensors, lambda host: self._emit_steps(first, host, lrs, sizes, timing))
+            self._losses, self._correct, self._sizes, self._lrs = [], [], [], []
+            self._data_time = 0.0
+            self._interval_start = time.perf_counter()
+        self.readback.ready(wait=wait)
+        now = time.monotonic()
+        if now - self._last_system > SYSTEM_EVERY_S:
+            self._last_system = now
+            self.out.emit(ev.System, step, rank=0, metrics=system_metrics(self.device))
+        self.out.send()
+
+    def take_epoch(self) -> tuple[float | None, float | None]:
+        """Mean train loss and accuracy over the steps delivered since the last call."""
+        loss = self.epoch_loss / self.epoch_steps if self.epoch_steps else None
+        acc = self.epoch_correct / self.epoch_seen if self.epoch_seen else None
+        self.epoch_loss, self.epoch_correct, self.epoch_seen, self.epoch_steps = 0.0, 0.0, 0, 0
+        return loss, acc
+
+    def capture(self, step: int) -> None:
+        """Activation maps of the fixed sample, the sample itself, and the first layer's filters."""
+        maps: list[probes.Maps] = []
+        if self.sample is not None:
+            maps = probes.capture_activations(self.model, self.sample, self.capture_layers, autocast=self._ctx)
+            maps.insert(0, probes.Maps("input", probes.shrink_maps(self.sample[0], 3, 64)))
+        filters = probes.first_filters(self.model)
+        tensors = [m.maps for m in maps] + ([filters.maps] if filters else [])
+        if not tensors:
+            return
+
+        def deliver(host: list[Tensor]) -> None:
+            for m, values in zip(maps, host, strict=False):
+                self.out.emit(
+                    ev.Activation, step, layer=m.layer, sample=0, shape=tuple(values.shape), data=_f16(values)
+                )
+            if filters:
+                values = host[-1]
+                self.out.emit(ev.Filters, step, layer=filters.layer, shape=tuple(values.shape), data=_f16(values))
+
+        self.readback.submit(tensors, deliver)
+
+    def _ctx(self) -> Any:
+        return self._autocast() if self._autocast is not None else torch.autocast(self.device.type, enabled=False)
+
+    def _emit_steps(self, first: int, host: list[Tensor], lrs: list[float], sizes: list[int], timing: dict) -> None:
+        losses = host[0].tolist()
+        correct = host[1].tolist() if len(host) > 1 else None
+        for i, (loss, lr) in enumerate(zip(losses, lrs, strict=True)):
+            scalars = {"train/loss": loss, "lr": lr}
+            if correct is not None and sizes[i]:
+                scalars["train/acc"] = correct[i] / sizes[i]
+            if i == len(losses) - 1:
+                scalars |= timing
+            self.out.emit(ev.Step, first + i, scalars=scalars)
+        self.epoch_loss += sum(losses)
+        self.epoch_steps += len(losses)
+        if correct is not None:
+            self.epoch_correct += sum(correct)
+            self.epoch_seen += sum(sizes)
+
+    def _emit_layer_stats(self, step: int, stats: Tensor) -> None:
+        grad, weight, ratio = stats.tolist()
+        self.out.emit(ev.LayerStats, step, grad_norm=grad, weight_norm=weight, update_ratio=ratio)
+
+
+def _f16(values: Tensor) -> bytes:
+    return values.contiguous().numpy().tobytes()
+
+
+def system_metrics(device: torch.device) -> dict[str, float]:
+    """Memory figures the allocator keeps on the host: reading them costs no device sync."""
+    metrics: dict[str, float] = {}
+    try:
+        with open("/proc/self/statm") as f:
+            metrics["cpu/rss_gb"] = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+    except (OSError, ValueError, IndexError):
+        pass
+    if device.type == "cuda":
+        metrics["gpu/allocated_gb"] = torch.cuda.memory_allocated(device) / 2**30
+        metrics["gpu/reserved_gb"] = torch.cuda.memory_reserved(device) / 2**30
+        metrics["gpu/peak_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return metrics

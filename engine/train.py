@@ -1,0 +1,572 @@
+"""The training loop: build everything from a TrainConfig, train epoch by epoch, emit events.
+
+Read it top to bottom: `setup` builds device, data, model and optimizer; `Trainer.fit` runs
+epochs of `train_one_epoch` and `evaluate`; monitoring (`probes`) reads values back in
+batches, so no step waits for the device on its account. The few host syncs that remain are
+marked `# note: ... sync point` and happen once per interval, evaluation or run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import queue
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from engine import events as ev
+from engine import flops, models
+from engine.config import ConfigError, TrainConfig
+from engine.data import Data, DataError, build_data
+from engine.emit import Emitter
+from engine.recorder import Recorder
+from engine.store import SUFFIX, RunWriter, StoreError
+
+# --- setup ------------------------------------------------------------------------------
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available here (try --device cpu)")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("--device mps: no MPS device is available here (try --device cpu)")
+    return torch.device(name)
+
+
+def pick_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("--precision fp16 needs a CUDA device (use bf16 or fp32)")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def init_weights(model: nn.Module, how: str, std: float) -> None:
+    """The lecture's initialisations for conv and linear weights; biases zeroed."""
+    if how == "default":
+        return
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            if how == "kaiming":
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            elif how == "xavier":
+                nn.init.xavier_normal_(module.weight)
+            else:
+                nn.init.normal_(module.weight, 0.0, std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
+def build_optimizer(config: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    c = config
+    if c.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov, weight_decay=c.weight_decay)
+    if c.optimizer == "adam":
+        return torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
+    if c.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+    return torch.optim.RMSprop(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+
+
+def lr_factor(config: TrainConfig, step: int, steps_per_epoch: int, total_steps: int) -> float:
+    """The schedule's multiplier of --lr at `step` (host arithmetic: no device work, no sync).
+
+    reduce-on-plateau is not a function of the step: `Trainer` applies its decays on top.
+    """
+    c = config
+    warm = min(1.0, (step + 1) / c.warmup_steps) if c.warmup_steps else 1.0
+    epoch = step / steps_per_epoch
+    progress = min(1.0, step / max(1, total_steps))
+    if c.schedule == "step":
+        factor = c.gamma ** int(epoch // c.step_size)
+    elif c.schedule == "multistep":
+        factor = c.gamma ** sum(epoch >= m for m in c.milestones)
+    elif c.schedule == "exponential":
+        factor = c.gamma**epoch
+    elif c.schedule == "cosine":
+        factor = 0.5 * (1 + math.cos(math.pi * progress))
+    elif c.schedule == "onecycle":  # up for 30% of the run, then cosine down to lr/1e4
+        rise = 0.3
+        if progress < rise:
+            factor = 0.04 + 0.96 * progress / rise
+        else:
+            factor = 1e-4 + (1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * (progress - rise) / (1 - rise)))
+    else:  # none, plateau
+        factor = 1.0
+    return warm * factor
+
+
+def loss_function(config: TrainConfig, num_classes: int) -> Callable[[Tensor, Tensor], Tensor]:
+    if config.loss == "mse":
+
+        def mse(logits: Tensor, target: Tensor) -> Tensor:
+            one_hot = F.one_hot(target, num_classes).to(logits.dtype)
+            return F.mse_loss(logits.float().softmax(dim=1), one_hot.float())
+
+        return mse
+    smoothing = config.label_smoothing
+    return lambda logits, target: F.cross_entropy(logits.float(), target, label_smoothing=smoothing)
+
+
+@dataclass
+class Setup:
+    """Everything a run is made of, built once."""
+
+    config: TrainConfig
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    data: Data
+    model: nn.Module  # what is trained (compiled, when --compile)
+    eager: nn.Module  # the same module uncompiled: hooks and state_dict go here
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    loss_fn: Callable[[Tensor, Tensor], Tensor]
+    total_steps: int
+    counts: flops.Counts
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def autocast(self) -> Any:
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+
+def setup(config: TrainConfig) -> Setup:
+    """Build the run; ConfigError, ModelError or DataError (exit 2) for what cannot work."""
+    c = config
+    device = pick_device(c.device)
+    amp_dtype = pick_precision(c.precision, device)
+    spec = models.get_spec(c.model)
+    torch.manual_seed(c.seed)
+    data = build_data(
+        c.dataset,
+        data_dir=c.data_dir,
+        batch_size=c.batch_size,
+        val_fraction=c.val_fraction,
+        seed=c.seed,
+        device=device,
+        channels=3 if c.pretrained else None,  # ImageNet weights expect RGB
+        augment=c.augment,
+        workers=c.workers,
+        with_test=c.test,
+        channels_last=c.channels_last,
+    )
+    size = models.input_size(c.model, data.spec.source_size, c.image_size)
+    data.set_size(size)
+    if data.steps_per_epoch == 0:
+        raise ConfigError(f"--batch-size {c.batch_size} is larger than the training split ({data.spec.n_train})")
+    eager = models.build_model(
+        spec.name,
+        num_classes=data.spec.num_classes,
+        in_channels=data.spec.channels,
+        image_size=size,
+        activation=c.activation,
+        pretrained=c.pretrained,
+        aux_logits=c.aux_logits,
+    )
+    if not c.pretrained:
+        init_weights(eager, c.init, c.init_std)
+    counts = flops.count(eager, (data.spec.channels, size, size))
+    eager = eager.to(device)
+    if c.channels_last:
+        eager = eager.to(memory_format=torch.channels_last)
+    model = torch.compile(eager) if c.compile else eager
+    params = [p for p in eager.parameters() if p.requires_grad]
+    total = c.steps if c.steps is not None else c.epochs * data.steps_per_epoch
+    return Setup(
+        config=c,
+        device=device,
+        amp_dtype=amp_dtype,
+        data=data,
+        model=model,
+        eager=eager,
+        optimizer=build_optimizer(c, params),
+        scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16),
+        loss_fn=loss_function(c, data.spec.num_classes),
+        total_steps=total,
+        counts=counts,
+        versions={"python": platform.python_version(), "torch": torch.__version__, "mirante": _version()},
+    )
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("mirante")
+    except Exception:
+        return "unknown"
+
+
+def device_info(device: torch.device) -> dict[str, Any]:
+    info: dict[str, Any] = {"type": device.type, "host": platform.node(), "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info |= {"name": props.name, "memory_gb": round(props.total_memory / 2**30, 1), "count": 1}
+    else:
+        info["name"] = platform.processor() or platform.machine()
+    return info
+
+
+# --- checkpoints ------------------------------------------------------------------------
+
+
+def checkpoint_dir(runs_dir: str | Path, name: str) -> Path:
+    return Path(runs_dir) / f"{name}.ckpt"
+
+
+def save_checkpoint(path: Path, s: Setup, state: dict[str, Any]) -> None:
+    """Write atomically: a crash while saving leaves the previous checkpoint intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "model": s.eager.state_dict(),
+            "optimizer": s.optimizer.state_dict(),
+            "scaler": s.scaler.state_dict(),
+            "config": s.config.to_dict(),
+            "state": state,
+        },
+        tmp,
+    )
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+# --- the loop ---------------------------------------------------------------------------
+
+
+class Trainer:
+    """Runs a Setup to the end, emitting events as it goes."""
+
+    def __init__(self, s: Setup, emitter: Emitter, commands: Any | None = None) -> None:
+        self.s = s
+        self.c = s.config
+        self.out = emitter
+        self.commands = commands
+        sample, _ = s.data.fixed_sample(0)
+        self.rec = Recorder(
+            emitter,
+            s.eager,
+            s.device,
+            log_every=self.c.log_every,
+            probe_every=self.c.probe_every,
+            capture_every=self.c.capture_every,
+            sample=sample,
+            capture_layer=self.c.capture_layer,
+            autocast=s.autocast,
+        )
+        self.step = 0
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.best_val_acc = -1.0
+        self.plateau_factor = 1.0
+        self.plateau_best = math.inf
+        self.plateau_wait = 0
+        self.stop_reason: str | None = None
+        self.paused = False
+        ckpt = checkpoint_dir(self.c.runs_dir, self.run_name)
+        self.last_path, self.best_path = ckpt / "last.pt", ckpt / "best.pt"
+
+    @property
+    def run_name(self) -> str:
+        return Path(self.out.writer.path).name.removesuffix(SUFFIX)
+
+    # -- lifecycle
+
+    def start(self, resumed: dict[str, Any] | None = None) -> None:
+        s = self.s
+        if resumed is not None:
+            s.eager.load_state_dict(resumed["model"])
+            s.optimizer.load_state_dict(resumed["optimizer"])
+            s.scaler.load_state_dict(resumed["scaler"])
+            for key, value in resumed["state"].items():
+                setattr(self, key, value)
+        plan = {"steps_per_epoch": s.data.steps_per_epoch, "total_steps": s.total_steps}
+        self.out.emit(
+            ev.RunStarted,
+            self.step,
+            name=self.run_name,
+            model=self.c.model,
+            dataset=s.data.spec.name,
+            config=self.c.to_dict() | plan | ({"resumed_at_step": self.step} if resumed else {}),
+            model_summary=s.counts.summary() | {"layer_types": list(self.rec.norms.types)},
+            layers=self.rec.layers,
+            device=device_info(s.device),
+            versions=s.versions,
+        )
+
+    def fit(self) -> str:
+        """Train to the end; returns the RunEnded status."""
+        c, data = self.c, self.s.data
+        self.rec.capture(self.step)
+        while self.stop_reason is None and self.step < self.s.total_steps:
+            self.train_one_epoch()
+            if self.stop_reason is not None and self.step_in_epoch < data.steps_per_epoch:
+                break  # stopped mid-epoch: no validation of a partial epoch
+            self.end_epoch()
+        self.rec.flush(self.step, wait=True)
+        if self.stop_reason is not None:
+            self.save()
+            return "interrupted"
+        if c.test:
+            loss, acc = self.evaluate(data.test_batches())
+            self.out.emit(ev.Step, self.step, scalars={"test/loss": loss, "test/acc": acc})
+        return "finished"
+
+    def state(self) -> dict[str, Any]:
+        keys = ("step", "epoch", "step_in_epoch", "best_val_acc", "plateau_factor", "plateau_best", "plateau_wait")
+        return {k: getattr(self, k) for k in keys}
+
+    def save(self) -> None:
+        save_checkpoint(self.last_path, self.s, self.state())
+
+    # -- one epoch
+
+    def train_one_epoch(self) -> None:
+        s, c, rec = self.s, self.c, self.rec
+        model, optimizer, scaler = s.model, s.optimizer, s.scaler
+        params = rec.norms.params
+        model.train()
+        batches: Iterator[tuple[Tensor, Tensor]] = s.data.train_batches(self.epoch, skip=self.step_in_epoch)
+        while self.step < s.total_steps and self.stop_reason is None:
+            t0 = time.perf_counter()
+            batch = next(batches, None)
+            data_time = time.perf_counter() - t0
+            if batch is None:
+                break
+            x, y = batch
+            lr = c.lr * lr_factor(c, self.step, s.data.steps_per_epoch, s.total_steps) * self.plateau_factor
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            probe_now = rec.is_probe_step(self.step)
+
+            with s.autocast():
+                logits, aux = models.split_outputs(model(x))
+                loss = s.loss_fn(logits, y)
+                objective = loss + sum(0.3 * s.loss_fn(a, y) for a in aux) if aux else loss
+            if c.l1:
+                objective = objective + c.l1 * torch.stack(torch._foreach_norm(params, 1)).sum()
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(objective).backward()
+            if scaler.is_enabled() and (c.clip_grad or probe_now):
+                scaler.unscale_(optimizer)  # norms and clipping see true gradients
+            if c.clip_grad:
+                nn.utils.clip_grad_norm_(params, c.clip_grad, foreach=True)
+            if probe_now:
+                rec.probe_grads()
+            scaler.step(optimizer)  # fp16 only: GradScaler checks for inf here (PyTorch's own sync)
+            scaler.update()
+
+            self.step += 1
+            self.step_in_epoch += 1
+            if probe_now:
+                rec.probe_update(self.step)
+            correct = (logits.detach().argmax(dim=1) == y).sum()
+            rec.record(self.step, loss, lr, correct=correct, batch_size=len(y), data_time=data_time)
+            self.poll_commands()
+
+    # -- epoch end
+
+    def evaluate(self, batches: Iterator[tuple[Tensor, Tensor]]) -> tuple[float, float]:
+        """Mean loss and accuracy over `batches`."""
+        s = self.s
+        s.model.eval()
+        total = torch.zeros(2, device=s.device)
+        seen = 0
+        with torch.no_grad(), s.autocast():
+            for x, y in batches:
+                logits, _ = models.split_outputs(s.model(x))
+                total += torch.stack([s.loss_fn(logits, y) * len(y), (logits.argmax(dim=1) == y).sum().float()])
+                seen += len(y)
+        s.model.train()
+        loss_sum, correct = total.tolist()  # note: a CPU-GPU sync point, once per evaluation
+        return loss_sum / max(1, seen), correct / max(1, seen)
+
+    def end_epoch(self) -> None:
+        self.rec.flush(self.step, wait=True)
+        val_loss, val_acc = self.evaluate(self.s.data.val_batches())
+        train_loss, train_acc = self.rec.take_epoch()
+        self.out.emit(
+            ev.Epoch,
+            self.step,
+            epoch=self.epoch + 1,
+            train_loss=train_loss,
+            train_acc=train_acc,
+            val_loss=val_loss,
+            val_acc=val_acc,
+            scalars={"lr": self.s.optimizer.param_groups[0]["lr"]},
+        )
+        if self.c.schedule == "plateau":
+            self.update_plateau(val_loss)
+        self.epoch += 1
+        self.step_in_epoch = 0
+        if self.c.capture_every == 0:
+            self.rec.capture(self.step)
+        improved = val_acc > self.best_val_acc
+        self.best_val_acc = max(self.best_val_acc, val_acc)
+        self.save()
+        if improved:
+            save_checkpoint(self.best_path, self.s, self.state())
+        self.rec.flush(self.step)
+
+    def update_plateau(self, val_loss: float) -> None:
+        """reduce-on-plateau: cut the learning rate by --gamma after --patience epochs without improvement."""
+        if val_loss < self.plateau_best * (1 - 1e-4):
+            self.plateau_best, self.plateau_wait = val_loss, 0
+            return
+        self.plateau_wait += 1
+        if self.plateau_wait > self.c.patience:
+            self.plateau_factor *= self.c.gamma
+            self.plateau_wait = 0
+
+    # -- control
+
+    def poll_commands(self) -> None:
+        """Commands from the UI (stop, pause, resume, capture); checked once per interval."""
+        if self.commands is None or self.step % self.c.log_every:
+            return
+        while True:
+            for command in self._drain_commands():
+                if command == "stop":
+                    self.stop_reason = "stopped from the app"
+                elif command in ("pause", "resume"):
+                    self.paused = command == "pause"
+                elif command == "capture":
+                    self.rec.capture(self.step)
+            if not self.paused or self.stop_reason:
+                return
+            self.out.send()
+            time.sleep(0.1)  # paused: wait for "resume" without spinning
+
+    def _drain_commands(self) -> list[str]:
+        commands = []
+        while True:
+            try:
+                commands.append(self.commands.get_nowait())
+            except queue.Empty:
+                return commands
+
+    def request_stop(self, reason: str) -> None:
+        self.stop_reason = reason
+
+
+# --- entry points -----------------------------------------------------------------------
+
+
+def store_path(config: TrainConfig, name: str) -> Path:
+    return Path(config.runs_dir) / f"{name}{SUFFIX}"
+
+
+def run(config: TrainConfig, live: Any | None = None, commands: Any | None = None, resume: str | None = None) -> int:
+    """Train one run to its end. Exit code: 0 finished, 1 failed, 2 bad input, 130 interrupted."""
+    try:
+        resumed = None
+        if resume is not None:
+            config, resumed, path = prepare_resume(config, resume)
+        s = setup(config)
+        name = config.run_name if resumed is None else path.name.removesuffix(SUFFIX)
+        if resumed is None:
+            path = store_path(config, name)
+        writer = RunWriter(path, append=resumed is not None)
+    except (ConfigError, models.ModelError, DataError, StoreError, FileNotFoundError) as exc:
+        print(f"mirante: error: {exc}", file=sys.stderr)
+        return 2
+    emitter = Emitter(writer, live)
+    trainer = Trainer(s, emitter, commands)
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        trainer.request_stop("interrupted (Ctrl-C)")
+        signal.signal(signal.SIGINT, previous)  # a second Ctrl-C stops at once
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    status, reason, code = "failed", "", 1
+    try:
+        trainer.start(resumed)
+        status = trainer.fit()
+        reason = trainer.stop_reason or ""
+        code = 0 if status == "finished" else 130
+    except torch.cuda.OutOfMemoryError:
+        reason = f"out of GPU memory at --batch-size {config.batch_size}: try --batch-size {config.batch_size // 2}"
+    except KeyboardInterrupt:
+        status, reason, code = "interrupted", "interrupted (second Ctrl-C): no checkpoint", 130
+    except Exception as exc:  # the run failed: say why in one line, keep the traceback in the store
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        emitter.emit(
+            ev.Diagnostic,
+            trainer.step,
+            level="fail",
+            code="exception",
+            message=reason,
+            evidence={"traceback": traceback.format_exc()},
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        emitter.emit(ev.RunEnded, trainer.step, status=status, reason=reason)
+        emitter.close()
+    if status == "failed":
+        print(f"mirante: run failed: {reason}", file=sys.stderr)
+    return code
+
+
+def prepare_resume(config: TrainConfig, run: str) -> tuple[TrainConfig, dict[str, Any], Path]:
+    """The stored config (with --epochs/--steps from the command line), the checkpoint, the store."""
+    path = Path(run)
+    if not path.exists():
+        path = Path(config.runs_dir) / (run if run.endswith(SUFFIX) else f"{run}{SUFFIX}")
+    if not path.exists():
+        raise FileNotFoundError(f"{run}: no such run (looked in {config.runs_dir}/)")
+    name = path.name.removesuffix(SUFFIX)
+    ckpt = checkpoint_dir(path.parent, name) / "last.pt"
+    if not ckpt.exists():
+        raise FileNotFoundError(f"{ckpt}: no checkpoint to resume from")
+    saved = load_checkpoint(ckpt, torch.device("cpu"))
+    stored = TrainConfig.from_dict(saved["config"])
+    stored.epochs, stored.steps = config.epochs, config.steps
+    stored.runs_dir, stored.headless = str(path.parent), config.headless
+    return stored.validate(), saved, path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m engine.train ...`: train headless in this process (torchrun uses this)."""
+    import argparse
+
+    from engine.config import add_arguments, from_args
+
+    parser = argparse.ArgumentParser(prog="python -m engine.train")
+    add_arguments(parser)
+    parser.add_argument("--resume", default=None)
+    args = parser.parse_args(argv)
+    try:
+        config = from_args(args)
+    except ConfigError as exc:
+        print(f"mirante: error: {exc}", file=sys.stderr)
+        return 2
+    return run(config, resume=args.resume)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

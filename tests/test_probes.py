@@ -1,0 +1,114 @@
+"""Probes: per-layer norms are right, captures are right, and nothing waits for the device per step."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine import models, probes
+from engine.catalog import MODELS
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: threads only add contention on a shared 2-core machine
+    yield
+    torch.set_num_threads(threads)
+
+
+def layer_norm(module: nn.Module, what) -> float:
+    return math.sqrt(sum(float(what(p).norm()) ** 2 for p in module.parameters(recurse=False)))
+
+
+def test_layer_norms_match_a_per_module_computation():
+    torch.manual_seed(0)
+    model = models.build_model("smallcnn", image_size=16)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
+    norms = probes.LayerNorms(model)
+    assert norms.names[:2] == ("conv1", "bn1") and norms.names[-1] == "fc"
+    F.cross_entropy(model(x), y).backward()
+    modules = dict(model.named_modules())
+    expected_grad = [layer_norm(modules[n], lambda p: p.grad) for n in norms.names]
+    before = {n: [p.detach().clone() for p in modules[n].parameters(recurse=False)] for n in norms.names}
+    norms.before_step()
+    opt.step()
+    grad, weight, ratio = norms.after_step().tolist()
+    assert grad == pytest.approx(expected_grad, rel=1e-5)
+    for i, name in enumerate(norms.names):
+        params = list(modules[name].parameters(recurse=False))
+        w = math.sqrt(sum(float(p.detach().norm()) ** 2 for p in params))
+        d = math.sqrt(sum(float((p.detach() - b).norm()) ** 2 for p, b in zip(params, before[name], strict=True)))
+        assert weight[i] == pytest.approx(w, rel=1e-5)
+        assert ratio[i] == pytest.approx(d / w, rel=1e-4)
+
+
+def test_layers_without_gradients_read_nan():
+    model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 2))
+    norms = probes.LayerNorms(model)
+    model[1](torch.randn(2, 3)).sum().backward()  # the first layer gets no gradient
+    norms.before_step()
+    grad, _, _ = norms.after_step().tolist()
+    assert math.isnan(grad[0]) and grad[1] > 0
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_zoo_model_gets_a_gradient_norm_for_every_layer(name):
+    torch.manual_seed(0)
+    size = MODELS[name].min_size
+    model = models.build_model(name, num_classes=10, image_size=size)
+    norms = probes.LayerNorms(model)
+    logits, aux = models.split_outputs(model(torch.randn(2, 3, size, size)))
+    F.cross_entropy(logits, torch.tensor([0, 1])).backward()
+    norms.before_step()
+    grad, weight, _ = norms.after_step().tolist()
+    assert len(grad) == len(norms.names) == len(probes.parameterised_layers(model)) > 0
+    assert all(math.isfinite(g) and g >= 0 for g in grad), [
+        n for n, g in zip(norms.names, grad, strict=True) if not g >= 0
+    ]
+    assert all(w > 0 for w in weight)
+
+
+@pytest.mark.parametrize("name", ["vgg11", "smallcnn", "resnet18"])
+def test_captured_first_conv_equals_conv2d_despite_inplace_relu(name):
+    torch.manual_seed(0)
+    model = models.build_model(name, image_size=32)
+    x = torch.randn(1, 3, 32, 32)
+    layers = probes.capture_layers(model)
+    first_name, conv = layers[0]
+    maps = probes.capture_activations(model, x, layers, autocast=contextlib.nullcontext)
+    assert [m.layer for m in maps] == [n for n, _ in layers] and len(layers) == 2
+    expected = F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)[0]
+    got = maps[0].maps
+    assert got.dtype == torch.float16 and got.shape == (min(32, expected.shape[0]), 32, 32)
+    assert torch.allclose(got.float(), expected[: got.shape[0]], atol=2e-2, rtol=1e-2)
+    assert (got < 0).any()  # a ReLU that ran in place would have left no negative values
+    assert model.training  # the capture pass put the model back in training mode
+
+
+def test_maps_are_shrunk_on_the_device():
+    x = torch.randn(64, 112, 112)
+    out = probes.shrink_maps(x, max_channels=8, max_side=32)
+    assert out.shape == (8, 32, 32) and out.dtype == torch.float16
+
+
+def test_first_filters():
+    model = models.build_model("smallcnn")
+    f = probes.first_filters(model)
+    assert f.layer == "conv1" and f.maps.shape == (32, 3, 3, 3) and f.maps.dtype == torch.float16
+
+
+def test_readback_delivers_in_order_only_when_asked():
+    rb = probes.ReadBack(torch.device("cpu"))
+    got = []
+    rb.submit([torch.tensor([1.0])], lambda h: got.append(h[0].tolist()))
+    rb.submit([torch.tensor([2.0])], lambda h: got.append(h[0].tolist()))
+    assert got == []
+    rb.ready()
+    assert got == [[1.0], [2.0]]

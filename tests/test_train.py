@@ -1,0 +1,272 @@
+"""The training engine on the CPU: events, no per-step syncs, checkpoints and resume, the Monitor API."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine import events as ev
+from engine import train
+from engine.config import ConfigError, TrainConfig
+from engine.monitor import Monitor
+from engine.store import RunReader
+
+ROOT = Path(__file__).resolve().parents[1]
+EVERY_KIND = {"RunStarted", "Step", "LayerStats", "Epoch", "Activation", "Filters", "System", "RunEnded"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(tmp_path: Path, **overrides) -> TrainConfig:
+    """smallcnn on 1,200 shapes: a few seconds on one CPU thread."""
+    values = dict(
+        model="smallcnn",
+        dataset="shapes",
+        epochs=2,
+        batch_size=32,
+        lr=0.05,
+        runs_dir=str(tmp_path / "runs"),
+        name="tiny",
+        log_every=5,
+        probe_every=3,
+        capture_every=10,
+        device="cpu",
+    )
+    values.update(overrides)
+    return TrainConfig(**values).validate()
+
+
+@pytest.fixture(autouse=True)
+def small_shapes(monkeypatch):
+    """The built-in dataset at 1,200 images instead of 24,000, for speed."""
+    import engine.data
+
+    original = engine.data.build_data
+    monkeypatch.setattr(train, "build_data", lambda *a, **k: original(*a, **{**k, "shapes_count": 1200}))
+
+
+def kinds(path: Path) -> list[ev.Event]:
+    with RunReader(path) as run:
+        return run.follow(0, limit=None)
+
+
+def test_a_run_records_every_event_kind(tmp_path):
+    config = tiny(tmp_path)
+    assert train.run(config) == 0
+    events = kinds(tmp_path / "runs" / "tiny.mirante")
+    assert {e.kind for e in events} >= EVERY_KIND
+    started = events[0]
+    assert isinstance(started, ev.RunStarted) and started.model == "smallcnn" and started.dataset == "shapes"
+    assert started.layers[0] == "conv1" and started.model_summary["params"] > 0
+    steps = [e for e in events if isinstance(e, ev.Step) and "train/loss" in e.scalars]
+    per_epoch = started.config["steps_per_epoch"]
+    assert [s.step for s in steps] == list(range(1, 2 * per_epoch + 1))
+    assert abs(steps[0].scalars["train/loss"] - math.log(10)) < 0.5  # random weights: about ln(10)
+    stats = [e for e in events if isinstance(e, ev.LayerStats)]
+    assert [s.step for s in stats] == list(range(1, 2 * per_epoch + 1, 3))
+    assert all(len(s.grad_norm) == len(started.layers) for s in stats)
+    epochs = [e for e in events if isinstance(e, ev.Epoch)]
+    assert [e.epoch for e in epochs] == [1, 2] and all(0 <= e.val_acc <= 1 for e in epochs)
+    maps = {(e.layer, e.step) for e in events if isinstance(e, ev.Activation)}
+    assert ("input", 0) in maps and ("conv1", 0) in maps and ("conv1", 10) in maps
+    assert isinstance(events[-1], ev.RunEnded) and events[-1].status == "finished"
+    assert (tmp_path / "runs" / "tiny.ckpt" / "last.pt").exists()
+    assert (tmp_path / "runs" / "tiny.ckpt" / "best.pt").exists()
+
+
+def test_steps_that_do_not_log_never_wait_for_the_device(tmp_path, monkeypatch):
+    """Patch every host-sync method to fail except inside read-back deliveries and epoch ends."""
+    allowed = {"depth": 0}
+
+    def forbid(name, original):
+        def guarded(*args, **kwargs):
+            if not allowed["depth"]:
+                raise AssertionError(f"{name} called on a step that does not log")
+            return original(*args, **kwargs)
+
+        return guarded
+
+    def permit(original):
+        def wrapper(*args, **kwargs):
+            allowed["depth"] += 1
+            try:
+                return original(*args, **kwargs)
+            finally:
+                allowed["depth"] -= 1
+
+        return wrapper
+
+    from engine import recorder
+
+    config = tiny(tmp_path, steps=23, log_every=10, probe_every=4, capture_every=7)
+    s = train.setup(config)
+    trainer = train.Trainer(s, train.Emitter(train.RunWriter(tmp_path / "sync.mirante")))
+    trainer.start()
+    for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, forbid(name, getattr(torch.Tensor, name)))
+    monkeypatch.setattr(torch.cuda, "synchronize", forbid("synchronize", torch.cuda.synchronize))
+    monkeypatch.setattr(recorder.Recorder, "flush", permit(recorder.Recorder.flush))
+    monkeypatch.setattr(train.Trainer, "end_epoch", permit(train.Trainer.end_epoch))
+    trainer.train_one_epoch()  # 23 steps: 21 of them do not log; probes at 0, 4, ...; captures at 7, 14, 21
+    assert trainer.step == 23
+    monkeypatch.undo()
+    trainer.rec.flush(trainer.step, wait=True)
+    trainer.out.close()
+    events = kinds(tmp_path / "sync.mirante")
+    assert [e.step for e in events if isinstance(e, ev.LayerStats)] == [1, 5, 9, 13, 17, 21]
+    assert sorted({e.step for e in events if isinstance(e, ev.Activation)}) == [7, 14, 21]
+
+
+def test_ctrl_c_checkpoints_and_resume_continues_the_same_store(tmp_path):
+    config = tiny(tmp_path, epochs=2)
+    s = train.setup(config)
+    writer = train.RunWriter(tmp_path / "runs" / "tiny.mirante")
+    trainer = train.Trainer(s, train.Emitter(writer))
+    trainer.start()
+    original = trainer.rec.record
+
+    def stop_at_step_7(step, *args, **kwargs):
+        original(step, *args, **kwargs)
+        if step == 7:
+            trainer.request_stop("interrupted (Ctrl-C)")
+
+    trainer.rec.record = stop_at_step_7
+    assert trainer.fit() == "interrupted"
+    trainer.out.emit(ev.RunEnded, trainer.step, status="interrupted", reason="test")
+    trainer.out.close()
+    path = tmp_path / "runs" / "tiny.mirante"
+    with RunReader(path) as run:
+        assert run.status() == "interrupted"
+        assert run.scalars("train/loss")[0].tolist() == list(range(1, 8))
+
+    assert train.run(config, resume="tiny") == 0
+    events = kinds(path)
+    seqs = [e.seq for e in events]
+    assert seqs == list(range(1, len(seqs) + 1))
+    starts = [e for e in events if isinstance(e, ev.RunStarted)]
+    assert len(starts) == 2 and starts[1].config["resumed_at_step"] == 7 and starts[1].step == 7
+    loss_steps = [e.step for e in events if isinstance(e, ev.Step) and "train/loss" in e.scalars]
+    per_epoch = starts[0].config["steps_per_epoch"]
+    assert loss_steps == list(range(1, 2 * per_epoch + 1))  # continues at 8: nothing repeated or skipped
+    with RunReader(path) as run:
+        assert run.status() == "finished"
+        assert [e.epoch for e in run.epochs()] == [1, 2]
+
+
+def test_monitor_drives_a_hand_written_loop(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 8 * 8, 10)
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 10, (16,))
+    with Monitor(
+        model,
+        optimizer,
+        run="mine",
+        runs_dir=tmp_path,
+        input_shape=(3, 8, 8),
+        sample=x[:1],
+        capture_every=5,
+        log_every=4,
+        probe_every=2,
+    ) as mon:
+        for _ in range(2):
+            for _ in range(6):
+                optimizer.zero_grad()
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
+                loss.backward()
+                mon.step(loss, logits=logits, targets=y)
+                optimizer.step()
+            mon.epoch(val_loss=loss.detach(), val_acc=0.5)
+    path = tmp_path / "mine.mirante"
+    events = kinds(path)
+    assert {e.kind for e in events} >= EVERY_KIND - {"System"} | {"RunStarted"}
+    stats = [e for e in events if isinstance(e, ev.LayerStats)]
+    assert [s.step for s in stats] == [1, 3, 5, 7, 9, 11]
+    assert all(0 < r < 1 for s in stats for r in s.update_ratio)  # Adam moved every layer a little
+    with RunReader(path) as run:
+        assert run.status() == "finished" and run.summary().steps == 12
+        assert len(run.scalars("train/loss")[1]) == 12 and len(run.epochs()) == 2
+    listing = subprocess.run(
+        [sys.executable, "-m", "tui.cli", "ls", str(tmp_path)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert listing.returncode == 0 and "mine" in listing.stdout and "finished" in listing.stdout
+
+
+def test_a_failing_run_ends_its_store_as_failed(tmp_path, monkeypatch):
+    config = tiny(tmp_path, epochs=1)
+
+    def explode(self):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(train.Trainer, "end_epoch", explode)
+    assert train.run(config) == 1
+    with RunReader(tmp_path / "runs" / "tiny.mirante") as run:
+        assert run.status() == "failed" and "boom" in run.ended().reason
+        assert len(run.scalars("train/loss")[1]) > 0  # what was recorded before is kept
+        assert "Traceback" in run.events_of("Diagnostic")[-1].evidence["traceback"]
+
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        ({"lr": -1}, "--lr must be positive"),
+        ({"batch_size": 0}, "--batch-size must be positive"),
+        ({"model": "nope"}, "unknown model 'nope'; choose one of: smallcnn"),
+        ({"dataset": "/no/such/folder"}, "unknown dataset"),
+    ],
+)
+def test_bad_config_is_one_clear_error(tmp_path, overrides, words):
+    with pytest.raises(ConfigError, match=words.replace("(", r"\(")):
+        tiny(tmp_path, **overrides)
+
+
+def test_lr_schedules():
+    c = TrainConfig(lr=1.0, schedule="cosine", warmup_steps=10)
+    assert train.lr_factor(c, 0, 100, 1000) == pytest.approx(0.1)
+    assert train.lr_factor(c, 500, 100, 1000) == pytest.approx(0.5)
+    assert train.lr_factor(c, 1000, 100, 1000) == pytest.approx(0.0)
+    step = TrainConfig(schedule="step", step_size=2, gamma=0.1)
+    assert [train.lr_factor(step, e * 100, 100, 1000) for e in (0, 1, 2, 4)] == pytest.approx([1, 1, 0.1, 0.01])
+    multi = TrainConfig(schedule="multistep", milestones=[1, 3], gamma=0.5)
+    assert [train.lr_factor(multi, e * 100, 100, 1000) for e in (0, 1, 2, 3)] == pytest.approx([1, 0.5, 0.5, 0.25])
+    one = TrainConfig(schedule="onecycle")
+    peak = max(train.lr_factor(one, s, 100, 1000) for s in range(1000))
+    assert peak == pytest.approx(1.0, abs=1e-3) and train.lr_factor(one, 999, 100, 1000) < 1e-3
+
+
+def test_cli_rejects_bad_input_in_one_line(tmp_path):
+    cases = [
+        (["--model", "nope"], "unknown model 'nope'"),
+        (["--lr", "0"], "--lr must be positive"),
+        (["--dataset", str(tmp_path / "missing")], "unknown dataset"),
+        (["--device", "cuda", "--epochs", "1"], "no CUDA device"),
+    ]
+    for args, words in cases:
+        result = subprocess.run(
+            [sys.executable, "-m", "tui.cli", "train", "--headless", "--runs-dir", str(tmp_path), *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if torch.cuda.is_available() and "cuda" in args:
+            continue
+        assert result.returncode == 2, (args, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and words in lines[0] and "Traceback" not in result.stderr, result.stderr
+    assert not list(tmp_path.glob("*.mirante"))  # bad input leaves no run behind
