@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -43,6 +44,7 @@ class OneBatch:
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, steps: int) -> None:
         self.x, self.y, self.steps_per_epoch = x, y, steps
+        self.spec = SimpleNamespace(name="synthetic")
 
     def train_batches(self, epoch: int, skip: int = 0):
         for _ in range(self.steps_per_epoch - skip):
@@ -78,12 +80,13 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--probe-every", type=int, default=10)
-    p.add_argument("--capture-every", type=int, default=0)
+    p.add_argument("--capture-every", type=int, default=200)
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     args = p.parse_args()
 
     device = torch.device(args.device)
     torch.manual_seed(0)
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # as the engine sets it
     amp = pick_precision(args.precision, device)
     model = models.build_model(args.model, num_classes=10, image_size=args.size).to(device)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format

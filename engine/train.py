@@ -155,6 +155,8 @@ def setup(config: TrainConfig) -> Setup:
     c = config
     device = pick_device(c.device)
     amp_dtype = pick_precision(c.precision, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed batch shapes: let cuDNN pick its fastest kernels
     spec = models.get_spec(c.model)
     torch.manual_seed(c.seed)
     data = build_data(
