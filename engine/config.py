@@ -168,3 +168,16 @@ def from_args(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig held by parsed arguments (extra attributes are ignored)."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in names}).validate()
+
+
+def explicit_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
+    """Destinations of the options written out in `argv` (not left at their defaults)."""
+    import sys
+
+    words = sys.argv[1:] if argv is None else argv
+    given = set()
+    for action in parser._actions:
+        for flag in action.option_strings:
+            if any(w == flag or w.startswith(flag + "=") for w in words):
+                given.add(action.dest)
+    return given

@@ -9,22 +9,28 @@ from typing import Any
 LIVE_QUEUE_BATCHES = 256  # batches of events the UI may fall behind by before the trainer drops some
 
 
-def train_child(config: dict[str, Any], live: Any, commands: Any, resume: str | None) -> None:
+def train_child(
+    config: dict[str, Any], live: Any, commands: Any, resume: str | None, overrides: dict[str, Any]
+) -> None:
     """The child's entry point: torch is imported here, in the child only."""
     from engine.config import TrainConfig
     from engine.train import run
 
-    code = run(TrainConfig.from_dict(config), live=live, commands=commands, resume=resume)
+    code = run(TrainConfig.from_dict(config), live=live, commands=commands, resume=resume, overrides=overrides)
     live.close()
     live.join_thread()  # everything put on the queue reaches the parent before we exit
     sys.exit(code)
 
 
-def start_trainer(config: dict[str, Any], resume: str | None = None) -> tuple[Any, Any, Any]:
+def start_trainer(
+    config: dict[str, Any], resume: str | None = None, overrides: dict[str, Any] | None = None
+) -> tuple[Any, Any, Any]:
     """(process, live event queue, command queue) for a trainer started in a spawned child."""
     ctx = mp.get_context("spawn")
     live = ctx.Queue(maxsize=LIVE_QUEUE_BATCHES)
     commands = ctx.Queue()
-    process = ctx.Process(target=train_child, args=(config, live, commands, resume), name="mirante-trainer")
+    process = ctx.Process(
+        target=train_child, args=(config, live, commands, resume, overrides or {}), name="mirante-trainer"
+    )
     process.start()
     return process, live, commands

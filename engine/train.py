@@ -31,6 +31,7 @@ from engine import flops, models
 from engine.config import ConfigError, TrainConfig
 from engine.data import Data, DataError, build_data
 from engine.emit import Emitter
+from engine.progress import PrintingQueue, Progress
 from engine.recorder import Recorder
 from engine.store import SUFFIX, RunWriter, StoreError
 
@@ -225,8 +226,19 @@ def device_info(device: torch.device) -> dict[str, Any]:
         props = torch.cuda.get_device_properties(device)
         info |= {"name": props.name, "memory_gb": round(props.total_memory / 2**30, 1), "count": 1}
     else:
-        info["name"] = platform.processor() or platform.machine()
+        info["name"] = cpu_name()
     return info
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 # --- checkpoints ------------------------------------------------------------------------
@@ -482,12 +494,22 @@ def store_path(config: TrainConfig, name: str) -> Path:
     return Path(config.runs_dir) / f"{name}{SUFFIX}"
 
 
-def run(config: TrainConfig, live: Any | None = None, commands: Any | None = None, resume: str | None = None) -> int:
-    """Train one run to its end. Exit code: 0 finished, 1 failed, 2 bad input, 130 interrupted."""
+def run(
+    config: TrainConfig,
+    live: Any | None = None,
+    commands: Any | None = None,
+    resume: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> int:
+    """Train one run to its end. Exit code: 0 finished, 1 failed, 2 bad input, 130 interrupted.
+
+    With `resume` (a run's name or store), the run's stored config is used, changed only by
+    `overrides` (the options given on the command line, e.g. a larger --epochs).
+    """
     try:
         resumed = None
         if resume is not None:
-            config, resumed, path = prepare_resume(config, resume)
+            config, resumed, path = prepare_resume(config.runs_dir, resume, overrides or {})
         s = setup(config)
         name = config.run_name if resumed is None else path.name.removesuffix(SUFFIX)
         if resumed is None:
@@ -534,21 +556,19 @@ def run(config: TrainConfig, live: Any | None = None, commands: Any | None = Non
     return code
 
 
-def prepare_resume(config: TrainConfig, run: str) -> tuple[TrainConfig, dict[str, Any], Path]:
-    """The stored config (with --epochs/--steps from the command line), the checkpoint, the store."""
+def prepare_resume(runs_dir: str, run: str, overrides: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any], Path]:
+    """The stored config with `overrides` applied, the last checkpoint, and the run's store."""
     path = Path(run)
     if not path.exists():
-        path = Path(config.runs_dir) / (run if run.endswith(SUFFIX) else f"{run}{SUFFIX}")
+        path = Path(runs_dir) / (run if run.endswith(SUFFIX) else f"{run}{SUFFIX}")
     if not path.exists():
-        raise FileNotFoundError(f"{run}: no such run (looked in {config.runs_dir}/)")
+        raise FileNotFoundError(f"{run}: no such run (looked in {runs_dir}/)")
     name = path.name.removesuffix(SUFFIX)
     ckpt = checkpoint_dir(path.parent, name) / "last.pt"
     if not ckpt.exists():
         raise FileNotFoundError(f"{ckpt}: no checkpoint to resume from")
     saved = load_checkpoint(ckpt, torch.device("cpu"))
-    stored = TrainConfig.from_dict(saved["config"])
-    stored.epochs, stored.steps = config.epochs, config.steps
-    stored.runs_dir, stored.headless = str(path.parent), config.headless
+    stored = TrainConfig.from_dict(saved["config"] | overrides | {"runs_dir": str(path.parent), "name": name})
     return stored.validate(), saved, path
 
 
@@ -556,18 +576,23 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m engine.train ...`: train headless in this process (torchrun uses this)."""
     import argparse
 
-    from engine.config import add_arguments, from_args
+    from engine.config import add_arguments, explicit_options, from_args
 
     parser = argparse.ArgumentParser(prog="python -m engine.train")
     add_arguments(parser)
     parser.add_argument("--resume", default=None)
     args = parser.parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k in explicit_options(parser, argv)}
     try:
         config = from_args(args)
     except ConfigError as exc:
         print(f"mirante: error: {exc}", file=sys.stderr)
         return 2
-    return run(config, resume=args.resume)
+    progress = Progress()
+    code = run(config, live=PrintingQueue(progress), resume=args.resume, overrides=overrides)
+    if progress.started is not None:
+        print(progress.summary(str(store_path(config, progress.started.name))), flush=True)
+    return code
 
 
 if __name__ == "__main__":

@@ -113,15 +113,19 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from engine.config import from_args
+    from engine.config import explicit_options, from_args
     from tui.headless import train_headless
 
     config = from_args(args)
+    if args.resume is not None:
+        given = explicit_options(args.parser, args.argv) - {"resume", "headless"}
+        overrides = {k: v for k, v in vars(args).items() if k in given}
+        return train_headless(config.to_dict(), args.resume, args.resume, overrides)
     config.name = config.run_name  # fixed here, so the child and this process agree on it
     store = Path(config.runs_dir) / f"{config.name}{SUFFIX}"
-    if args.resume is None and store.exists():
+    if store.exists():
         raise CliError(f"{store}: a run with this name exists (--resume it, or choose another --name)")
-    return train_headless(config.to_dict(), str(store) if args.resume is None else args.resume, args.resume)
+    return train_headless(config.to_dict(), str(store))
 
 
 # --- main --------------------------------------------------------------------------------
@@ -160,12 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_arguments(tr)
     tr.add_argument("--resume", metavar="RUN", default=None, help="continue RUN from its last checkpoint")
-    tr.set_defaults(func=cmd_train)
+    tr.set_defaults(func=cmd_train, parser=tr)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

@@ -5,94 +5,10 @@ from __future__ import annotations
 import queue
 import signal
 import sys
-import time
-from typing import Any, TextIO
+from typing import Any
 
-from engine import events as ev
 from engine.launch import start_trainer
-
-PRINT_EVERY_S = 2.0
-
-
-def _si(n: float) -> str:
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.2f}{unit}"
-    return f"{n:.0f}"
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
-
-
-class Progress:
-    """Turns events into the lines a person reads in a log: a status line every few seconds."""
-
-    def __init__(self, out: TextIO = sys.stdout, clock=time.monotonic) -> None:
-        self.out = out
-        self.clock = clock
-        self.started: ev.RunStarted | None = None
-        self.latest: dict[str, float] = {}
-        self.step = 0
-        self.epochs: list[ev.Epoch] = []
-        self.ended: ev.RunEnded | None = None
-        self._last_print = -1e9
-        self._t0 = clock()
-
-    def print(self, line: str) -> None:
-        print(line, file=self.out, flush=True)
-
-    def handle(self, event: ev.Event) -> None:
-        if isinstance(event, ev.RunStarted):
-            self.started = event
-            m, d = event.model_summary, event.device
-            self.print(
-                f"{event.name}: {event.model} on {event.dataset}, {_si(m.get('params', 0))} params, "
-                f"{_si(m.get('macs', 0))} MACs/image, on {d.get('name', d.get('type'))}"
-            )
-        elif isinstance(event, ev.Step):
-            self.step = event.step
-            self.latest.update(event.scalars)
-            if self.clock() - self._last_print >= PRINT_EVERY_S:
-                self._last_print = self.clock()
-                self.print(self.status_line())
-        elif isinstance(event, ev.Epoch):
-            self.epochs.append(event)
-            self.print(
-                f"epoch {event.epoch}: train loss {event.train_loss:.4f} acc {_pct(event.train_acc)} | "
-                f"val loss {event.val_loss:.4f} acc {_pct(event.val_acc)} | {self.clock() - self._t0:.0f} s"
-            )
-        elif isinstance(event, ev.Diagnostic) and event.level != "ok":
-            self.print(f"{event.level}: {event.message}")
-        elif isinstance(event, ev.RunEnded):
-            self.ended = event
-
-    def status_line(self) -> str:
-        cfg = self.started.config if self.started else {}
-        total = cfg.get("total_steps") or 0
-        per_epoch = cfg.get("steps_per_epoch") or 0
-        parts = [f"step {self.step}/{total}"]
-        if per_epoch and not cfg.get("steps"):
-            parts.insert(0, f"epoch {min(self.step // per_epoch + 1, cfg.get('epochs', 0))}/{cfg.get('epochs')}")
-        v = self.latest
-        if "train/loss" in v:
-            parts.append(f"loss {v['train/loss']:.4f}")
-        if "lr" in v:
-            parts.append(f"lr {v['lr']:.3g}")
-        if "throughput/img_s" in v:
-            parts.append(f"{v['throughput/img_s']:,.0f} img/s")
-        if "time/data_s" in v and v.get("time/step_s"):
-            parts.append(f"data {100 * v['time/data_s'] / v['time/step_s']:.0f}%")
-        return "  ".join(parts)
-
-    def summary(self, store: str) -> str:
-        end = self.ended
-        status = end.status if end else "crashed"
-        best = max((e.val_acc for e in self.epochs if e.val_acc is not None), default=None)
-        text = f"{status}: {self.step} steps in {self.clock() - self._t0:.0f} s, best val acc {_pct(best)}; {store}"
-        if end and end.reason:
-            text += f" ({end.reason})"
-        return text
+from engine.progress import Progress
 
 
 def drain(live: Any, progress: Progress, timeout: float) -> bool:
@@ -106,9 +22,11 @@ def drain(live: Any, progress: Progress, timeout: float) -> bool:
     return True
 
 
-def train_headless(config: dict[str, Any], store: str, resume: str | None = None) -> int:
+def train_headless(
+    config: dict[str, Any], store: str, resume: str | None = None, overrides: dict[str, Any] | None = None
+) -> int:
     """Train in a child process, print progress; Ctrl-C stops at a step boundary with a checkpoint."""
-    process, live, _ = start_trainer(config, resume)
+    process, live, _ = start_trainer(config, resume, overrides)
     progress = Progress()
     interrupts = 0
     while True:
@@ -125,5 +43,6 @@ def train_headless(config: dict[str, Any], store: str, resume: str | None = None
             else:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
     process.join()
-    print(progress.summary(store), flush=True)
+    if progress.started is not None:  # a run that never started said why on stderr already
+        print(progress.summary(store), flush=True)
     return process.exitcode if process.exitcode is not None else 1

@@ -1,0 +1,103 @@
+"""`Progress`: the lines a person reads in a training log, made from events. Standard library only."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from engine import events as ev
+
+PRINT_EVERY_S = 2.0
+
+
+def _si(n: float) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+class Progress:
+    """Turns events into the lines a person reads in a log: a status line every few seconds."""
+
+    def __init__(self, out: TextIO = sys.stdout, clock=time.monotonic) -> None:
+        self.out = out
+        self.clock = clock
+        self.started: ev.RunStarted | None = None
+        self.latest: dict[str, float] = {}
+        self.step = 0
+        self.epochs: list[ev.Epoch] = []
+        self.ended: ev.RunEnded | None = None
+        self._last_print = -1e9
+        self._t0 = clock()
+
+    def print(self, line: str) -> None:
+        print(line, file=self.out, flush=True)
+
+    def handle(self, event: ev.Event) -> None:
+        if isinstance(event, ev.RunStarted):
+            self.started = event
+            m, d = event.model_summary, event.device
+            self.print(
+                f"{event.name}: {event.model} on {event.dataset}, {_si(m.get('params', 0))} params, "
+                f"{_si(m.get('macs', 0))} MACs/image, on {d.get('name', d.get('type'))}"
+            )
+        elif isinstance(event, ev.Step):
+            self.step = event.step
+            self.latest.update(event.scalars)
+            if self.clock() - self._last_print >= PRINT_EVERY_S:
+                self._last_print = self.clock()
+                self.print(self.status_line())
+        elif isinstance(event, ev.Epoch):
+            self.epochs.append(event)
+            self.print(
+                f"epoch {event.epoch}: train loss {event.train_loss:.4f} acc {_pct(event.train_acc)} | "
+                f"val loss {event.val_loss:.4f} acc {_pct(event.val_acc)} | {self.clock() - self._t0:.0f} s"
+            )
+        elif isinstance(event, ev.Diagnostic) and event.level != "ok":
+            self.print(f"{event.level}: {event.message}")
+        elif isinstance(event, ev.RunEnded):
+            self.ended = event
+
+    def status_line(self) -> str:
+        cfg = self.started.config if self.started else {}
+        total = cfg.get("total_steps") or 0
+        per_epoch = cfg.get("steps_per_epoch") or 0
+        parts = [f"step {self.step}/{total}"]
+        if per_epoch and not cfg.get("steps"):
+            parts.insert(0, f"epoch {min(self.step // per_epoch + 1, cfg.get('epochs', 0))}/{cfg.get('epochs')}")
+        v = self.latest
+        if "train/loss" in v:
+            parts.append(f"loss {v['train/loss']:.4f}")
+        if "lr" in v:
+            parts.append(f"lr {v['lr']:.3g}")
+        if "throughput/img_s" in v:
+            parts.append(f"{v['throughput/img_s']:,.0f} img/s")
+        if "time/data_s" in v and v.get("time/step_s"):
+            parts.append(f"data {100 * v['time/data_s'] / v['time/step_s']:.0f}%")
+        return "  ".join(parts)
+
+    def summary(self, store: str) -> str:
+        end = self.ended
+        status = end.status if end else "crashed"
+        best = max((e.val_acc for e in self.epochs if e.val_acc is not None), default=None)
+        text = f"{status}: {self.step} steps in {self.clock() - self._t0:.0f} s, best val acc {_pct(best)}; {store}"
+        if end and end.reason:
+            text += f" ({end.reason})"
+        return text
+
+
+class PrintingQueue:
+    """Stands in for the live queue when training runs in this process: prints as batches arrive."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+
+    def put_nowait(self, batch: list[ev.Event]) -> None:
+        for event in batch:
+            self.progress.handle(event)
