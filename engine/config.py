@@ -47,6 +47,7 @@ class TrainConfig:
     data_dir: str = _opt("where torchvision datasets are downloaded and looked for", default="data")
     image_size: int | None = _opt("input side fed to the model (default: the data's, or the model's own)", default=None)
     activation: str = _opt("activation of plainnet", default="relu", choices=ACTIVATIONS)
+    depth: int | None = _opt("conv layers of plainnet after its stem (default 20)", default=None)
     pretrained: bool = _opt("start from torchvision's ImageNet weights (downloads them)", default=False)
     aux_logits: bool = _opt("train googlenet/inception_v3 with their auxiliary heads", default=False)
     val_fraction: float = _opt("share of the training data held out for validation", default=0.1)
@@ -109,6 +110,7 @@ class TrainConfig:
             (not 0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
             (self.clip_grad is not None and self.clip_grad <= 0, "--clip-grad must be positive"),
             (self.image_size is not None and self.image_size <= 0, "--image-size must be positive"),
+            (self.depth is not None and self.depth <= 0, "--depth must be positive"),
             (self.capture_every < 0 or self.warmup_steps < 0, "--capture-every and --warmup-steps cannot be negative"),
             (self.nesterov and (self.optimizer != "sgd" or self.momentum == 0), "--nesterov needs sgd with momentum"),
             (self.init_std <= 0, "--init-std must be positive"),

@@ -183,6 +183,7 @@ def setup(config: TrainConfig) -> Setup:
         in_channels=data.spec.channels,
         image_size=size,
         activation=c.activation,
+        depth=c.depth,
         pretrained=c.pretrained,
         aux_logits=c.aux_logits,
     )
