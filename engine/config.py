@@ -120,7 +120,9 @@ class TrainConfig:
             if failed:
                 raise ConfigError(message)
         try:
-            catalog.get_spec(self.model)
+            spec = catalog.get_spec(self.model)
+            if self.image_size is not None:
+                catalog.check_size(spec, self.image_size)
         except catalog.ModelError as exc:
             raise ConfigError(str(exc)) from None
         if self.dataset not in DATASETS and not Path(self.dataset).exists():

@@ -100,8 +100,17 @@ class LayerNorms:
                     owner.append(i)
         device = self.params[0].device if self.params else torch.device("cpu")
         self._owner = torch.tensor(owner, dtype=torch.long, device=device)
+        self._owner_subsets: dict[tuple[int, ...], Tensor] = {}
         self._before: list[Tensor] | None = None
         self._grad_sq: Tensor | None = None
+
+    def _owner_of(self, present: tuple[int, ...]) -> Tensor:
+        """The layer of each parameter that has a gradient; made on the device once per pattern."""
+        index = self._owner_subsets.get(present)
+        if index is None:
+            index = self._owner[torch.tensor(present, device=self._owner.device)]
+            self._owner_subsets[present] = index
+        return index
 
     def _per_layer(self, squares: Tensor, index: Tensor) -> Tensor:
         out = torch.zeros(len(self.names), dtype=torch.float32, device=squares.device)
@@ -109,11 +118,11 @@ class LayerNorms:
 
     def before_step(self) -> None:
         """Call after backward (and unscaling), before optimizer.step(), on a probe step."""
-        present = [i for i, p in enumerate(self.params) if p.grad is not None]
+        present = tuple(i for i, p in enumerate(self.params) if p.grad is not None)
         grads = [self.params[i].grad for i in present]
         if grads:
             norms = torch.stack(torch._foreach_norm(grads)).float()
-            index = self._owner if len(present) == len(self.params) else self._owner[present]
+            index = self._owner if len(present) == len(self.params) else self._owner_of(present)
             grad_sq = self._per_layer(norms * norms, index)
             missing = torch.ones(len(self.names), device=norms.device)
             missing.index_fill_(0, index, 0.0)

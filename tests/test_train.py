@@ -221,6 +221,17 @@ def test_a_failing_run_ends_its_store_as_failed(tmp_path, monkeypatch):
         assert "Traceback" in run.events_of("Diagnostic")[-1].evidence["traceback"]
 
 
+def test_out_of_gpu_memory_says_so_and_suggests_a_smaller_batch(tmp_path, monkeypatch):
+    def oom(self):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(train.Trainer, "train_one_epoch", oom)
+    assert train.run(tiny(tmp_path, batch_size=32)) == 1
+    with RunReader(tmp_path / "runs" / "tiny.mirante") as run:
+        assert run.status() == "failed"
+        assert run.ended().reason == "out of GPU memory at --batch-size 32: try --batch-size 16"
+
+
 @pytest.mark.parametrize(
     "overrides, words",
     [
@@ -255,6 +266,7 @@ def test_cli_rejects_bad_input_in_one_line(tmp_path):
         (["--lr", "0"], "--lr must be positive"),
         (["--dataset", str(tmp_path / "missing")], "unknown dataset"),
         (["--device", "cuda", "--epochs", "1"], "no CUDA device"),
+        (["--model", "alexnet", "--image-size", "32"], "alexnet cannot take 32x32 inputs: the smallest it takes is 63"),
     ]
     for args, words in cases:
         if torch.cuda.is_available() and "cuda" in args:
