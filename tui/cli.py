@@ -165,6 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(tr)
     tr.add_argument("--resume", metavar="RUN", default=None, help="continue RUN from its last checkpoint")
     tr.set_defaults(func=cmd_train, parser=tr)
+
+    from tui import profile
+
+    pr = sub.add_parser(
+        "profile",
+        help="params, MACs, FLOPs and times per layer",
+        description="Params, MACs and FLOPs per layer (MACs are multiply-accumulates; FLOPs = 2 x MACs), "
+        "forward and backward; with --time, times per layer, images/s and MFU on --device.",
+    )
+    profile.add_arguments(pr)
+    pr.set_defaults(func=profile.main)
     return parser
 
 

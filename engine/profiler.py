@@ -1,0 +1,363 @@
+"""Profiling a model: build it by name, count it, time it per layer, and relate speed to the device's peak (MFU).
+
+Per-layer times come from hooks in a real training step: a forward pre-hook and hook around
+every module, and, for each leaf, hooks on the autograd node its output came from (the
+backward of that module runs between the node's pre-hook and hook). On CUDA the hooks only
+record events; they are read after one synchronize per iteration, never one per layer.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine import catalog, flops
+
+# Dense peak TFLOP/s per GPU from the vendors' datasheets, by autocast dtype. "fp32" is TF32
+# on the tensor cores where the GPU has them: PyTorch runs fp32 convolutions that way by default.
+# Matched against the device name, longest key first ("H100 PCIe" before "H100").
+PEAK_TFLOPS: dict[str, dict[str, float]] = {
+    "H200": {"bf16": 989.4, "fp16": 989.4, "fp32": 494.7},
+    "H100 PCIe": {"bf16": 756.0, "fp16": 756.0, "fp32": 378.0},
+    "H100": {"bf16": 989.4, "fp16": 989.4, "fp32": 494.7},
+    "A100": {"bf16": 312.0, "fp16": 312.0, "fp32": 156.0},
+    "L40S": {"bf16": 362.1, "fp16": 362.1, "fp32": 183.0},
+    "L4": {"bf16": 121.0, "fp16": 121.0, "fp32": 60.0},
+    "A10": {"bf16": 125.0, "fp16": 125.0, "fp32": 62.5},
+    "RTX 4090": {"bf16": 165.2, "fp16": 165.2, "fp32": 82.6},
+    "RTX 3090": {"bf16": 71.0, "fp16": 71.0, "fp32": 35.6},
+    "V100": {"fp16": 125.0, "fp32": 15.7},
+    "T4": {"fp16": 65.0, "fp32": 8.1},
+}
+
+
+class ProfileError(ValueError):
+    """A profile request that cannot be met; the message is one line for the user."""
+
+
+def peak_tflops(device_name: str, dtype: str) -> float | None:
+    """The device's dense peak for `dtype` ("bf16", "fp16", "fp32"), or None if unknown."""
+    for key in sorted(PEAK_TFLOPS, key=len, reverse=True):
+        if key.lower() in device_name.lower():
+            return PEAK_TFLOPS[key].get(dtype)
+    return None
+
+
+def mfu(train_flops_per_sample: int, samples_per_s: float, peak: float | None) -> float | None:
+    """Model FLOPs utilisation: training FLOPs per second over the peak (in TFLOP/s)."""
+    if not peak:
+        return None
+    return train_flops_per_sample * samples_per_s / (peak * 1e12)
+
+
+# --- models by name ---------------------------------------------------------------------
+
+
+def default_input(name: str) -> tuple[int, int, int]:
+    """torchvision's nets at their ImageNet crop size; ours at 32x32."""
+    spec = catalog.MODELS.get(name)
+    if spec is not None and not spec.pretrained:
+        return (3, 32, 32)
+    if spec is not None and spec.default_size:
+        return (3, spec.default_size, spec.default_size)
+    return (3, 224, 224)
+
+
+def builder(name: str, input_shape: tuple[int, int, int], classes: int) -> Callable[[], nn.Module]:
+    """A function building `name` for this input: one of the zoo, or any torchvision classifier."""
+    channels, side = input_shape[0], input_shape[-1]
+    if name in catalog.MODELS:
+        spec = catalog.get_spec(name)
+        try:
+            catalog.check_size(spec, side)
+        except catalog.ModelError as exc:
+            raise ProfileError(str(exc)) from None
+        from engine import models
+
+        extra = {"aux_logits": True} if name == "inception_v3" and side >= catalog.AUX_MIN_SIZE[name] else {}
+        return lambda: models.build_model(name, num_classes=classes, in_channels=channels, image_size=side, **extra)
+    from torchvision import models as tv
+
+    if name not in tv.list_models(module=tv):
+        raise ProfileError(
+            f"unknown model {name!r}; choose one of: {', '.join(catalog.MODELS)}, or any torchvision classifier"
+        )
+    if channels != 3:
+        raise ProfileError(f"{name}: torchvision's nets take 3 channels, not {channels}")
+    kwargs = {"init_weights": False} if name in ("googlenet", "inception_v3") else {}
+    return lambda: tv.get_model(name, weights=None, num_classes=classes, **kwargs)
+
+
+def count_by_name(name: str, input_shape: tuple[int, int, int], classes: int) -> flops.Counts:
+    """Counts of `name` for one sample; ProfileError naming the smallest side if the input is too small."""
+    build = builder(name, input_shape, classes)
+    model = flops.on_meta(build)
+    try:
+        return flops.count(model, input_shape)
+    except RuntimeError as exc:
+        smallest = smallest_side(model, input_shape[0])
+        raise ProfileError(
+            f"{name} cannot take {input_shape[1]}x{input_shape[2]} inputs"
+            + (f": the smallest it takes is {smallest}x{smallest}" if smallest else f" ({exc})".splitlines()[0])
+        ) from None
+
+
+def smallest_side(model: nn.Module, channels: int, upper: int = 1024) -> int | None:
+    """The smallest square side a (meta) model runs at, by bisection."""
+
+    def runs(side: int) -> bool:
+        try:
+            with torch.no_grad():
+                model.eval()(torch.zeros(1, channels, side, side, device="meta"))
+            return True
+        except RuntimeError:
+            return False
+
+    if not runs(upper):
+        return None
+    lo, hi = 1, upper
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if runs(mid) else (mid + 1, hi)
+    return lo
+
+
+# --- the lecture's worked example -------------------------------------------------------
+
+
+def separable_twin(cin: int, cout: int, kernel: int) -> tuple[nn.Module, nn.Module]:
+    """A conv and its depthwise-separable twin (depthwise kxk per channel, then pointwise 1x1), no biases."""
+    conv = nn.Sequential()
+    conv.add_module("conv", nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False))
+    twin = nn.Sequential()
+    twin.add_module("depthwise", nn.Conv2d(cin, cin, kernel, padding=kernel // 2, groups=cin, bias=False))
+    twin.add_module("pointwise", nn.Conv2d(cin, cout, 1, bias=False))
+    return conv, twin
+
+
+# --- timing -----------------------------------------------------------------------------
+
+
+@dataclass
+class Timing:
+    """Speed of one model at one batch size on one device; per-layer times go into the Counts' rows."""
+
+    device: str
+    dtype: str
+    batch: int
+    iters: int
+    step_ms: float  # forward + backward + optimizer step, median, no hooks attached
+    fwd_bwd_ms: float  # forward + backward, median, no hooks attached
+    infer_ms: float  # forward in eval mode without gradients, median
+    layers_ms: float  # sum over leaf layers of their forward and backward times, from the hooked run
+    peak_memory_bytes: int | None  # CUDA only
+    peak_tflops: float | None
+
+    @property
+    def train_img_s(self) -> float:
+        return self.batch / (self.step_ms / 1000)
+
+    @property
+    def infer_img_s(self) -> float:
+        return self.batch / (self.infer_ms / 1000)
+
+    def mfu(self, counts: flops.Counts) -> float | None:
+        return mfu(counts.train_flops, self.train_img_s, self.peak_tflops)
+
+
+class _Clock:
+    """Timestamps taken in hooks: CUDA events read after one synchronize, or perf_counter on the CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.marks: list[tuple[str, str, Any]] = []
+
+    def mark(self, name: str, what: str) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append((name, what, event))
+        else:
+            self.marks.append((name, what, time.perf_counter()))
+
+    def spans(self) -> dict[tuple[str, str], float]:
+        """Milliseconds per (name, "fwd"|"bwd"), summed over calls; pairs start/end marks in order."""
+        if self.cuda:
+            torch.cuda.synchronize()  # note: one sync per profiled iteration, after all its marks
+        open_: dict[tuple[str, str], list[Any]] = defaultdict(list)
+        total: dict[tuple[str, str], float] = defaultdict(float)
+        for name, what, stamp in self.marks:
+            kind, edge = what[:3], what[3]
+            if edge == "0":
+                open_[(name, kind)].append(stamp)
+            elif open_[(name, kind)]:
+                start = open_[(name, kind)].pop()
+                total[(name, kind)] += start.elapsed_time(stamp) if self.cuda else 1000 * (stamp - start)
+        self.marks = []
+        return total
+
+
+def _attach(model: nn.Module, clock: _Clock) -> list[Any]:
+    handles = []
+    for name, module in model.named_modules():
+        if not name:
+            continue
+        leaf = next(module.children(), None) is None
+
+        def pre(module: nn.Module, inputs: Any, name: str = name) -> None:
+            clock.mark(name, "fwd0")
+
+        def post(module: nn.Module, inputs: Any, output: Any, name: str = name, leaf: bool = leaf) -> None:
+            clock.mark(name, "fwd1")
+            out = output[0] if isinstance(output, (tuple, list)) else output
+            node = getattr(out, "grad_fn", None)
+            if leaf and node is not None:
+                node.register_prehook(lambda grads, name=name: clock.mark(name, "bwd0"))
+                node.register_hook(lambda grads_in, grads_out, name=name: clock.mark(name, "bwd1"))
+
+        handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+    return handles
+
+
+def _no_inplace(model: nn.Module) -> list[nn.Module]:
+    """Turn off in-place activations while hooks watch outputs; returns the modules to restore."""
+    changed = [m for m in model.modules() if getattr(m, "inplace", False) is True]
+    for m in changed:
+        m.inplace = False
+    return changed
+
+
+def time_model(
+    model: nn.Module,
+    counts: flops.Counts,
+    *,
+    batch: int,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    iters: int = 10,
+    warmup: int = 3,
+    peak: float | None = None,
+) -> Timing:
+    """Time training and inference of `model` at `batch`; fills the rows' fwd_ms/bwd_ms (medians)."""
+    model = model.to(device)
+    channels_last = device.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    x = torch.randn(batch, *counts.input_shape, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    classes = _classes(model, x)
+    y = torch.randint(0, classes, (batch,), device=device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+
+    def step(clock: _Clock | None) -> tuple[float, float]:
+        marks = _Clock(device)
+        marks.mark("step", "fwd0")
+        with autocast:
+            logits = _logits(model(x))
+            loss = F.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        marks.mark("step", "fwd1")
+        marks.mark("opt", "fwd0")
+        optimizer.step()
+        marks.mark("opt", "fwd1")
+        spans = marks.spans()
+        return spans[("step", "fwd")], spans[("opt", "fwd")]
+
+    model.train()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(warmup):
+        step(None)
+    plain = [step(None) for _ in range(iters)]
+    peak_memory = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+
+    clock = _Clock(device)
+    restore = _no_inplace(model)
+    handles = _attach(model, clock)
+    per_layer: dict[tuple[str, str], list[float]] = defaultdict(list)
+    try:
+        for i in range(warmup + iters):
+            step(clock)
+            spans = clock.spans()
+            if i >= warmup:
+                for key, ms in spans.items():
+                    per_layer[key].append(ms)
+    finally:
+        for h in handles:
+            h.remove()
+        for m in restore:
+            m.inplace = True
+
+    model.eval()
+    infer = []
+    with torch.no_grad(), autocast:
+        for i in range(warmup + iters):
+            marks = _Clock(device)
+            marks.mark("infer", "fwd0")
+            model(x)
+            marks.mark("infer", "fwd1")
+            if i >= warmup:
+                infer.append(marks.spans()[("infer", "fwd")])
+    model.train()
+
+    leaves = set()
+    for row in counts.rows:
+        row.fwd_ms = _median(per_layer.get((row.name, "fwd")))
+        if row.leaf:
+            leaves.add(row.name)
+            row.bwd_ms = _median(per_layer.get((row.name, "bwd")))
+    for row in counts.rows:
+        if not row.leaf:
+            inside = [r.bwd_ms or 0.0 for r in counts.rows if r.leaf and r.name.startswith(row.name + ".")]
+            row.bwd_ms = sum(inside)
+    layers_ms = sum((r.fwd_ms or 0.0) + (r.bwd_ms or 0.0) for r in counts.rows if r.leaf)
+    fwd_bwd = statistics.median(p[0] for p in plain)
+    return Timing(
+        device=_device_name(device),
+        dtype={None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype],
+        batch=batch,
+        iters=iters,
+        step_ms=statistics.median(p[0] + p[1] for p in plain),
+        fwd_bwd_ms=fwd_bwd,
+        infer_ms=statistics.median(infer),
+        layers_ms=layers_ms,
+        peak_memory_bytes=peak_memory,
+        peak_tflops=peak,
+    )
+
+
+def _median(values: list[float] | None) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def _logits(output: Any) -> torch.Tensor:
+    from engine.models import split_outputs
+
+    return split_outputs(output)[0]
+
+
+def _classes(model: nn.Module, x: torch.Tensor) -> int:
+    model.eval()
+    with torch.no_grad():
+        n = _logits(model(x[:2])).shape[1]
+    model.train()
+    return n
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    from engine.train import cpu_name
+
+    return cpu_name()
