@@ -85,6 +85,7 @@ class TrainConfig:
     precision: str = _opt("auto: bf16 autocast on CUDA, fp32 elsewhere", default="auto", choices=PRECISIONS)
     channels_last: bool = _opt("channels_last memory format (faster for convs on CUDA and most CPUs)", default=True)
     compile: bool = _opt("torch.compile the model", default=False)
+    peak_tflops: float | None = _opt("the device's peak TFLOP/s, for MFU (default: from a table of GPUs)", default=None)
 
     # watching
     name: str | None = _opt("run name (default: MODEL-DATASET-TIME)", default=None)
@@ -115,6 +116,7 @@ class TrainConfig:
             (self.nesterov and (self.optimizer != "sgd" or self.momentum == 0), "--nesterov needs sgd with momentum"),
             (self.init_std <= 0, "--init-std must be positive"),
             (self.gamma <= 0, "--gamma must be positive"),
+            (self.peak_tflops is not None and self.peak_tflops <= 0, "--peak-tflops must be positive"),
         ]
         for failed, message in checks:
             if failed:

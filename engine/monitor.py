@@ -50,10 +50,12 @@ class Monitor:
         probe_every: int = 10,
         capture_every: int = 0,
         live: Any | None = None,
+        peak_tflops: float | None = None,
     ) -> None:
         """Start recording to `runs_dir/run.mirante` (or to `run` itself if it ends in .mirante).
 
-        `input_shape` (C, H, W) adds parameter and MAC counts; `sample` (one input, [1, C, H, W])
+        `input_shape` (C, H, W) adds parameter and MAC counts, and with `batch_size` TFLOP/s and,
+        given the device's `peak_tflops`, MFU; `sample` (one input, [1, C, H, W])
         enables activation captures every `capture_every` steps; `live` is a queue for the app.
         """
         path = Path(run) if str(run).endswith(SUFFIX) else Path(runs_dir) / f"{run}{SUFFIX}"
@@ -75,9 +77,11 @@ class Monitor:
             capture_every=capture_every,
             sample=sample,
         )
-        summary: dict[str, Any] = {"layer_types": list(self.rec.norms.types)}
+        summary: dict[str, Any] = {"layer_types": list(self.rec.norms.types), "peak_tflops": peak_tflops}
         if input_shape is not None:
-            summary |= flops.count(model, input_shape).summary()
+            counts = flops.count(model, input_shape)
+            summary |= counts.summary()
+            self.rec.train_flops, self.rec.peak_tflops = counts.train_flops, peak_tflops
         else:
             summary["params"] = sum(p.numel() for p in model.parameters())
         self.out.emit(

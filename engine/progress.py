@@ -78,6 +78,8 @@ class Progress:
             parts.append(f"lr {v['lr']:.3g}")
         if "throughput/img_s" in v:
             parts.append(f"{v['throughput/img_s']:,.0f} img/s")
+        if "perf/mfu" in v:
+            parts.append(f"MFU {100 * v['perf/mfu']:.1f}%")
         if "time/data_s" in v and v.get("time/step_s"):
             parts.append(f"data {100 * v['time/data_s'] / v['time/step_s']:.0f}%")
         return "  ".join(parts)

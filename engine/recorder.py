@@ -37,6 +37,8 @@ class Recorder:
         sample: Tensor | None = None,
         capture_layer: str | None = None,
         autocast: Any = None,
+        train_flops: int | None = None,
+        peak_tflops: float | None = None,
     ) -> None:
         self.out = emitter
         self.model = model
@@ -46,6 +48,8 @@ class Recorder:
         self.capture_every = capture_every
         self.sample = sample
         self._autocast = autocast  # a zero-argument factory of the training's autocast context
+        self.train_flops = train_flops  # forward + backward FLOPs per sample, for TFLOP/s and MFU
+        self.peak_tflops = peak_tflops
         self.norms = probes.LayerNorms(model)
         self.readback = probes.ReadBack(device)
         self.capture_layers = probes.capture_layers(model, capture_layer) if sample is not None else []
@@ -111,6 +115,10 @@ class Recorder:
             timing = {"time/step_s": seconds / n, "time/data_s": self._data_time / n}
             if images:
                 timing["throughput/img_s"] = images / seconds
+                if self.train_flops:
+                    timing["perf/tflops"] = images / seconds * self.train_flops / 1e12
+                    if self.peak_tflops:
+                        timing["perf/mfu"] = timing["perf/tflops"] / self.peak_tflops
             tensors = [torch.stack(self._losses).float()]
             if len(self._correct) == n:
                 tensors.append(torch.stack(self._correct))

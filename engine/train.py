@@ -231,6 +231,16 @@ def device_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
+def device_peak(device: torch.device, amp_dtype: torch.dtype | None) -> float | None:
+    """The GPU's dense peak TFLOP/s for the dtype in use, from the profiler's table; None elsewhere."""
+    if device.type != "cuda":
+        return None
+    from engine.profiler import peak_tflops
+
+    dtype = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
+    return peak_tflops(torch.cuda.get_device_name(device), dtype)
+
+
 def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -282,6 +292,7 @@ class Trainer:
         self.out = emitter
         self.commands = commands
         sample, _ = s.data.fixed_sample(0)
+        self.peak_tflops = self.c.peak_tflops or device_peak(s.device, s.amp_dtype)
         self.rec = Recorder(
             emitter,
             s.eager,
@@ -292,6 +303,8 @@ class Trainer:
             sample=sample,
             capture_layer=self.c.capture_layer,
             autocast=s.autocast,
+            train_flops=s.counts.train_flops,
+            peak_tflops=self.peak_tflops,
         )
         self.step = 0
         self.epoch = 0
@@ -327,7 +340,8 @@ class Trainer:
             model=self.c.model,
             dataset=s.data.spec.name,
             config=self.c.to_dict() | plan | ({"resumed_at_step": self.step} if resumed else {}),
-            model_summary=s.counts.summary() | {"layer_types": list(self.rec.norms.types)},
+            model_summary=s.counts.summary()
+            | {"layer_types": list(self.rec.norms.types), "peak_tflops": self.peak_tflops},
             layers=self.rec.layers,
             device=device_info(s.device),
             versions=s.versions,

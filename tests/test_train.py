@@ -63,7 +63,7 @@ def kinds(path: Path) -> list[ev.Event]:
 
 
 def test_a_run_records_every_event_kind(tmp_path):
-    config = tiny(tmp_path)
+    config = tiny(tmp_path, peak_tflops=0.5)
     assert train.run(config) == 0
     events = kinds(tmp_path / "runs" / "tiny.mirante")
     assert {e.kind for e in events} >= EVERY_KIND
@@ -74,6 +74,13 @@ def test_a_run_records_every_event_kind(tmp_path):
     per_epoch = started.config["steps_per_epoch"]
     assert [s.step for s in steps] == list(range(1, 2 * per_epoch + 1))
     assert abs(steps[0].scalars["train/loss"] - math.log(10)) < 0.5  # random weights: about ln(10)
+    timed = [s.scalars for s in steps if "throughput/img_s" in s.scalars]
+    assert len(timed) >= 2 * per_epoch // 5  # one per --log-every interval, and at each epoch end
+    flops_per_image = started.model_summary["train_flops"]
+    for t in timed:  # TFLOP/s and MFU follow from images/s and the exact training FLOPs per image
+        assert t["perf/tflops"] == pytest.approx(t["throughput/img_s"] * flops_per_image / 1e12)
+        assert t["perf/mfu"] == pytest.approx(t["perf/tflops"] / 0.5)
+    assert started.model_summary["peak_tflops"] == 0.5
     stats = [e for e in events if isinstance(e, ev.LayerStats)]
     assert [s.step for s in stats] == list(range(1, 2 * per_epoch + 1, 3))
     assert all(len(s.grad_norm) == len(started.layers) for s in stats)
