@@ -205,6 +205,39 @@ class _Clock:
         return total
 
 
+class _HostAhead:
+    """Keeps the GPU busy (`torch.cuda._sleep`) while the host queues a hooked pass.
+
+    Python hooks slow the host; were the GPU to run dry between two layers, the idle gap would
+    land inside a layer's span. Sleeping the GPU for longer than the host needs to queue the
+    whole forward (or backward) lets the kernels then run back to back, so the events between
+    them measure kernel time alone. The host times of the previous iteration size the sleeps.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.next_ms = [5.0, 5.0]
+        self._turn = 0
+        self.cycles_per_ms = self._calibrate() if self.cuda else 0.0
+
+    @staticmethod
+    def _calibrate() -> float:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        torch.cuda._sleep(20_000_000)
+        end.record()
+        end.synchronize()  # note: once, to learn how many sleep cycles make a millisecond
+        return 20_000_000 / start.elapsed_time(end)
+
+    def hold(self) -> None:
+        if self.cuda:
+            torch.cuda._sleep(int(self.next_ms[self._turn] * self.cycles_per_ms))
+        self._turn ^= 1
+
+    def learn(self, forward_s: float, backward_s: float) -> None:
+        self.next_ms = [2000 * forward_s + 1.0, 2000 * backward_s + 1.0]  # twice the host's time, plus 1 ms
+
+
 def _attach(model: nn.Module, clock: _Clock) -> list[Any]:
     handles = []
     for name, module in model.named_modules():
@@ -259,7 +292,7 @@ def time_model(
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
 
-    def step(clock: _Clock | None) -> tuple[float, float]:
+    def step() -> tuple[float, float]:
         marks = _Clock(device)
         marks.mark("step", "fwd0")
         with autocast:
@@ -278,17 +311,28 @@ def time_model(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for _ in range(warmup):
-        step(None)
-    plain = [step(None) for _ in range(iters)]
+        step()
+    plain = [step() for _ in range(iters)]
     peak_memory = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
 
     clock = _Clock(device)
     restore = _no_inplace(model)
     handles = _attach(model, clock)
     per_layer: dict[tuple[str, str], list[float]] = defaultdict(list)
+    ahead = _HostAhead(device)
     try:
         for i in range(warmup + iters):
-            step(clock)
+            ahead.hold()  # the GPU waits while the host queues the forward, hooks and all
+            t0 = time.perf_counter()
+            with autocast:
+                loss = F.cross_entropy(_logits(model(x)).float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            t1 = time.perf_counter()
+            ahead.hold()  # and again while it queues the backward
+            loss.backward()
+            t2 = time.perf_counter()
+            optimizer.step()
+            ahead.learn(t1 - t0, t2 - t1)
             spans = clock.spans()
             if i >= warmup:
                 for key, ms in spans.items():

@@ -124,8 +124,8 @@ def totals_lines(name: str, counts: Any, timing: Any | None) -> list[str]:
             f"on {t.device}, {t.dtype}, batch {t.batch}: training {t.train_img_s:,.0f} img/s "
             f"(step {t.step_ms:.2f} ms, forward+backward {t.fwd_bwd_ms:.2f} ms), inference {t.infer_img_s:,.0f} img/s",
             f"sum of per-layer times {t.layers_ms:.2f} ms against forward+backward {t.fwd_bwd_ms:.2f} ms "
-            f"({100 * (t.layers_ms / t.fwd_bwd_ms - 1):+.1f}%; the hooks cost a little, and ops outside modules"
-            " such as residual adds are not in any layer)",
+            f"({100 * (t.layers_ms / t.fwd_bwd_ms - 1):+.1f}%: work outside modules, such as residual adds, the"
+            " gradient sums at skip connections and the loss, is in no layer)",
         ]
         if t.peak_memory_bytes is not None:
             lines.append(f"peak memory: {si(t.peak_memory_bytes, 'B')}")
