@@ -1,0 +1,97 @@
+"""RunState folds events into what the screens show, without an App."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from engine import events as ev
+from tests.runs import LAYERS, make_events
+from tui.state import RunState, ema_debiased
+
+
+def folded(events, now: float = 1_700_000_100.0) -> RunState:
+    state = RunState(clock=lambda: now)
+    state.apply_many(events)
+    return state
+
+
+def test_a_whole_run():
+    events = make_events(steps=3000)
+    state = folded(events)
+    assert state.name == "synthetic" and state.layer_names == LAYERS
+    assert state.status() == "finished" and state.last_seq == events[-1].seq
+    steps, loss = state.series("train/loss")
+    assert steps.tolist() == list(range(3000)) and math.isnan(loss[100]) and loss[101] == math.inf
+    assert state.latest("lr") == pytest.approx(0.1 * 0.999**2999)
+    assert state.epoch == 2 and [e.epoch for e in state.epochs] == [0, 1, 2]
+    steps, val = state.epoch_series("val_acc")
+    assert steps.tolist() == [999, 1999, 2999] and val.tolist() == pytest.approx([0.45, 0.55, 0.65])
+    assert state.layers.matrix().shape == (300, len(LAYERS))
+    assert state.filters.maps.shape == (4, 3, 3, 3)
+    assert state.latest_maps("conv1").maps.shape == (4, 8, 8)
+    assert state.latest_maps("conv1", step=499) is None
+    assert state.system["cpu/rss_mb"].last == 514.0
+    assert state.worst_diagnostics()[0].code == "initial-loss"
+    assert state.elapsed == pytest.approx(events[-1].wall_time - events[0].wall_time)
+    assert state.eta is None  # ended
+
+
+def test_progress_elapsed_and_eta_while_running():
+    seq = ev.Sequencer(clock=iter(float(t) for t in range(1000, 10**6)).__next__)
+    events = [
+        ev.RunStarted(**seq.header(0), name="r", model="m", dataset="d", config={"total_steps": 100, "batch_size": 10})
+    ]
+    for step in range(1, 21):
+        events.append(ev.Step(**seq.header(step), scalars={"train/loss": 1.0, "throughput/img_s": 50.0}))
+    state = folded(events, now=1030.0)
+    assert state.status() == "running" and state.status(writer_alive=False) == "crashed"
+    assert state.progress == pytest.approx(0.2)
+    assert state.elapsed == pytest.approx(30.0)  # to now, while running
+    assert state.steps_per_second() == pytest.approx(5.0)  # 50 img/s at batch 10
+    assert state.eta == pytest.approx(80 / 5.0)
+
+
+def test_empty_state_shows_waiting():
+    state = RunState(clock=lambda: 0.0)
+    assert state.status() == "waiting" and state.progress is None and state.elapsed == 0.0
+    assert state.series("train/loss")[0].size == 0 and state.layer_flags() == {}
+
+
+def test_vanishing_and_exploding_layers_are_flagged():
+    header = {"seq": 1, "wall_time": 0.0, "step": 0}
+    started = ev.RunStarted(**header, name="r", model="m", dataset="d", layers=("a", "b", "c", "d", "e"))
+    stats = ev.LayerStats(
+        **{**header, "seq": 2},
+        grad_norm=[1e-9, 1e-6, 0.5, 5e3, math.nan],
+        weight_norm=[1.0] * 5,
+        update_ratio=[1e-3] * 5,
+    )
+    state = folded([started, stats])
+    assert state.layer_flags() == {"a": "vanishing", "b": "vanishing", "d": "exploding", "e": "exploding"}
+
+
+def test_a_resumed_run_is_running_again():
+    events = make_events(steps=20, end="interrupted")
+    seq = ev.Sequencer(last_seq=events[-1].seq)
+    again = ev.RunStarted(**seq.header(20), name="synthetic", model="smallcnn", dataset="shapes")
+    state = folded([*events, again])
+    assert state.status() == "running"
+
+
+def test_unknown_events_are_counted_not_fatal():
+    class Future(ev.Event):
+        kind = "Future"
+
+    state = folded([Future(seq=1, wall_time=0.0, step=0)])
+    assert state.skipped == 1 and state.last_seq == 1
+
+
+def test_ema_with_bias_correction_and_nan():
+    values = np.array([1.0, 1.0, math.nan, 3.0, math.inf])
+    out = ema_debiased(values, 0.5)
+    assert out[0] == 1.0  # bias correction: the first value is itself, not half of it
+    assert out[1] == 1.0 and math.isnan(out[2]) and out[4] == math.inf
+    assert out[3] == pytest.approx((0.5 * (0.5 * 0.5 + 0.5 * 1) + 0.5 * 3) / (1 - 0.5**3))

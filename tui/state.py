@@ -1,0 +1,313 @@
+"""`RunState`: events folded into what the screens show. Pure: no Textual, no I/O, an injected clock.
+
+`apply(event)` takes events in seq order from any source (the live queue, a store being
+followed, a replay). Series grow in Python lists and become numpy arrays when read, cached
+until the next append, so folding stays cheap per event and reading stays cheap per frame.
+Values may be NaN or infinite: they are kept as they are; what to draw is the widgets' call.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from engine import events as ev
+
+VANISHING_FLOOR = 1e-7  # a gradient norm below this is vanishing, whatever the other layers do
+VANISHING_RATIO = 1e-4  # ... or this far below the largest layer's
+EXPLODING_CEILING = 1e3  # a gradient norm above this (or not finite) is exploding
+MAPS_KEPT = 20  # activation captures kept per layer in memory (older ones stay in the store)
+
+
+class Series:
+    """One scalar over steps: appended per event, read as arrays."""
+
+    __slots__ = ("_steps", "_values", "_cache")
+
+    def __init__(self) -> None:
+        self._steps: list[int] = []
+        self._values: list[float] = []
+        self._cache: tuple[np.ndarray, np.ndarray] | None = None
+
+    def append(self, step: int, value: float) -> None:
+        self._steps.append(step)
+        self._values.append(value)
+        self._cache = None
+
+    def extend(self, steps: Iterable[int], values: Iterable[float]) -> None:
+        self._steps.extend(int(s) for s in steps)
+        self._values.extend(float(v) for v in values)
+        self._cache = None
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._cache is None:
+            self._cache = (np.asarray(self._steps, dtype=np.int64), np.asarray(self._values, dtype=np.float64))
+        return self._cache
+
+    @property
+    def last(self) -> float | None:
+        return self._values[-1] if self._values else None
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+@dataclass
+class LayerHistory:
+    """LayerStats over time: one row per LayerStats event, one column per layer."""
+
+    steps: list[int] = field(default_factory=list)
+    grad: list[np.ndarray] = field(default_factory=list)
+    weight: np.ndarray | None = None  # the latest weight norms
+    ratio: np.ndarray | None = None  # the latest update/weight ratios
+
+    def matrix(self) -> np.ndarray:
+        """[time, layer] gradient norms (NaN-padded if the layer count changed)."""
+        if not self.grad:
+            return np.empty((0, 0), np.float32)
+        width = max(len(g) for g in self.grad)
+        out = np.full((len(self.grad), width), np.nan, np.float32)
+        for i, g in enumerate(self.grad):
+            out[i, : len(g)] = g
+        return out
+
+
+@dataclass
+class MapCapture:
+    step: int
+    layer: str
+    maps: np.ndarray  # float32, [C, H, W] (activations) or [out, in, kh, kw] (filters)
+
+
+def ema_debiased(values: np.ndarray, weight: float) -> np.ndarray:
+    """Exponential moving average with bias correction (as TensorBoard's smoothing), NaN-tolerant.
+
+    NaN and infinite values pass through unsmoothed and do not poison what follows.
+    """
+    out = np.empty(len(values), dtype=np.float64)
+    avg, norm = 0.0, 0.0
+    for i, v in enumerate(np.asarray(values, dtype=np.float64)):
+        if not math.isfinite(v):
+            out[i] = v
+            continue
+        avg = weight * avg + (1 - weight) * v
+        norm = weight * norm + (1 - weight)
+        out[i] = avg / norm
+    return out
+
+
+class RunState:
+    """Everything the screens show about one run."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.started: ev.RunStarted | None = None
+        self.ended: ev.RunEnded | None = None
+        self.last_seq = 0
+        self.step = 0
+        self.first_wall: float | None = None
+        self.last_wall: float | None = None
+        self.scalars: dict[str, Series] = {}
+        self.epochs: list[ev.Epoch] = []
+        self.layers = LayerHistory()
+        self.activations: dict[str, list[MapCapture]] = {}
+        self.filters: MapCapture | None = None
+        self.diagnostics: list[ev.Diagnostic] = []
+        self.system: dict[str, Series] = {}
+        self.skipped = 0  # events of kinds this version does not show
+        self.version = 0  # bumped by every apply: screens redraw when it moved
+
+    # -- folding
+
+    def apply(self, event: ev.Event) -> None:
+        self.version += 1
+        self.last_seq = max(self.last_seq, event.seq)
+        self.step = max(self.step, event.step)
+        if self.first_wall is None:
+            self.first_wall = event.wall_time
+        self.last_wall = event.wall_time
+        handler = self._handlers.get(type(event))
+        if handler is None:
+            self.skipped += 1
+        else:
+            handler(self, event)
+
+    def apply_many(self, events: Iterable[ev.Event]) -> None:
+        for event in events:
+            self.apply(event)
+
+    def _run_started(self, e: ev.RunStarted) -> None:
+        self.started = e
+        self.ended = None  # a resumed run starts again
+
+    def _step(self, e: ev.Step) -> None:
+        for name, value in e.scalars.items():
+            series = self.scalars.get(name)
+            if series is None:
+                series = self.scalars[name] = Series()
+            series.append(e.step, value)
+
+    def _layer_stats(self, e: ev.LayerStats) -> None:
+        self.layers.steps.append(e.step)
+        self.layers.grad.append(np.frombuffer(e.grad_norm, dtype=np.float32).copy())
+        self.layers.weight = np.frombuffer(e.weight_norm, dtype=np.float32).copy()
+        self.layers.ratio = np.frombuffer(e.update_ratio, dtype=np.float32).copy()
+
+    def _epoch(self, e: ev.Epoch) -> None:
+        self.epochs.append(e)
+
+    def _activation(self, e: ev.Activation) -> None:
+        kept = self.activations.setdefault(e.layer, [])
+        kept.append(MapCapture(e.step, e.layer, _f16(e.data, e.shape)))
+        del kept[:-MAPS_KEPT]
+
+    def _filters(self, e: ev.Filters) -> None:
+        self.filters = MapCapture(e.step, e.layer, _f16(e.data, e.shape))
+
+    def _diagnostic(self, e: ev.Diagnostic) -> None:
+        self.diagnostics.append(e)
+
+    def _system(self, e: ev.System) -> None:
+        prefix = f"rank{e.rank}/" if e.rank else ""
+        for name, value in e.metrics.items():
+            self.system.setdefault(prefix + name, Series()).append(e.step, value)
+
+    def _run_ended(self, e: ev.RunEnded) -> None:
+        self.ended = e
+
+    _handlers: dict[type, Callable[[RunState, Any], None]] = {
+        ev.RunStarted: _run_started,
+        ev.Step: _step,
+        ev.LayerStats: _layer_stats,
+        ev.Epoch: _epoch,
+        ev.Activation: _activation,
+        ev.Filters: _filters,
+        ev.Diagnostic: _diagnostic,
+        ev.System: _system,
+        ev.RunEnded: _run_ended,
+    }
+
+    # -- what the screens read
+
+    @property
+    def name(self) -> str:
+        return self.started.name if self.started else "(waiting for the run to start)"
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(self.started.config) if self.started else {}
+
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        return self.started.layers if self.started else ()
+
+    def status(self, writer_alive: bool | None = None) -> str:
+        """finished / failed / interrupted from RunEnded; else running, or crashed if the writer is known dead."""
+        if self.ended is not None:
+            return self.ended.status
+        if self.started is None:
+            return "waiting"
+        return "crashed" if writer_alive is False else "running"
+
+    @property
+    def total_steps(self) -> int | None:
+        return self.config.get("total_steps")
+
+    @property
+    def steps_per_epoch(self) -> int | None:
+        return self.config.get("steps_per_epoch")
+
+    @property
+    def epoch(self) -> int:
+        """Epochs completed."""
+        return self.epochs[-1].epoch if self.epochs else 0
+
+    @property
+    def progress(self) -> float | None:
+        total = self.total_steps
+        return min(1.0, self.step / total) if total else None
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds from the first event to the last one (to now, while running)."""
+        if self.first_wall is None:
+            return 0.0
+        end = self.last_wall if self.ended is not None else max(self.last_wall or 0.0, self.clock())
+        return max(0.0, end - self.first_wall)
+
+    def steps_per_second(self, window: int = 200) -> float | None:
+        """Recent training speed, from the loss series' steps and the Step events' wall times."""
+        tput = self.scalars.get("throughput/img_s")
+        batch = self.config.get("batch_size")
+        if tput is not None and tput.last and batch:
+            return tput.last / batch if math.isfinite(tput.last) else None
+        if self.elapsed > 0 and self.step:
+            return self.step / self.elapsed
+        return None
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds left, at the recent speed; None when unknown or ended."""
+        total, rate = self.total_steps, self.steps_per_second()
+        if self.ended is not None or not total or not rate:
+            return None
+        return max(0.0, (total - self.step) / rate)
+
+    def series(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        s = self.scalars.get(name)
+        return s.arrays() if s is not None else (np.empty(0, np.int64), np.empty(0))
+
+    def epoch_series(self, field_name: str) -> tuple[np.ndarray, np.ndarray]:
+        """An Epoch field over the steps at which the epochs ended (None as NaN)."""
+        steps = np.array([e.step for e in self.epochs], dtype=np.int64)
+        values = np.array([_nan(getattr(e, field_name)) for e in self.epochs], dtype=np.float64)
+        return steps, values
+
+    def latest(self, name: str) -> float | None:
+        s = self.scalars.get(name)
+        return s.last if s is not None else None
+
+    def layer_flags(self) -> dict[str, str]:
+        """Layers whose latest gradient norm is vanishing or exploding: name -> 'vanishing'|'exploding'."""
+        if not self.layers.grad:
+            return {}
+        grad = self.layers.grad[-1].astype(np.float64)
+        finite = grad[np.isfinite(grad)]
+        top = float(finite.max()) if finite.size else 0.0
+        flags = {}
+        for name, g in zip(self.layer_names, grad, strict=False):
+            if not math.isfinite(g) or g > EXPLODING_CEILING:
+                flags[name] = "exploding"
+            elif g < VANISHING_FLOOR or (top > 0 and g < VANISHING_RATIO * top):
+                flags[name] = "vanishing"
+        return flags
+
+    def latest_maps(self, layer: str, step: int | None = None) -> MapCapture | None:
+        """The capture of `layer` at or before `step` (the latest if None) among those kept."""
+        kept = [m for m in self.activations.get(layer, []) if step is None or m.step <= step]
+        return kept[-1] if kept else None
+
+    def worst_diagnostics(self, n: int = 3) -> list[ev.Diagnostic]:
+        """The latest state of each check, fails first, then warnings."""
+        latest: dict[str, ev.Diagnostic] = {}
+        for d in self.diagnostics:
+            latest[d.code] = d
+        order = {"fail": 0, "warn": 1, "ok": 2}
+        return sorted(latest.values(), key=lambda d: (order.get(d.level, 3), -d.seq))[:n]
+
+
+def _f16(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    values = np.frombuffer(data, dtype=np.float16).astype(np.float32)
+    expected = int(np.prod(shape)) if shape else 0
+    if values.size != expected:  # a damaged or mismatched capture: show nothing rather than raise
+        return np.zeros((0,) * max(1, len(shape)), np.float32)
+    return values.reshape(shape)
+
+
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else value
