@@ -1,0 +1,124 @@
+"""Event sources without an App: following a store as it is written, replaying, and the live queue."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+import pytest
+
+from engine import events as ev
+from engine.store import RunWriter, StoreError
+from tests.runs import make_events, same, write_run
+from tui.sources import FollowSource, LiveSource, ReplaySource
+
+
+def drain(source, limit: int = 10_000) -> list[ev.Event]:
+    out = []
+    for _ in range(limit):
+        out += source.read(timeout=0.01)
+        if source.done:
+            return out
+    raise AssertionError("source never finished")
+
+
+def test_follow_reads_a_finished_run_then_stops(tmp_path):
+    events = write_run(tmp_path / "r.mirante", steps=3000)
+    source = FollowSource(tmp_path / "r.mirante", page=1000, sleep=lambda s: None)
+    got = drain(source)
+    assert len(got) == len(events) and all(map(same, got, events))
+    assert source.writer_alive is False
+
+
+def test_follow_waits_for_a_store_that_is_not_there_yet_and_sees_new_events(tmp_path):
+    path = tmp_path / "later.mirante"
+    source = FollowSource(path, sleep=lambda s: time.sleep(0.01))
+    assert source.read() == [] and not source.done  # no file yet: wait
+    events = make_events(steps=500)
+    writer = RunWriter(path, flush_interval=0.01)
+    got: list[ev.Event] = []
+
+    def write():
+        for i, e in enumerate(events):
+            writer.write(e)
+            if i % 100 == 0:
+                time.sleep(0.01)
+        writer.close()
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not source.done:
+        got += source.read(timeout=0.01)
+        assert time.monotonic() < deadline
+    thread.join()
+    assert [e.seq for e in got] == [e.seq for e in events]
+
+
+def test_follow_refuses_a_file_that_is_not_a_store(tmp_path):
+    path = tmp_path / "junk.mirante"
+    path.write_text("not a run")
+    import os
+
+    os.utime(path, (time.time() - 60, time.time() - 60))
+    with pytest.raises(StoreError, match="not a mirante run store"):
+        FollowSource(path).read()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_replay_releases_events_at_the_recorded_pace(tmp_path):
+    events = write_run(tmp_path / "r.mirante", steps=1000)  # 0.01 s between events as recorded
+    clock = FakeClock()
+    source = ReplaySource(tmp_path / "r.mirante", speed=10.0, clock=clock, sleep=lambda s: None)
+    first = source.read()
+    assert len(first) == 1  # the first event at once, the next 0.01 s later in recorded time
+    clock.t = 0.1  # 0.1 s of replay at 10x = 1 s recorded = 100 more events
+    assert len(source.read()) == 100
+    source.pause()
+    clock.t = 10.0
+    assert source.read() == []
+    source.resume()
+    clock.t = 10.05
+    assert len(source.read()) == 50
+    jumped = source.jump(800)
+    assert jumped[-1].step == 800 and jumped[0].seq == 152  # 1 + 100 + 50 released before
+    source.speed = 1e9
+    clock.t = 11.0
+    rest = drain(source)
+    assert rest[0].seq == jumped[-1].seq + 1  # the replay goes on from the jump to the end
+    assert rest[-1].seq == events[-1].seq and source.done
+    source.restart()
+    assert source.restarted and source.read()[0].seq == 1
+
+
+def test_live_source_fills_dropped_batches_from_the_store(tmp_path):
+    path = tmp_path / "live.mirante"
+    events = make_events(steps=300)
+    with RunWriter(path) as writer:
+        writer.write_many(events)
+    q: queue.Queue = queue.Queue()
+    q.put(events[:50])
+    # batches 50..199 were dropped (the queue was full); the next one arrives
+    q.put(events[200:250])
+    q.put(events[250:])
+    source = LiveSource(q, path)
+    got = source.read() + source.read() + source.read()
+    assert [e.seq for e in got] == [e.seq for e in events]
+    assert source.recovered == 150
+
+
+def test_live_source_is_done_when_the_trainer_has_exited(tmp_path):
+    class Exited:
+        def is_alive(self) -> bool:
+            return False
+
+    source = LiveSource(queue.Queue(), tmp_path / "none.mirante", process=Exited())
+    assert source.read(timeout=0.01) == [] and source.done
