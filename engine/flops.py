@@ -93,6 +93,8 @@ class Counts:
             "train_flops": self.train_flops,
             "activation_bytes": self.act_bytes,
             "flops_convention": CONVENTION,
+            # per module: name, type, depth, output shape, params, forward MACs (for the Model screen)
+            "layers": [[r.name, r.type, r.depth, list(r.out_shape), r.params, r.macs] for r in self.rows],
         }
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import sys
+import threading
 from typing import Any
 
 LIVE_QUEUE_BATCHES = 256  # batches of events the UI may fall behind by before the trainer drops some
+QUEUE_FLUSH_S = 10.0  # how long an ending trainer waits for its last batches to reach the UI
 
 
 def train_child(
@@ -18,7 +20,12 @@ def train_child(
 
     code = run(TrainConfig.from_dict(config), live=live, commands=commands, resume=resume, overrides=overrides)
     live.close()
-    live.join_thread()  # everything put on the queue reaches the parent before we exit
+    # Let what was put on the queue reach the parent, but not forever: after a detach nobody reads it.
+    flusher = threading.Thread(target=live.join_thread, daemon=True)
+    flusher.start()
+    flusher.join(timeout=QUEUE_FLUSH_S)
+    if flusher.is_alive():
+        live.cancel_join_thread()
     sys.exit(code)
 
 

@@ -485,6 +485,9 @@ class Trainer:
                     self.paused = command == "pause"
                 elif command == "capture":
                     self.rec.capture(self.step)
+                elif command == "detach":  # the app has gone: stop feeding a queue nobody reads
+                    self.out.send()
+                    self.out.live = None
             if not self.paused or self.stop_reason:
                 return
             self.out.send()
