@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import sys
 import threading
 from typing import Any
@@ -12,9 +13,20 @@ QUEUE_FLUSH_S = 10.0  # how long an ending trainer waits for its last batches to
 
 
 def train_child(
-    config: dict[str, Any], live: Any, commands: Any, resume: str | None, overrides: dict[str, Any]
+    config: dict[str, Any],
+    live: Any,
+    commands: Any,
+    resume: str | None,
+    overrides: dict[str, Any],
+    own_session: bool = False,
 ) -> None:
-    """The child's entry point: torch is imported here, in the child only."""
+    """The child's entry point: torch is imported here, in the child only.
+
+    `own_session`: leave the terminal's session, so that a trainer the app detached from keeps
+    running when the terminal goes (the app stops it with a command, not with Ctrl-C).
+    """
+    if own_session and hasattr(os, "setsid"):
+        os.setsid()
     from engine.config import TrainConfig
     from engine.train import run
 
@@ -30,14 +42,17 @@ def train_child(
 
 
 def start_trainer(
-    config: dict[str, Any], resume: str | None = None, overrides: dict[str, Any] | None = None
+    config: dict[str, Any],
+    resume: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    own_session: bool = False,
 ) -> tuple[Any, Any, Any]:
     """(process, live event queue, command queue) for a trainer started in a spawned child."""
     ctx = mp.get_context("spawn")
     live = ctx.Queue(maxsize=LIVE_QUEUE_BATCHES)
     commands = ctx.Queue()
     process = ctx.Process(
-        target=train_child, args=(config, live, commands, resume, overrides or {}), name="mirante-trainer"
+        target=train_child, args=(config, live, commands, resume, overrides or {}, own_session), name="mirante-trainer"
     )
     process.start()
     return process, live, commands

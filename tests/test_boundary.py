@@ -18,7 +18,10 @@ def loaded_after(module: str, watch: tuple[str, ...]) -> list[str]:
     return out.stdout.split()
 
 
-@pytest.mark.parametrize("module", ["tui", "tui.cli", "engine.events", "engine.store", "engine.export"])
+@pytest.mark.parametrize(
+    "module",
+    ["tui.app", "tui.cli", "tui.state", "tui.sources", "tui.widgets", "engine.events", "engine.store", "engine.export"],
+)
 def test_no_torch(module):
     assert loaded_after(module, ("torch", "torchvision")) == []
 

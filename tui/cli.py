@@ -117,15 +117,74 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tui.headless import train_headless
 
     config = from_args(args)
+    overrides = None
     if args.resume is not None:
         given = explicit_options(args.parser, args.argv) - {"resume", "headless"}
         overrides = {k: v for k, v in vars(args).items() if k in given}
-        return train_headless(config.to_dict(), args.resume, args.resume, overrides)
-    config.name = config.run_name  # fixed here, so the child and this process agree on it
-    store = Path(config.runs_dir) / f"{config.name}{SUFFIX}"
-    if store.exists():
-        raise CliError(f"{store}: a run with this name exists (--resume it, or choose another --name)")
-    return train_headless(config.to_dict(), str(store))
+        store = resolve_run(args.resume) if Path(args.resume).exists() else Path(config.runs_dir) / args.resume
+        store = store if store.suffix == SUFFIX else store.with_name(store.name + SUFFIX)
+    else:
+        config.name = config.run_name  # fixed here, so the child and this process agree on it
+        store = Path(config.runs_dir) / f"{config.name}{SUFFIX}"
+        if store.exists():
+            raise CliError(f"{store}: a run with this name exists (--resume it, or choose another --name)")
+    if config.headless or not sys.stdout.isatty():
+        return train_headless(config.to_dict(), str(store), args.resume, overrides)
+    return train_in_app(config.to_dict(), store, args.resume, overrides)
+
+
+def train_in_app(config: dict, store: Path, resume: str | None, overrides: dict | None) -> int:
+    """Train in a child process and watch it in the app; `q` stops it or detaches."""
+    from engine.launch import start_trainer
+    from tui.app import MiranteApp
+    from tui.sources import LiveSource
+
+    process, live, commands = start_trainer(config, resume, overrides, own_session=True)
+    app = MiranteApp(LiveSource(live, store, process), store=store, commands=commands)
+    app.run()
+    if app.detached:
+        print(f"detached: training goes on; come back with: mirante watch {store}", flush=True)
+        os._exit(0)  # do not wait for the trainer, as multiprocessing would at exit
+    process.join()
+    return process.exitcode if process.exitcode is not None else 1
+
+
+# --- watch and replay --------------------------------------------------------------------
+
+
+def newest_running(directory: Path = RUNS_DIR) -> Path:
+    try:
+        paths = find_runs(directory)
+    except StoreError:
+        paths = []
+    for path in paths:
+        try:
+            with RunReader(path) as run:
+                if run.status() == "running":
+                    return path
+        except StoreError:
+            continue
+    raise CliError(f"no running run in {directory}/ (give a run to watch)")
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from tui.app import MiranteApp
+    from tui.sources import FollowSource
+
+    path = resolve_run(args.run) if args.run else newest_running()
+    if path.stat().st_size:  # not a run store: one line and exit 2 now, not an app showing an error
+        RunReader(path).close()
+    return MiranteApp(FollowSource(path), store=path).run() or 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from tui.app import MiranteApp
+    from tui.sources import ReplaySource
+
+    if args.speed <= 0:
+        raise CliError(f"--speed must be positive, got {args.speed}")
+    path = resolve_run(args.run)
+    return MiranteApp(ReplaySource(path, speed=args.speed), store=path).run() or 0
 
 
 # --- main --------------------------------------------------------------------------------
@@ -165,6 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(tr)
     tr.add_argument("--resume", metavar="RUN", default=None, help="continue RUN from its last checkpoint")
     tr.set_defaults(func=cmd_train, parser=tr)
+
+    wa = sub.add_parser("watch", help="attach to a run being written (or finished)", description="Attach to a run.")
+    wa.add_argument("run", nargs="?", help=f"a run store or name (default: the newest running run in {RUNS_DIR}/)")
+    wa.set_defaults(func=cmd_watch)
+    rp = sub.add_parser("replay", help="re-animate a saved run", description="Replay a saved run at a chosen speed.")
+    rp.add_argument("run", help=f"a run store, or the name of a run in {RUNS_DIR}/")
+    rp.add_argument("--speed", type=float, default=10.0, help="times the recorded pace (default: 10)")
+    rp.set_defaults(func=cmd_replay)
 
     from tui import profile
 

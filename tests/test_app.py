@@ -1,0 +1,200 @@
+"""The app through Textual's Pilot: every pane shows its content, every key works, NaN runs render."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from pathlib import Path
+
+import pytest
+
+from engine import events as ev
+from tests.runs import LAYERS, make_events, write_run
+from tui.app import MiranteApp
+from tui.sources import FollowSource, ReplaySource
+
+SIZES = [(80, 24), (160, 48)]
+
+
+def text_of(widget) -> str:
+    """What a widget shows, as plain text."""
+    if hasattr(widget, "strips"):
+        return "\n".join(strip.text for strip in widget.strips())
+    return str(widget.render())
+
+
+def diverging_events() -> list[ev.Event]:
+    """A run whose loss grows to inf and NaN, and whose gradients explode."""
+    events = make_events(steps=300, end=None)
+    seq = ev.Sequencer(last_seq=events[-1].seq, clock=lambda: 1_700_000_010.0)
+    for step in range(300, 320):
+        loss = 10.0 ** (step - 300) if step < 310 else (math.inf if step == 310 else math.nan)
+        events.append(ev.Step(**seq.header(step), scalars={"train/loss": loss, "lr": 10.0}))
+        grads = [math.nan if step >= 310 else 10.0 ** (step - 300) * 1e3 for _ in LAYERS]
+        events.append(ev.LayerStats(**seq.header(step), grad_norm=grads, weight_norm=[1.0] * 4, update_ratio=[1.0] * 4))
+    events.append(ev.RunEnded(**seq.header(320), status="failed", reason="loss became NaN"))
+    return events
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("app")
+    write_run(d / "good.mirante", steps=2500)
+    write_run(d / "nan.mirante", events=diverging_events())
+    return {"good": d / "good.mirante", "nan": d / "nan.mirante"}
+
+
+def drive(app: MiranteApp, size: tuple[int, int], script) -> None:
+    async def main() -> None:
+        async with app.run_test(size=size) as pilot:
+            for _ in range(100):  # let the source worker deliver everything
+                await pilot.pause(0.05)
+                if app.source.done and app.state.ended is not None:
+                    break
+            await pilot.pause(0.2)
+            await script(app, pilot)
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("run", ["good", "nan"])
+def test_every_pane_shows_its_content(runs, run, size):
+    async def script(app, pilot):
+        assert app.state.ended is not None
+        await pilot.press("1")
+        await pilot.pause(0.3)
+        info = text_of(app.query_one("#info"))
+        assert "synthetic" in info and "smallcnn on shapes" in info
+        loss_chart = text_of(app.query_one("#loss"))
+        assert "loss" in loss_chart and "no data yet" not in loss_chart
+        if run == "nan":
+            assert "failed" in info and "NaN" in info  # the latest loss is NaN, and says so
+            assert "×" in loss_chart  # the NaN steps are marked on the chart
+        await pilot.press("2")
+        await pilot.pause(0.3)
+        table = app.query_one("#layers")
+        assert table.row_count == len(LAYERS)
+        assert str(table.get_row_at(0)[0]) == LAYERS[0]
+        if run == "nan":
+            assert {str(table.get_row_at(i)[5]) for i in range(table.row_count)} == {"exploding"}
+        assert "log10 gradient norm" in text_of(app.query_one("#heat-title"))
+        await pilot.press("3")
+        await pilot.pause(0.3)
+        assert "params" in text_of(app.query_one("#totals"))
+        await pilot.press("4")
+        await pilot.pause(0.3)
+        assert "captures at steps 500" in text_of(app.query_one("#caption")) or run == "nan"
+        await pilot.press("5")
+        await pilot.pause(0.3)
+        diagnostics = app.query_one("#diagnostics")
+        if run == "good":  # the synthetic run has one diagnostic, at step 500
+            assert diagnostics.row_count == 1 and str(diagnostics.get_row_at(0)[2]) == "initial-loss"
+        else:
+            assert diagnostics.row_count == 0
+        await pilot.press("6")
+        await pilot.pause(0.3)
+        assert "cpu/rss_mb" in text_of(app.query_one("#sys0")) or run == "nan"
+        await pilot.press("q")
+
+    drive(MiranteApp(FollowSource(runs[run]), store=runs[run]), size, script)
+
+
+def test_keys(runs, tmp_path):
+    store = tmp_path / "k.mirante"
+    store.write_bytes(runs["good"].read_bytes())
+
+    async def script(app, pilot):
+        await pilot.press("space")
+        assert app.frozen
+        await pilot.press("space", "s")
+        assert not app.frozen and app.view.smooth
+        await pilot.press("right_square_bracket")
+        assert app.view.smoothing == pytest.approx(0.7)
+        await pilot.press("left_square_bracket", "left_square_bracket")
+        assert app.view.smoothing == pytest.approx(0.5)
+        await pilot.press("l")
+        assert app.view.log_y
+        await pilot.press("4", "left")
+        assert app.query_one("ActivationsPane").step == 500  # captures at 500 only: stays there
+        await pilot.press("3", "greater_than_sign")
+        assert app.query_one("ModelPane").depth == 3
+        await pilot.press("e")
+        for _ in range(50):
+            await pilot.pause(0.1)
+            if "exported" in app.note:
+                break
+        assert "exported" in app.note and store.with_suffix(".csv").exists()
+        await pilot.press("question_mark")
+        await pilot.pause(0.2)
+        assert app.screen.__class__.__name__ == "HelpScreen"
+        await pilot.press("escape")
+        await pilot.pause(0.2)
+        assert app.screen.__class__.__name__ != "HelpScreen"
+        await pilot.press("q")
+
+    drive(MiranteApp(FollowSource(store), store=store), (100, 30), script)
+
+
+def test_replay_keys(runs):
+    app = MiranteApp(ReplaySource(runs["good"], speed=1.0), store=runs["good"])
+
+    async def script(app, pilot):
+        await pilot.press("plus")
+        assert app.source.speed == 2.0
+        await pilot.press("minus", "minus")
+        assert app.source.speed == 0.5
+        await pilot.press("p")
+        assert app.source.paused
+        await pilot.press("p")
+        assert not app.source.paused
+        app.source.speed = 1e6
+        for _ in range(100):
+            await pilot.pause(0.05)
+            if app.state.ended is not None:
+                break
+        assert app.state.ended is not None
+        await pilot.press("r")
+        for _ in range(40):
+            await pilot.pause(0.05)
+            if app.state.last_seq < 100:
+                break
+        assert app.state.last_seq < 3000  # started again from the beginning
+        await pilot.press("q")
+
+    async def main():
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause(0.2)
+            await script(app, pilot)
+
+    asyncio.run(main())
+
+
+def test_a_tiny_terminal_asks_to_be_enlarged(runs):
+    async def script(app, pilot):
+        assert app.screen.has_class("too-small")
+        assert "enlarge the terminal" in text_of(app.query_one("#too-small"))
+        await pilot.resize_terminal(100, 30)
+        await pilot.pause(0.3)
+        assert not app.screen.has_class("too-small")
+        for size in [(40, 12), (120, 40), (50, 14), (80, 24)]:  # resized again and again
+            await pilot.resize_terminal(*size)
+            await pilot.pause(0.1)
+        await pilot.press("q")
+
+    drive(MiranteApp(FollowSource(runs["good"]), store=runs["good"]), (40, 12), script)
+
+
+def test_an_empty_store_waits(tmp_path):
+    path = tmp_path / "soon.mirante"
+    path.touch()
+
+    async def main():
+        app = MiranteApp(FollowSource(path), store=path)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause(0.5)
+            assert app.state.status() == "waiting"
+            assert "waiting" in text_of(app.query_one("#status"))
+            await pilot.press("q")
+
+    asyncio.run(main())

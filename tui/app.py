@@ -1,0 +1,213 @@
+"""The mirante app: wiring. Mounts the panes, runs the source in a worker, folds events, redraws at 10 Hz."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from textual import work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.widgets import Footer, Static, TabbedContent, TabPane
+from textual.worker import get_current_worker
+
+from engine.store import StoreError
+from tui.messages import EventsArrived, SourceDone, SourceFailed
+from tui.screens import PANES
+from tui.screens.base import View
+from tui.screens.dialogs import HelpScreen, QuitScreen
+from tui.state import RunState
+
+MIN_SIZE = (60, 16)  # below this the app asks for a larger terminal instead of drawing
+REDRAW_S = 0.1
+
+
+class MiranteApp(App[int]):
+    CSS_PATH = "app.tcss"
+    TITLE = "mirante"
+    BINDINGS = [
+        *[(pane.KEY, f"show('{pane.__name__}')", pane.TITLE) for pane in PANES],
+        ("q", "quit_run", "quit"),
+        ("p", "pause", "pause"),
+        ("space", "freeze", "freeze"),
+        ("s", "smooth", "smooth"),
+        ("left_square_bracket", "smoothing(-0.1)", "less"),
+        ("right_square_bracket", "smoothing(0.1)", "more"),
+        ("l", "log_y", "log y"),
+        ("plus", "speed(2.0)", "faster"),
+        ("minus", "speed(0.5)", "slower"),
+        ("r", "restart", "restart"),
+        Binding("left", "capture(-1)", "earlier", priority=True),  # before the tab bar takes them
+        Binding("right", "capture(1)", "later", priority=True),
+        ("less_than_sign", "depth(-1)", "shallower"),
+        ("greater_than_sign", "depth(1)", "deeper"),
+        ("e", "export", "export"),
+        ("question_mark", "help", "help"),
+    ]
+
+    def __init__(self, source: Any, *, store: str | Path | None = None, commands: Any = None) -> None:
+        super().__init__()
+        self.source = source
+        self.store = Path(store) if store else None
+        self.commands = commands  # the trainer's command queue, for live runs
+        self.state = RunState()
+        self.view = View(color="NO_COLOR" not in os.environ)
+        self.frozen = False
+        self.paused = False
+        self.note = ""
+        self.detached = False  # the user left a live run going: the caller must not wait for it
+        self._drawn = -1
+
+    def compose(self) -> ComposeResult:
+        yield Static("enlarge the terminal (at least 60x16)", id="too-small")
+        with TabbedContent(id="tabs"):
+            for pane in PANES:
+                with TabPane(f"{pane.KEY} {pane.TITLE}", id=pane.__name__):
+                    yield pane()
+        yield Static(id="status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.read_source()
+        self.set_interval(REDRAW_S, self.redraw)
+
+    @work(thread=True, exclusive=True)
+    def read_source(self) -> None:
+        worker = get_current_worker()
+        try:
+            while not worker.is_cancelled:
+                events = self.source.read()
+                if getattr(self.source, "restarted", False):
+                    self.source.restarted = False
+                    self.call_from_thread(self._reset)
+                if events:
+                    self.post_message(EventsArrived(events))
+                if self.source.done:
+                    self.post_message(SourceDone())
+                    return
+        except StoreError as exc:
+            self.post_message(SourceFailed(str(exc)))
+
+    def _reset(self) -> None:
+        self.state = RunState()
+        self._drawn = -1
+
+    def on_events_arrived(self, message: EventsArrived) -> None:
+        self.state.apply_many(message.events)
+
+    def on_source_done(self, message: SourceDone) -> None:
+        self.note = "end of run" if self.state.ended else "the writer has gone"
+
+    def on_source_failed(self, message: SourceFailed) -> None:
+        self.note = f"error: {message.error}"
+        self.redraw(force=True)
+
+    def redraw(self, force: bool = False) -> None:
+        small = self.size.width < MIN_SIZE[0] or self.size.height < MIN_SIZE[1]
+        self.screen.set_class(small, "too-small")  # checked each tick: resizes come in bursts
+        if (self.frozen or self.state.version == self._drawn) and not force:
+            return
+        self._drawn = self.state.version
+        active = self.query_one(TabbedContent).active
+        pane = self.query_one(f"#{active}", TabPane).children[0] if active else None
+        if pane is not None:
+            pane.draw(self.state, self.view)
+        settings = (("frozen", self.frozen), ("paused", self.paused), ("smoothed", self.view.smooth))
+        flags = [name for name, on in settings if on]
+        speed = getattr(self.source, "speed", None)
+        self.query_one("#status", Static).update(
+            f" {self.state.name} · {self.state.status()} · seq {self.state.last_seq:,}"
+            + (f" · replay {speed:g}x" if speed else "")
+            + "".join(f" · {f}" for f in flags)
+            + (f" · {self.note}" if self.note else "")
+        )
+
+    # -- actions: each changes a setting and asks for a redraw
+
+    def action_show(self, pane: str) -> None:
+        self.query_one(TabbedContent).active = pane
+        self.redraw(force=True)
+
+    def action_freeze(self) -> None:
+        self.frozen = not self.frozen
+        self.redraw(force=True)
+
+    def action_smooth(self) -> None:
+        self.view.smooth = not self.view.smooth
+        self.redraw(force=True)
+
+    def action_smoothing(self, delta: float) -> None:
+        self.view.smoothing = min(0.99, max(0.0, round(self.view.smoothing + delta, 2)))
+        self.view.smooth = True
+        self.redraw(force=True)
+
+    def action_log_y(self) -> None:
+        self.view.log_y = not self.view.log_y
+        self.redraw(force=True)
+
+    def action_speed(self, factor: float) -> None:
+        if hasattr(self.source, "speed"):
+            self.source.speed = min(1e6, max(0.01, self.source.speed * factor))
+            self.redraw(force=True)
+
+    def action_restart(self) -> None:
+        if hasattr(self.source, "restart"):
+            self.source.restart()
+
+    def action_pause(self) -> None:
+        self.paused = not self.paused
+        if self.commands is not None:
+            self.commands.put("pause" if self.paused else "resume")
+        elif hasattr(self.source, "pause"):
+            (self.source.pause if self.paused else self.source.resume)()
+        self.redraw(force=True)
+
+    def action_capture(self, delta: int) -> None:
+        pane = self.query_one("ActivationsPane")
+        pane.move(self.state, delta)
+        self.redraw(force=True)
+
+    def action_depth(self, delta: int) -> None:
+        pane = self.query_one("ModelPane")
+        pane.depth = max(1, min(8, pane.depth + delta))
+        self.redraw(force=True)
+
+    def action_export(self) -> None:
+        if self.store is None:
+            self.note = "nothing to export: no store"
+        else:
+            self.export_csv(self.store)
+        self.redraw(force=True)
+
+    @work(thread=True)
+    def export_csv(self, store: Path) -> None:
+        from engine.export import export
+        from engine.store import RunReader
+
+        target = store.with_suffix(".csv")
+        try:
+            with RunReader(store) as run, open(target, "w", newline="") as out:
+                rows = export(run, "csv", out)
+            self.note = f"exported {rows:,} rows to {target}"
+        except (StoreError, OSError) as exc:
+            self.note = f"export failed: {exc}"
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def action_quit_run(self) -> None:
+        if self.commands is None or self.source.done:
+            self.exit(0)
+            return
+
+        def chosen(choice: str | None) -> None:
+            if choice == "stop":
+                self.commands.put("stop")
+                self.note = "stopping: checkpoint, then the run ends"
+            elif choice == "detach":
+                self.commands.put("detach")
+                self.detached = True
+                self.exit(0)
+
+        self.push_screen(QuitScreen(), chosen)

@@ -1,0 +1,50 @@
+"""What every pane shares: the view options and the `draw(state, view)` contract."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from textual.containers import Container
+
+from tui.state import RunState, ema_debiased
+
+
+@dataclass
+class View:
+    """How the user wants things drawn; changed by keys, read by panes."""
+
+    smooth: bool = False
+    smoothing: float = 0.6  # EMA weight, as TensorBoard's slider
+    log_y: bool = False
+    color: bool = True
+
+
+class Pane(Container):
+    """A view of the run. `draw` is called at most ~10 times a second, only when the state moved."""
+
+    TITLE = ""
+    KEY = ""
+
+    def draw(self, state: RunState, view: View) -> None:
+        raise NotImplementedError
+
+
+def smoothed(values: np.ndarray, view: View) -> np.ndarray:
+    return ema_debiased(values, view.smoothing) if view.smooth and len(values) else values
+
+
+def fmt(value: float | None, spec: str = ".4g") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("+Inf" if value > 0 else "-Inf")
+    return format(value, spec)
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"

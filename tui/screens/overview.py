@@ -1,0 +1,61 @@
+"""Overview: who and where, progress, loss/accuracy/learning-rate charts, speed, the worst diagnostics."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Grid
+from textual.widgets import ProgressBar, Static
+
+from tui.screens.base import Pane, View, duration, fmt, smoothed
+from tui.state import RunState
+from tui.widgets import Chart, Line
+
+
+class OverviewPane(Pane):
+    TITLE = "Overview"
+    KEY = "1"
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="info")
+        yield ProgressBar(total=100, show_eta=False, id="progress")
+        with Grid(id="charts"):
+            yield Chart(id="loss")
+            yield Chart(id="accuracy")
+            yield Chart(id="lr")
+            yield Static(id="worst")
+
+    def draw(self, state: RunState, view: View) -> None:
+        s = state.started
+        device = s.device.get("name", s.device.get("type", "?")) if s else "?"
+        epochs = state.config.get("epochs")
+        mfu = state.latest("perf/mfu")
+        lines = [
+            f"[b]{state.name}[/b]  {s.model if s else '?'} on {s.dataset if s else '?'}  ·  {device}",
+            f"{state.status()}  ·  epoch {state.epoch}/{epochs or '?'}  ·  step {state.step:,}/"
+            f"{state.total_steps or '?'}  ·  elapsed {duration(state.elapsed)}  ·  ETA {duration(state.eta)}",
+            f"{fmt(state.latest('throughput/img_s'), ',.0f')} img/s  ·  MFU "
+            f"{'-' if mfu is None else fmt(100 * mfu, '.1f') + '%'}  ·  lr {fmt(state.latest('lr'), '.3g')}"
+            f"  ·  loss {fmt(state.latest('train/loss'))}",
+        ]
+        self.query_one("#info", Static).update("\n".join(lines))
+        bar = self.query_one("#progress", ProgressBar)
+        bar.update(total=100, progress=100 * (state.progress or 0.0))
+
+        steps, loss = state.series("train/loss")
+        vsteps, vloss = state.epoch_series("val_loss")
+        self.query_one("#loss", Chart).set_lines(
+            [Line("train", steps, smoothed(loss, view), "cyan"), Line("val", vsteps, vloss, "orange")],
+            title="loss",
+            log_y=view.log_y,
+        )
+        steps, acc = state.series("train/acc")
+        vsteps, vacc = state.epoch_series("val_acc")
+        self.query_one("#accuracy", Chart).set_lines(
+            [Line("train", steps, smoothed(acc, view), "cyan"), Line("val", vsteps, vacc, "orange")],
+            title="accuracy",
+        )
+        steps, lr = state.series("lr")
+        self.query_one("#lr", Chart).set_lines([Line("lr", steps, lr, "green")], title="learning rate")
+        worst = state.worst_diagnostics(3)
+        text = "\n".join(f"[b]{d.level}[/b] {d.message}" for d in worst) if worst else "no diagnostics yet"
+        self.query_one("#worst", Static).update("[b]diagnostics[/b]\n" + text)

@@ -1,0 +1,18 @@
+"""Render widgets for mirante's screens: sparkline, line chart, heatmap and map grid, all NaN/Inf-safe."""
+
+from tui.widgets.chart import Chart, Line, render_chart
+from tui.widgets.heatmap import Heatmap, MapGrid, render_heatmap, render_image, render_maps
+from tui.widgets.sparkline import Sparkline, sparkline
+
+__all__ = [
+    "Chart",
+    "Heatmap",
+    "Line",
+    "MapGrid",
+    "Sparkline",
+    "render_chart",
+    "render_heatmap",
+    "render_image",
+    "render_maps",
+    "sparkline",
+]

@@ -1,0 +1,282 @@
+"""Heatmaps, activation-map grids and images drawn with Unicode half-blocks (two pixels per cell), NaN-safe."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cache, lru_cache
+
+import numpy as np
+from rich.color import Color
+from rich.style import Style
+from rich.text import Span, Text
+
+from tui.widgets.base import CachedLines
+
+HALF_BLOCK = "▀"  # foreground paints the upper pixel, background the lower one
+SHADES = " ░▒▓█"  # without colour: one character per cell, by value
+NAN_CHAR = "×"
+NAN_RGB = (255, 0, 255)  # magenta: no colour map here uses it
+# matplotlib's viridis sampled at 0, 1/8, ..., 1; interpolated to LEVELS entries
+CMAPS = {
+    "viridis": [
+        (68, 1, 84),
+        (71, 44, 122),
+        (59, 81, 139),
+        (44, 113, 142),
+        (33, 145, 140),
+        (39, 173, 129),
+        (92, 200, 99),
+        (170, 220, 50),
+        (253, 231, 37),
+    ],
+    "gray": [(0, 0, 0), (255, 255, 255)],
+}
+LEVELS = 256
+MIN_MAP_PX = 8  # maps shrink down to this many pixels (longer side) before some are left out of the grid
+ABSENT = -1  # packed colour of the missing lower pixel under an odd last row
+
+
+@cache
+def colour_table(cmap: str) -> np.ndarray:
+    """The colour map as a [LEVELS, 3] uint8 table, linearly interpolated between its stops."""
+    if cmap not in CMAPS:
+        raise ValueError(f"unknown colour map {cmap!r}; known: {', '.join(CMAPS)}")
+    stops = np.array(CMAPS[cmap], dtype=np.float64)
+    at = np.linspace(0, len(stops) - 1, LEVELS)
+    channels = [np.interp(at, np.arange(len(stops)), stops[:, c]) for c in range(3)]
+    return np.rint(np.stack(channels, axis=1)).astype(np.uint8)
+
+
+def normalize(matrix: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
+    """Scale to 0..1 between lo and hi (default: the finite min and max), +Inf -> 1, -Inf -> 0, NaN stays NaN.
+
+    A bound that is missing or not finite falls back to the data's own (0 and 1 when nothing is finite).
+    """
+    m = np.asarray(matrix, dtype=np.float64)
+    finite = m[np.isfinite(m)]
+    if lo is None or not math.isfinite(lo):
+        lo = float(finite.min()) if finite.size else 0.0
+    if hi is None or not math.isfinite(hi):
+        hi = float(finite.max()) if finite.size else 1.0
+    with np.errstate(invalid="ignore", over="ignore"):
+        # halves: hi - lo may overflow near 1e308
+        t = (m / 2 - lo / 2) / (hi / 2 - lo / 2) if hi > lo else np.where(np.isnan(m), np.nan, 0.0)
+    t = np.where(m == np.inf, 1.0, np.where(m == -np.inf, 0.0, t))
+    return np.clip(t, 0.0, 1.0)  # NaN passes through np.clip
+
+
+def pack(rgb: np.ndarray) -> np.ndarray:
+    """[..., 3] uint8 colours packed into one int64 each (0xRRGGBB)."""
+    rgb = rgb.astype(np.int64)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
+def to_rgb(t: np.ndarray, cmap: str) -> np.ndarray:
+    """Packed colours of normalized values through a colour map; NaN becomes the NaN marker colour."""
+    table = pack(colour_table(cmap))
+    levels = np.rint(np.nan_to_num(t) * (LEVELS - 1)).astype(np.int64)
+    return np.where(np.isnan(t), pack(np.array(NAN_RGB)), table[levels])
+
+
+@lru_cache(maxsize=65536)
+def cell_style(top: int, bottom: int) -> Style:
+    """Style of one half-block cell from packed colours; no background when the lower pixel is absent."""
+    fg = Color.from_rgb(top >> 16, (top >> 8) & 255, top & 255)
+    bg = None if bottom == ABSENT else Color.from_rgb(bottom >> 16, (bottom >> 8) & 255, bottom & 255)
+    return Style(color=fg, bgcolor=bg)
+
+
+def split_pairs(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Upper and lower pixel rows of each text line; an odd last row gets an ABSENT lower half."""
+    top, bottom = packed[0::2], packed[1::2]
+    if len(bottom) < len(top):
+        bottom = np.vstack([bottom, np.full((1, packed.shape[1]), ABSENT, dtype=packed.dtype)])
+    return top, bottom
+
+
+def half_block_lines(packed: np.ndarray) -> list[Text]:
+    """Lines of "▀" cells from a [H, W] array of packed colours, one span per run of equal cells."""
+    lines = []
+    for top, bottom in zip(*split_pairs(packed), strict=True):
+        key = top * (1 << 25) + (bottom + 1)
+        starts = np.flatnonzero(np.diff(key, prepend=-1))
+        ends = np.append(starts[1:], len(key))
+        runs = zip(starts.tolist(), ends.tolist(), strict=True)
+        spans = [Span(s, e, cell_style(int(top[s]), int(bottom[s]))) for s, e in runs]
+        lines.append(Text(HALF_BLOCK * len(key), spans=spans, end=""))
+    return lines
+
+
+def shade_lines(t: np.ndarray) -> list[Text]:
+    """Lines of shade characters, one per cell from the mean of its two pixels; "×" where either is NaN."""
+    lines = []
+    for i in range(0, t.shape[0], 2):
+        pair = t[i : i + 2]
+        mean = pair.mean(axis=0)  # NaN when either pixel is NaN
+        index = np.rint(np.nan_to_num(mean) * (len(SHADES) - 1)).astype(np.int64)
+        chars = np.where(np.isnan(mean), NAN_CHAR, np.array(list(SHADES))[index])
+        lines.append(Text("".join(chars.tolist()), end=""))
+    return lines
+
+
+def as_2d(matrix: np.ndarray) -> np.ndarray:
+    """The input as a float64 [H, W] array (a vector becomes one row, a scalar one cell)."""
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.ndim < 2:
+        return m.reshape(1, -1)
+    return m.reshape(m.shape[0], math.prod(m.shape[1:]))
+
+
+def render_heatmap(
+    matrix: np.ndarray, *, lo: float | None = None, hi: float | None = None, color: bool = True, cmap: str = "viridis"
+) -> list[Text]:
+    """ceil(rows / 2) lines of one cell per column; lo maps to the first colour of `cmap`, hi to the last."""
+    m = as_2d(matrix)
+    if m.size == 0:
+        return []
+    t = normalize(m, lo, hi)
+    return half_block_lines(to_rgb(t, cmap)) if color else shade_lines(t)
+
+
+def render_image(image: np.ndarray, color: bool = True) -> list[Text]:
+    """An image [3, H, W] (RGB) or [1, H, W] / [H, W] (grey), min-max scaled, as true-colour half-blocks.
+
+    Other channel counts are cut to the first three (RGBA) or the first one (two channels).
+    """
+    img = np.asarray(image, dtype=np.float64)
+    img = img[None] if img.ndim == 2 else img
+    if img.ndim != 3 or img.size == 0:
+        return []
+    img = img[:3] if img.shape[0] >= 3 else img[:1]
+    t = normalize(img)
+    if not color:
+        return shade_lines(t.mean(axis=0))
+    rgb = np.rint(np.nan_to_num(t) * 255).astype(np.uint8)
+    rgb = np.repeat(rgb, 3, axis=0) if rgb.shape[0] == 1 else rgb
+    packed = pack(np.moveaxis(rgb, 0, -1))
+    packed[np.isnan(t).any(axis=0)] = pack(np.array(NAN_RGB))
+    return half_block_lines(packed)
+
+
+@dataclass(frozen=True)
+class GridLayout:
+    """How a set of maps is laid out: a grid of cols x rows maps, each drawn map_w x map_h pixels."""
+
+    cols: int
+    rows: int
+    map_w: int
+    map_h: int
+    shown: int  # maps that fit; the rest are left out
+
+
+def layout_for(count: int, map_h: int, map_w: int, width: int, height: int, side: int) -> GridLayout:
+    """The grid for maps whose longer side is drawn `side` pixels (aspect kept), one blank column between maps."""
+    longest = max(map_h, map_w)
+    w, h = max(1, round(map_w * side / longest)), max(1, round(map_h * side / longest))
+    cols = (width + 1) // (w + 1)
+    rows = height // (1 + math.ceil(h / 2))  # a title row, then two pixel rows per text row
+    return GridLayout(cols, rows, w, h, min(count, cols * rows))
+
+
+def grid_layout(count: int, map_h: int, map_w: int, width: int, height: int) -> GridLayout:
+    """The largest map size that shows all `count` maps; below MIN_MAP_PX, show as many as fit instead."""
+    longest = max(map_h, map_w)
+    smallest = min(MIN_MAP_PX, longest)
+    for side in range(longest, smallest - 1, -1):
+        layout = layout_for(count, map_h, map_w, width, height, side)
+        if layout.shown == count:
+            return layout
+    layout = layout_for(count, map_h, map_w, width, height, smallest)
+    for side in range(smallest - 1, 0, -1):  # a tiny pane: shrink further rather than show nothing
+        if layout.shown:
+            break
+        layout = layout_for(count, map_h, map_w, width, height, side)
+    return layout
+
+
+def resize_mean(m: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Shrink [H, W] to [h, w] by averaging blocks (NaN in a block makes it NaN, so it stays visible)."""
+    if m.shape == (h, w):
+        return m
+    rows = np.arange(h) * m.shape[0] // h
+    cols = np.arange(w) * m.shape[1] // w
+    sums = np.add.reduceat(np.add.reduceat(m, rows, axis=0), cols, axis=1)
+    counts = np.outer(np.diff(np.append(rows, m.shape[0])), np.diff(np.append(cols, m.shape[1])))
+    with np.errstate(invalid="ignore"):
+        return sums / counts
+
+
+def render_map(m: np.ndarray, layout: GridLayout, color: bool) -> list[Text]:
+    """One map shrunk to the layout's size, then scaled to its own finite min/max (±Inf clamped to them first)."""
+    finite = m[np.isfinite(m)]
+    clamped = np.clip(m, finite.min(), finite.max()) if finite.size else m
+    return render_heatmap(resize_mean(clamped, layout.map_h, layout.map_w), color=color)
+
+
+def render_maps(
+    maps: np.ndarray, width: int, height: int, *, titles: list[str] | None = None, color: bool = True
+) -> list[Text]:
+    """As many maps [C, H, W] as fit in width x height cells, in a grid, each with its title (default: its index)."""
+    arr = np.asarray(maps, dtype=np.float64)  # float16 activations: averaging in float16 would overflow
+    arr = arr[None] if arr.ndim == 2 else arr
+    if arr.ndim != 3 or arr.size == 0:
+        return [Text("no maps"[: max(width, 0)])]
+    layout = grid_layout(arr.shape[0], arr.shape[1], arr.shape[2], width, height)
+    if layout.shown == 0:
+        return [Text("enlarge"[: max(width, 0)])]
+    names = titles if titles is not None else [str(i) for i in range(arr.shape[0])]
+    out: list[Text] = []
+    for first in range(0, layout.shown, layout.cols):
+        indices = range(first, min(first + layout.cols, layout.shown))
+        out.append(title_row([names[i] if i < len(names) else "" for i in indices], layout.map_w, color))
+        blocks = [render_map(arr[i], layout, color) for i in indices]
+        out.extend(Text(" ").join(parts) for parts in zip(*blocks, strict=True))
+    return out
+
+
+def title_row(names: list[str], map_w: int, color: bool) -> Text:
+    """Titles cut or padded to the map width, one blank column apart."""
+    text = Text(" ".join(name[:map_w].ljust(map_w) for name in names), end="")
+    if color:
+        text.stylize("dim")
+    return text
+
+
+class Heatmap(CachedLines):
+    """A heatmap of a matrix (e.g. layers x time); when wider than the widget, its newest (rightmost) columns."""
+
+    matrix: np.ndarray = np.empty((0, 0))
+    lo: float | None = None
+    hi: float | None = None
+
+    def set_matrix(self, matrix: np.ndarray, *, lo: float | None = None, hi: float | None = None) -> None:
+        """Replace the matrix (and its fixed colour range, if any) and redraw."""
+        self.matrix, self.lo, self.hi = as_2d(matrix), lo, hi
+        self.changed()
+
+    def draw(self, width: int, height: int, color: bool) -> list[Text]:
+        if width <= 0 or height <= 0:
+            return []
+        visible = self.matrix[: 2 * height, -width:]
+        lo, hi = self.lo, self.hi
+        finite = self.matrix[np.isfinite(self.matrix)]
+        if finite.size:  # a missing bound comes from the whole matrix, not just the visible part
+            lo = float(finite.min()) if lo is None else lo
+            hi = float(finite.max()) if hi is None else hi
+        return render_heatmap(visible, lo=lo, hi=hi, color=color)
+
+
+class MapGrid(CachedLines):
+    """A grid of activation maps or filters [C, H, W], each scaled to its own range."""
+
+    maps: np.ndarray = np.empty((0, 0, 0))
+    titles: list[str] | None = None
+
+    def set_maps(self, maps: np.ndarray, titles: list[str] | None = None) -> None:
+        """Replace the maps (and their titles) and redraw."""
+        self.maps, self.titles = np.asarray(maps), titles
+        self.changed()
+
+    def draw(self, width: int, height: int, color: bool) -> list[Text]:
+        return render_maps(self.maps, width, height, titles=self.titles, color=color)
