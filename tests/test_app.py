@@ -198,3 +198,54 @@ def test_an_empty_store_waits(tmp_path):
             await pilot.press("q")
 
     asyncio.run(main())
+
+
+def test_watch_shows_new_steps_within_a_second_of_their_commit(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from engine.store import RunReader, StoreError
+
+    root = Path(__file__).resolve().parents[1]
+    store = tmp_path / "runs" / "watched.mirante"
+    trainer = subprocess.Popen(
+        [sys.executable, "-m", "tui.cli", "train", "--headless", "--name", "watched", "--epochs", "1"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    lags = []
+
+    async def main():
+        app = MiranteApp(FollowSource(store), store=store)
+        async with app.run_test(size=(80, 24)) as pilot:
+            deadline = time.monotonic() + 120
+            reader = None
+            while trainer.poll() is None and time.monotonic() < deadline and len(lags) < 10:
+                await pilot.pause(0.05)
+                try:
+                    reader = reader or RunReader(store)
+                except StoreError:
+                    continue
+                committed = reader.last_seq()
+                seen_at = time.monotonic()
+                if committed <= app.state.last_seq:
+                    continue
+                while app.state.last_seq < committed and time.monotonic() - seen_at < 5:
+                    await pilot.pause(0.02)
+                lags.append(time.monotonic() - seen_at)
+            if reader is not None:
+                reader.close()
+            await pilot.press("q")
+
+    try:
+        asyncio.run(main())
+    finally:
+        trainer.kill()
+        trainer.wait()
+    assert len(lags) >= 5, trainer.stderr.read()
+    print(f"watch lag after commit: max {max(lags):.3f} s over {len(lags)} commits")
+    assert max(lags) < 1.0, lags
