@@ -1,0 +1,50 @@
+"""Make the README's screenshots: one SVG per screen, drawn by the app from the sample runs.
+
+python docs/screenshots.py    # writes docs/screens/*.svg
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tui.app import MiranteApp  # noqa: E402
+from tui.sources import FollowSource  # noqa: E402
+
+SIZE = (120, 36)
+SHOTS = [  # (key, screen, run)
+    ("1", "overview", "smallcnn-shapes"),
+    ("2", "gradients", "plainnet-sigmoid"),
+    ("3", "model", "resnet18-shapes"),
+    ("4", "activations", "smallcnn-shapes"),
+    ("5", "diagnostics", "diverging-lr"),
+    ("6", "system", "resnet18-shapes"),
+]
+
+
+async def shoot(key: str, screen: str, run: str, out: Path) -> None:
+    store = ROOT / "sample_runs" / f"{run}.mirante"
+    app = MiranteApp(FollowSource(store), store=store)
+    async with app.run_test(size=SIZE) as pilot:
+        while not app.source.done:
+            await pilot.pause(0.1)
+        await pilot.press(key)
+        await pilot.pause(0.5)
+        app.save_screenshot(filename=f"{screen}.svg", path=str(out))
+        await pilot.press("q")
+
+
+def main() -> None:
+    out = ROOT / "docs" / "screens"
+    out.mkdir(parents=True, exist_ok=True)
+    for key, screen, run in SHOTS:
+        asyncio.run(shoot(key, screen, run, out))
+        print(f"docs/screens/{screen}.svg  ({run})")
+
+
+if __name__ == "__main__":
+    main()
