@@ -249,3 +249,42 @@ def test_watch_shows_new_steps_within_a_second_of_their_commit(tmp_path):
     assert len(lags) >= 5, trainer.stderr.read()
     print(f"watch lag after commit: max {max(lags):.3f} s over {len(lags)} commits")
     assert max(lags) < 1.0, lags
+
+
+SAMPLES = sorted((Path(__file__).resolve().parents[1] / "sample_runs").glob("*.mirante"))
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("store", SAMPLES, ids=lambda p: p.stem)
+def test_sample_runs_render_on_every_pane(store, size, tmp_path):
+    copy = tmp_path / store.name  # readers never write, but keep the shipped files out of harm's way
+    copy.write_bytes(store.read_bytes())
+
+    async def script(app, pilot):
+        state = app.state
+        assert state.ended is not None and state.name == store.stem
+        await pilot.press("1")
+        await pilot.pause(0.3)
+        assert store.stem in text_of(app.query_one("#info"))
+        loss = text_of(app.query_one("#loss"))
+        assert set(loss) & set("▖▗▘▙▚▛▜▝▞▟▀▄▌▐█") and "no data yet" not in loss  # plotted points
+        if store.stem == "diverging-lr":
+            assert "×" in loss  # the NaN losses are marked
+        await pilot.press("2")
+        await pilot.pause(0.3)
+        assert app.query_one("#layers").row_count == len(state.layer_names) > 0
+        if store.stem == "plainnet-sigmoid":
+            flags = {str(app.query_one("#layers").get_row_at(0)[5])}
+            assert flags == {"vanishing"}  # the first layer's gradient has vanished
+        await pilot.press("3")
+        await pilot.pause(0.3)
+        assert app.query_one("#table").row_count > 3
+        await pilot.press("4")
+        await pilot.pause(0.3)
+        assert "showing step" in text_of(app.query_one("#caption")) and state.activations
+        await pilot.press("5", "6")
+        await pilot.pause(0.3)
+        assert "rss" in text_of(app.query_one("#sys0"))
+        await pilot.press("q")
+
+    drive(MiranteApp(FollowSource(copy), store=copy), size, script)
