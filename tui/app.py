@@ -1,8 +1,11 @@
-"""The mirante app: wiring. Mounts the panes, runs the source in a worker, folds events, redraws at 10 Hz."""
+"""The mirante app: wiring. Mounts the panes, runs the source in a worker, folds events, redraws at 5 Hz."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,9 @@ from tui.screens.dialogs import HelpScreen, QuitScreen
 from tui.state import RunState
 
 MIN_SIZE = (60, 16)  # below this the app asks for a larger terminal instead of drawing
-REDRAW_S = 0.1
+REDRAW_S = 0.2  # 5 redraws a second: smooth enough for curves, and half the bytes over SSH
+FOLD_SLICE_S = 0.015  # longest the app folds events before it lets keys and redraws in
+INBOX_MAX = 100_000  # events read but not folded yet, beyond which the reader waits
 
 
 class MiranteApp(App[int]):
@@ -57,6 +62,9 @@ class MiranteApp(App[int]):
         self.paused = False
         self.note = ""
         self.detached = False  # the user left a live run going: the caller must not wait for it
+        self._inbox: list = []  # events read by the worker, not folded yet
+        self._inbox_lock = threading.Lock()
+        self._nudged = False  # an EventsArrived is on its way: the worker need not post another
         self._drawn = -1
 
     def compose(self) -> ComposeResult:
@@ -74,6 +82,7 @@ class MiranteApp(App[int]):
 
     @work(thread=True, exclusive=True)
     def read_source(self) -> None:
+        """Read the source into the inbox; one nudge message at a time; wait while the inbox is full."""
         worker = get_current_worker()
         try:
             while not worker.is_cancelled:
@@ -82,7 +91,14 @@ class MiranteApp(App[int]):
                     self.source.restarted = False
                     self.call_from_thread(self._reset)
                 if events:
-                    self.post_message(EventsArrived(events))
+                    with self._inbox_lock:
+                        self._inbox.extend(events)
+                        nudge = not self._nudged
+                        self._nudged = True
+                    if nudge:
+                        self.post_message(EventsArrived([]))
+                while len(self._inbox) > INBOX_MAX and not worker.is_cancelled:
+                    time.sleep(0.01)  # the app is behind: let the source wait (a live trainer then drops, never blocks)
                 if self.source.done:
                     self.post_message(SourceDone())
                     return
@@ -90,11 +106,32 @@ class MiranteApp(App[int]):
             self.post_message(SourceFailed(str(exc)))
 
     def _reset(self) -> None:
+        with self._inbox_lock:
+            self._inbox = []
         self.state = RunState()
         self._drawn = -1
 
-    def on_events_arrived(self, message: EventsArrived) -> None:
-        self.state.apply_many(message.events)
+    async def on_events_arrived(self, message: EventsArrived) -> None:
+        self.fold()
+        with self._inbox_lock:
+            self._nudged = False  # only now may the worker post again: one nudge queued at most
+        await asyncio.sleep(0)  # let the loop run input and timers between folds
+
+    def fold(self) -> None:
+        """Fold inbox events for at most FOLD_SLICE_S and leave the rest for the next nudge or tick.
+
+        Never re-posts itself: a message queue that is never empty would starve timers and input.
+        """
+        with self._inbox_lock:
+            pending, self._inbox = self._inbox, []
+        start = time.perf_counter()
+        done = 0
+        while done < len(pending) and time.perf_counter() - start < FOLD_SLICE_S:
+            self.state.apply_many(pending[done : done + 500])
+            done += 500
+        if done < len(pending):
+            with self._inbox_lock:
+                self._inbox[:0] = pending[done:]
 
     def on_source_done(self, message: SourceDone) -> None:
         self.note = "end of run" if self.state.ended else "the writer has gone"
@@ -104,6 +141,8 @@ class MiranteApp(App[int]):
         self.redraw(force=True)
 
     def redraw(self, force: bool = False) -> None:
+        if self._inbox:
+            self.fold()  # what the worker left while it waited for room
         small = self.size.width < MIN_SIZE[0] or self.size.height < MIN_SIZE[1]
         self.screen.set_class(small, "too-small")  # checked each tick: resizes come in bursts
         if (self.frozen or self.state.version == self._drawn) and not force:

@@ -8,7 +8,7 @@ from engine import events as ev
 
 
 class EventsArrived(Message):
-    """A batch of events, in seq order, from the run's source."""
+    """Events are waiting in the app's inbox (the worker does not send them one message each)."""
 
     def __init__(self, events: list[ev.Event]) -> None:
         super().__init__()

@@ -25,36 +25,50 @@ MAPS_KEPT = 20  # activation captures kept per layer in memory (older ones stay 
 
 
 class Series:
-    """One scalar over steps: appended per event, read as arrays."""
+    """One scalar over steps: appended per event into lists, read as numpy arrays.
 
-    __slots__ = ("_steps", "_values", "_cache")
+    Reading converts only what was appended since the last read, into arrays that double
+    when full, so a redraw costs the same at step 100 as at step 1,000,000.
+    """
+
+    __slots__ = ("_new_steps", "_new_values", "_steps", "_values", "_n")
 
     def __init__(self) -> None:
-        self._steps: list[int] = []
-        self._values: list[float] = []
-        self._cache: tuple[np.ndarray, np.ndarray] | None = None
+        self._new_steps: list[int] = []
+        self._new_values: list[float] = []
+        self._steps = np.empty(256, np.int64)
+        self._values = np.empty(256, np.float64)
+        self._n = 0
 
     def append(self, step: int, value: float) -> None:
-        self._steps.append(step)
-        self._values.append(value)
-        self._cache = None
+        self._new_steps.append(step)
+        self._new_values.append(value)
 
     def extend(self, steps: Iterable[int], values: Iterable[float]) -> None:
-        self._steps.extend(int(s) for s in steps)
-        self._values.extend(float(v) for v in values)
-        self._cache = None
+        self._new_steps.extend(int(s) for s in steps)
+        self._new_values.extend(float(v) for v in values)
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        if self._cache is None:
-            self._cache = (np.asarray(self._steps, dtype=np.int64), np.asarray(self._values, dtype=np.float64))
-        return self._cache
+        if self._new_values:
+            k = len(self._new_values)
+            if self._n + k > len(self._values):
+                size = max(2 * len(self._values), self._n + k)
+                self._steps = np.resize(self._steps, size)
+                self._values = np.resize(self._values, size)
+            self._steps[self._n : self._n + k] = self._new_steps
+            self._values[self._n : self._n + k] = self._new_values
+            self._n += k
+            self._new_steps, self._new_values = [], []
+        return self._steps[: self._n], self._values[: self._n]
 
     @property
     def last(self) -> float | None:
-        return self._values[-1] if self._values else None
+        if self._new_values:
+            return self._new_values[-1]
+        return float(self._values[self._n - 1]) if self._n else None
 
     def __len__(self) -> int:
-        return len(self._values)
+        return self._n + len(self._new_values)
 
 
 @dataclass
