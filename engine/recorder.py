@@ -61,6 +61,7 @@ class Recorder:
         self._data_time = 0.0
         self._interval_start = time.perf_counter()
         self._last_system = 0.0
+        self._last_cpu = 0.0
         # epoch totals, filled in as read-backs arrive
         self.epoch_loss = 0.0
         self.epoch_correct = 0.0
@@ -130,8 +131,12 @@ class Recorder:
         self.readback.ready(wait=wait)
         now = time.monotonic()
         if now - self._last_system > SYSTEM_EVERY_S:
-            self._last_system = now
-            self.out.emit(ev.System, step, rank=0, metrics=system_metrics(self.device))
+            metrics = system_metrics(self.device)
+            cpu = time.process_time()
+            if self._last_system:  # this process's CPU seconds per wall second, all threads: 100% = one core
+                metrics["cpu/util_pct"] = 100 * (cpu - self._last_cpu) / (now - self._last_system)
+            self._last_system, self._last_cpu = now, cpu
+            self.out.emit(ev.System, step, rank=0, metrics=metrics)
         self.out.send()
 
     def take_epoch(self) -> tuple[float | None, float | None]:
@@ -203,4 +208,8 @@ def system_metrics(device: torch.device) -> dict[str, float]:
         metrics["gpu/allocated_gb"] = torch.cuda.memory_allocated(device) / 2**30
         metrics["gpu/reserved_gb"] = torch.cuda.memory_reserved(device) / 2**30
         metrics["gpu/peak_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+        try:
+            metrics["gpu/util_pct"] = float(torch.cuda.utilization(device))  # NVML's counter: no device sync
+        except Exception:  # pynvml missing, or no NVML on this machine
+            pass
     return metrics

@@ -122,3 +122,11 @@ def test_live_source_is_done_when_the_trainer_has_exited(tmp_path):
 
     source = LiveSource(queue.Queue(), tmp_path / "none.mirante", process=Exited())
     assert source.read(timeout=0.01) == [] and source.done
+
+
+def test_replay_can_start_at_a_step(tmp_path):
+    write_run(tmp_path / "r.mirante", steps=1000)
+    source = ReplaySource(tmp_path / "r.mirante", speed=1.0, clock=FakeClock(), sleep=lambda s: None, start=600)
+    first = source.read()
+    assert first[0].seq == 1 and first[-1].step == 600  # everything up to the step at once
+    assert source.read() == []  # then the recorded pace again

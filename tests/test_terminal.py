@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.runs import write_run
-
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (.ci/run installs it)")
 
@@ -23,8 +21,9 @@ def tmux(socket: str, *args: str) -> str:
 
 @pytest.mark.parametrize("no_color", [False, True], ids=["color", "no-color"])
 def test_replay_in_tmux(tmp_path, no_color):
-    store = tmp_path / "terminal.mirante"
-    write_run(store, steps=2000)
+    sample = ROOT / "sample_runs" / "smallcnn-shapes.mirante"
+    store = tmp_path / sample.name  # a copy: the test must not leave -wal/-shm files in sample_runs
+    store.write_bytes(sample.read_bytes())
     done = tmp_path / "exit-code"
     socket = f"mirante-test-{os.getpid()}-{int(no_color)}"
     env = f"TERM=xterm-256color PYTHONPATH={ROOT}" + (" NO_COLOR=1" if no_color else "")
@@ -35,10 +34,10 @@ def test_replay_in_tmux(tmp_path, no_color):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             screen = tmux(socket, "capture-pane", "-p")
-            if "synthetic" in screen and "┤" in screen and "finished" in screen:
+            if "smallcnn-shapes" in screen and "┤" in screen and "finished" in screen:
                 break
             time.sleep(0.3)
-        assert "synthetic" in screen, screen  # the run's name
+        assert "smallcnn-shapes" in screen, screen  # the run's name
         assert "┤" in screen and "loss" in screen, screen  # a chart's y axis
         assert "Traceback" not in screen
         tmux(socket, "send-keys", "q")

@@ -184,7 +184,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.speed <= 0:
         raise CliError(f"--speed must be positive, got {args.speed}")
     path = resolve_run(args.run)
-    return MiranteApp(ReplaySource(path, speed=args.speed), store=path).run() or 0
+    return MiranteApp(ReplaySource(path, speed=args.speed, start=args.start), store=path).run() or 0
 
 
 # --- main --------------------------------------------------------------------------------
@@ -231,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("replay", help="re-animate a saved run", description="Replay a saved run at a chosen speed.")
     rp.add_argument("run", help=f"a run store, or the name of a run in {RUNS_DIR}/")
     rp.add_argument("--speed", type=float, default=10.0, help="times the recorded pace (default: 10)")
+    rp.add_argument("--start", type=int, default=None, metavar="STEP", help="jump to STEP first, then replay on")
     rp.set_defaults(func=cmd_replay)
 
     from tui import profile

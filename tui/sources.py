@@ -74,7 +74,8 @@ class ReplaySource:
     """A saved run re-animated: events released at their recorded pace, `speed` times faster.
 
     Long pauses in the recording (evaluations, checkpoints) are shortened to `max_gap` seconds
-    of replay. `pause()`, `resume()`, `restart()`, `jump(step)` and `speed` change the pace.
+    of replay; `start` jumps to a step first. `pause()`, `resume()`, `restart()`, `jump(step)`
+    and `speed` change the pace.
     """
 
     def __init__(
@@ -86,6 +87,7 @@ class ReplaySource:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         page: int = PAGE,
+        start: int | None = None,
     ) -> None:
         self.reader = RunReader(path)
         self.speed = speed
@@ -102,6 +104,7 @@ class ReplaySource:
         self._replay_time = 0.0  # recorded seconds released so far
         self._last_wall: float | None = None
         self._tick = clock()
+        self._start_step = start  # first read: everything up to this step at once
 
     def _refill(self) -> None:
         if len(self._buffer) < self.page // 2 and not self._exhausted:
@@ -119,6 +122,9 @@ class ReplaySource:
         self._tick = now
 
     def read(self, timeout: float = 0.1) -> list[ev.Event]:
+        if self._start_step is not None:
+            start, self._start_step = self._start_step, None
+            return self.jump(start)
         self._refill()
         self._advance_clock()
         out: list[ev.Event] = []
