@@ -282,6 +282,8 @@ def test_sample_runs_render_on_every_pane(store, size, tmp_path):
         await pilot.press("4")
         await pilot.pause(0.3)
         assert "showing step" in text_of(app.query_one("#caption")) and state.activations
+        picture = text_of(app.query_one("#image"))
+        assert picture.startswith("input") and "▀" in picture  # the validation image, drawn
         await pilot.press("5", "6")
         await pilot.pause(0.3)
         assert "rss" in text_of(app.query_one("#sys0"))

@@ -8,7 +8,7 @@ from textual.widgets import Static
 
 from tui.screens.base import Pane, View
 from tui.state import RunState
-from tui.widgets import MapGrid
+from tui.widgets import MapGrid, Picture
 
 
 class ActivationsPane(Pane):
@@ -19,7 +19,7 @@ class ActivationsPane(Pane):
     def compose(self) -> ComposeResult:
         yield Static(id="caption")
         with Horizontal(id="top"):
-            yield MapGrid(id="image")
+            yield Picture(id="image")
             yield MapGrid(id="filters")
         yield MapGrid(id="first")
         yield MapGrid(id="deeper")
@@ -27,7 +27,7 @@ class ActivationsPane(Pane):
     def draw(self, state: RunState, view: View) -> None:
         layers = [name for name in state.activations if name != "input"]
         image = state.latest_maps("input", self.step)
-        self.query_one("#image", MapGrid).set_maps(image.maps if image else None, ["input"])
+        self.query_one("#image", Picture).set_image(image.maps if image else None, "input")
         filters = state.filters
         if filters is not None and filters.maps.ndim == 4:
             out, cin, kh, kw = filters.maps.shape

@@ -1,7 +1,7 @@
 """Render widgets for mirante's screens: sparkline, line chart, heatmap and map grid, all NaN/Inf-safe."""
 
 from tui.widgets.chart import Chart, Line, render_chart
-from tui.widgets.heatmap import Heatmap, MapGrid, render_heatmap, render_image, render_maps
+from tui.widgets.heatmap import Heatmap, MapGrid, Picture, render_heatmap, render_image, render_maps
 from tui.widgets.sparkline import Sparkline, sparkline
 
 __all__ = [
@@ -9,6 +9,7 @@ __all__ = [
     "Heatmap",
     "Line",
     "MapGrid",
+    "Picture",
     "Sparkline",
     "render_chart",
     "render_heatmap",

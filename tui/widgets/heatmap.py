@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import cache, lru_cache
+from typing import Any
 
 import numpy as np
 from rich.color import Color
@@ -280,3 +281,24 @@ class MapGrid(CachedLines):
 
     def draw(self, width: int, height: int, color: bool) -> list[Text]:
         return render_maps(self.maps, width, height, titles=self.titles, color=color)
+
+
+class Picture(CachedLines):
+    """One image ([3, H, W] or [1, H, W]) in true colour half-blocks, shrunk to fit, under a title."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._image: np.ndarray | None = None
+        self._title = ""
+
+    def set_image(self, image: np.ndarray | None, title: str = "") -> None:
+        self._image, self._title = image, title
+        self.changed()
+
+    def draw(self, width: int, height: int, color: bool) -> list[Text]:
+        if self._image is None or self._image.ndim != 3 or height < 2:
+            return [Text(self._title or "no image yet")]
+        image = self._image
+        rows, cols = max(1, 2 * (height - 1)), max(1, width)
+        step = max(1, -(-image.shape[1] // rows), -(-image.shape[2] // cols))  # ceil: nearest-pixel shrink
+        return [Text(self._title, style="bold")] + render_image(image[:, ::step, ::step], color=color)
