@@ -96,7 +96,7 @@ class MiranteApp(App[int]):
                         nudge = not self._nudged
                         self._nudged = True
                     if nudge:
-                        self.post_message(EventsArrived([]))
+                        self.post_message(EventsArrived())
                 while len(self._inbox) > INBOX_MAX and not worker.is_cancelled:
                     time.sleep(0.01)  # the app is behind: let the source wait (a live trainer then drops, never blocks)
                 if self.source.done:

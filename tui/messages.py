@@ -1,18 +1,12 @@
-"""Messages from the source worker to the app: events arrive in batches, never one by one."""
+"""Messages from the source worker to the app: a nudge that events wait in the inbox, the end, a failure."""
 
 from __future__ import annotations
 
 from textual.message import Message
 
-from engine import events as ev
-
 
 class EventsArrived(Message):
     """Events are waiting in the app's inbox (the worker does not send them one message each)."""
-
-    def __init__(self, events: list[ev.Event]) -> None:
-        super().__init__()
-        self.events = events
 
 
 class SourceDone(Message):
