@@ -290,3 +290,16 @@ def test_sample_runs_render_on_every_pane(store, size, tmp_path):
         await pilot.press("q")
 
     drive(MiranteApp(FollowSource(copy), store=copy), size, script)
+
+
+def test_a_run_whose_writer_died_shows_as_crashed(tmp_path):
+    store = tmp_path / "died.mirante"
+    write_run(store, steps=200, end=None)  # closed without RunEnded: its writer is gone
+
+    async def script(app, pilot):
+        await pilot.pause(0.3)
+        assert app.state.status() == "crashed"
+        assert "crashed" in text_of(app.query_one("#status")) and "crashed" in text_of(app.query_one("#info"))
+        await pilot.press("q")
+
+    drive(MiranteApp(FollowSource(store), store=store), (80, 24), script)

@@ -134,7 +134,10 @@ class MiranteApp(App[int]):
                 self._inbox[:0] = pending[done:]
 
     def on_source_done(self, message: SourceDone) -> None:
+        self.fold()
+        self.state.writer_gone = self.state.ended is None  # nothing more will come: without RunEnded, crashed
         self.note = "end of run" if self.state.ended else "the writer has gone"
+        self.redraw(force=True)
 
     def on_source_failed(self, message: SourceFailed) -> None:
         self.note = f"error: {message.error}"

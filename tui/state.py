@@ -134,6 +134,7 @@ class RunState:
         self.diagnostics: list[ev.Diagnostic] = []
         self.system: dict[str, Series] = {}
         self.skipped = 0  # events of kinds this version does not show
+        self.writer_gone = False  # set by whoever reads the source: no RunEnded will ever come
         self.version = 0  # bumped by every apply: screens redraw when it moved
 
     # -- folding
@@ -220,13 +221,13 @@ class RunState:
     def layer_names(self) -> tuple[str, ...]:
         return self.started.layers if self.started else ()
 
-    def status(self, writer_alive: bool | None = None) -> str:
-        """finished / failed / interrupted from RunEnded; else running, or crashed if the writer is known dead."""
+    def status(self) -> str:
+        """finished / failed / interrupted from RunEnded; else running, or crashed once the writer is known gone."""
         if self.ended is not None:
             return self.ended.status
         if self.started is None:
             return "waiting"
-        return "crashed" if writer_alive is False else "running"
+        return "crashed" if self.writer_gone else "running"
 
     @property
     def total_steps(self) -> int | None:
@@ -254,7 +255,7 @@ class RunState:
         end = self.last_wall if self.ended is not None else max(self.last_wall or 0.0, self.clock())
         return max(0.0, end - self.first_wall)
 
-    def steps_per_second(self, window: int = 200) -> float | None:
+    def steps_per_second(self) -> float | None:
         """Recent training speed, from the loss series' steps and the Step events' wall times."""
         tput = self.scalars.get("throughput/img_s")
         batch = self.config.get("batch_size")

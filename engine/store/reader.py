@@ -320,15 +320,6 @@ class RunReader:
         return [e for e in map(self._decode_row, rows) if e is not None]
 
     @_guarded
-    def event(self, seq: int) -> ev.Event | None:
-        """The event with this seq (Step events included)."""
-        row = self._db.execute(f"SELECT {EVENT_COLUMNS} FROM events WHERE seq=?", (seq,)).fetchone()
-        if row is not None:
-            return self._decode_row(row)
-        found = self.follow(seq - 1, limit=1)
-        return found[0] if found and found[0].seq == seq else None
-
-    @_guarded
     def activation_index(self, kind: str = "Activation") -> list[tuple[int, int, str]]:
         """(seq, step, layer) of every Activation (or Filters) event, without reading the maps."""
         if kind not in ("Activation", "Filters"):
