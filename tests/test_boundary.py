@@ -20,7 +20,17 @@ def loaded_after(module: str, watch: tuple[str, ...]) -> list[str]:
 
 @pytest.mark.parametrize(
     "module",
-    ["tui.app", "tui.cli", "tui.state", "tui.sources", "tui.widgets", "engine.events", "engine.store", "engine.export"],
+    [
+        "tui.app",
+        "tui.cli",
+        "tui.state",
+        "tui.sources",
+        "tui.widgets",
+        "engine.events",
+        "engine.store",
+        "engine.export",
+        "engine.diagnostics",
+    ],
 )
 def test_no_torch(module):
     assert loaded_after(module, ("torch", "torchvision")) == []
@@ -30,7 +40,7 @@ def test_events_are_standard_library_only():
     assert loaded_after("engine.events", ("numpy", "textual", "rich", "plotext", "torch")) == []
 
 
-@pytest.mark.parametrize("module", ["engine.store", "engine.export"])
+@pytest.mark.parametrize("module", ["engine.store", "engine.export", "engine.diagnostics"])
 def test_engine_never_imports_the_ui(module):
     assert loaded_after(module, ("textual", "rich", "plotext")) == []
 
