@@ -18,6 +18,7 @@ INITS = ("default", "kaiming", "xavier", "normal")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cuda", "mps", "cpu")
 ACTIVATIONS = ("relu", "sigmoid", "tanh")
+DIVERGENCE_ACTIONS = ("stop", "warn")
 DATASETS = ("shapes", "mnist", "fashionmnist", "cifar10", "cifar100")  # or a path to an ImageFolder
 
 
@@ -79,6 +80,11 @@ class TrainConfig:
     init_std: float = _opt("sigma of --init normal", default=0.01)
     clip_grad: float | None = _opt("clip the gradient's global norm to this", default=None)
     seed: int = _opt("random seed", default=0)
+    overfit_batches: int = _opt(
+        "sanity check: train only on this many fixed batches (no augmentation, no validation; 200 steps unless "
+        "--steps) and report whether the loss gets near zero",
+        default=0,
+    )
 
     # where
     device: str = _opt("device", default="auto", choices=DEVICES)
@@ -94,6 +100,13 @@ class TrainConfig:
     probe_every: int = _opt("steps between per-layer gradient/weight/update norms", default=10)
     capture_every: int = _opt("steps between activation and filter captures (0: at epoch ends only)", default=200)
     capture_layer: str | None = _opt("deeper layer whose activations are captured (default: automatic)", default=None)
+    on_divergence: str = _opt(
+        "on a NaN/infinite loss, or one grown 100x: stop the run (as failed), or only warn",
+        default="stop",
+        choices=DIVERGENCE_ACTIONS,
+    )
+    # [min, max]: the learning-rate range test of `mirante lr-find` (not an option of `mirante train`)
+    range_test: list[float] | None = _opt("", default=None, cli=False)
     headless: bool = _opt("no app: progress lines on stdout (always so when stdout is not a terminal)", default=False)
 
     def validate(self) -> TrainConfig:
@@ -117,6 +130,11 @@ class TrainConfig:
             (self.init_std <= 0, "--init-std must be positive"),
             (self.gamma <= 0, "--gamma must be positive"),
             (self.peak_tflops is not None and self.peak_tflops <= 0, "--peak-tflops must be positive"),
+            (self.overfit_batches < 0, "--overfit-batches cannot be negative"),
+            (
+                self.range_test is not None and not 0 < self.range_test[0] < self.range_test[1],
+                "lr-find: --min-lr must be positive and below --max-lr",
+            ),
         ]
         for failed, message in checks:
             if failed:
@@ -153,6 +171,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         meta = dict(f.metadata)
         help_text = meta.pop("help")
+        if not meta.pop("cli", True):
+            continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         if isinstance(default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)

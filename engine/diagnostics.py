@@ -61,7 +61,7 @@ DEAD_SHARE_PREFIX = "act/dead_share/"  # ... and share of its channels that are 
 class Settings:
     """Thresholds of the checks. The defaults are measured on the zoo (see the README's Diagnostics)."""
 
-    initial_steps: int = 3  # steps whose median loss is the loss at random weights
+    initial_steps: int = 1  # steps whose median loss is the loss at random weights (step 1 comes before any update)
     initial_band: tuple[float, float] = (0.7, 1.5)  # ok between these multiples of the expected loss
     plateau_epochs: int = 3  # epochs without validation improvement that make a plateau
     min_improvement: float = 0.01  # a relative improvement smaller than this is no improvement
@@ -127,7 +127,11 @@ class RunInfo:
     lr: float = math.nan  # the latest learning rate seen
     peak_lr: float = 0.0
     initial_loss: float | None = None
-    recent_loss: float | None = None
+    recent_losses: Iterable[float] = ()  # the last few training losses
+
+    @property
+    def recent_loss(self) -> float | None:
+        return statistics.median(self.recent_losses) if self.recent_losses else None
 
     @classmethod
     def of(cls, e: ev.RunStarted) -> RunInfo:
@@ -177,10 +181,16 @@ class Check:
     """One check. Its `on_*` methods return a Verdict when they have something to say."""
 
     code = ""
+    codes: tuple[str, ...] = ()  # the codes it speaks under, when more than `code`
 
     def __init__(self, run: RunInfo, settings: Settings) -> None:
         self.run = run
         self.s = settings
+
+    @classmethod
+    def applies(cls, run: RunInfo) -> bool:
+        """Whether the check runs at all on this run (the mode checks run only in their mode)."""
+        return True
 
     def on_start(self) -> Verdict | None:
         return None
@@ -238,7 +248,11 @@ class InitialLoss(Check):
             "losses": values,
         }
         lo, hi = self.s.initial_band
-        first = f"the loss over the first {len(values)} steps was {g(observed)}"
+        first = (
+            f"the loss at step {self.losses[0][0]} was {g(observed)}"
+            if len(values) == 1
+            else f"the loss over the first {len(values)} steps was {g(observed)}"
+        )
         if lo <= ratio <= hi:
             return "ok", f"{first}, close to the {g(expected)} ({formula}) random weights give", evidence
         if not math.isfinite(observed) or ratio > hi:
@@ -475,18 +489,23 @@ class GeneralizationGap(Check):
 
 
 class Divergence(Check):
+    """NaN or infinite loss; a loss grown by orders of magnitude over where it started.
+
+    The start is the first step's loss (or, on a resumed run, the larger of it and what random
+    weights give). A growth is judged on the median of a few steps, so one bad batch is not enough.
+    """
+
     code = "divergence"
 
     def __init__(self, run: RunInfo, settings: Settings) -> None:
         super().__init__(run, settings)
-        self.first: list[float] = []
-        self.window: deque[float] = deque(maxlen=settings.loss_window)
+        self.reference: float | None = None
+        self.short: deque[float] = deque(maxlen=3)  # warns: a fast blow-up shows within a few steps
+        self.window: deque[float] = deque(maxlen=settings.loss_window)  # fails, and clears a warning
         self.state = "ok"
         self.stop = False
-
-    @property
-    def reference(self) -> float | None:
-        return statistics.median(self.first) if len(self.first) >= self.s.initial_steps else None
+        self.above = 0  # losses in `window` at or above the warning level
+        run.recent_losses = self.window
 
     def advice(self) -> str:
         lr = self.run.lr if math.isfinite(self.run.lr) else self.run.config.get("lr")
@@ -509,22 +528,38 @@ class Divergence(Check):
                 {"step": step, "loss": loss, "initial_loss": ref, "lr": self.run.lr, "stopped": stop},
             )
         if ref is None:
-            if len(self.first) < self.s.initial_steps:
-                self.first.append(loss)
+            expected = None
+            if self.run.resumed and self.run.num_classes and self.run.num_classes > 1:
+                expected = expected_initial_loss(self.run.loss, self.run.num_classes)[0]
+            self.reference = max(loss, expected or 0.0)
             return None
+        if len(self.window) == self.window.maxlen and self.window[0] >= self.s.grow_warn * ref:
+            self.above -= 1
+        self.short.append(loss)
         self.window.append(loss)
-        if len(self.window) < self.window.maxlen or ref <= 0:
+        self.above += loss >= self.s.grow_warn * ref
+        if ref <= 0 or len(self.short) < self.short.maxlen:
             return None
+        if self.state == "ok" and not self.above:
+            return None  # nothing near a growth to judge: skip the medians (this runs for every step)
         recent = statistics.median(self.window)
-        self.run.recent_loss = recent
-        growth = recent / ref
-        evidence = {"step": step, "recent_loss": recent, "initial_loss": ref, "growth": growth, "lr": self.run.lr}
-        if growth >= self.s.grow_fail:
+        burst = statistics.median(self.short)
+        growth = max(recent, burst) / ref
+        evidence = {
+            "step": step,
+            "recent_loss": recent,
+            "last_3_median": burst,
+            "initial_loss": ref,
+            "growth": growth,
+            "lr": self.run.lr,
+        }
+        full = len(self.window) == self.window.maxlen
+        if full and recent / ref >= self.s.grow_fail:
             self.state = "fail"
             self.stop = stop
             return (
                 "fail",
-                f"the loss has grown {g(growth)}x since the start ({g(ref)} to {g(recent)} by step {step}): "
+                f"the loss has grown {g(recent / ref)}x since the start ({g(ref)} to {g(recent)} by step {step}): "
                 f"training diverges; {self.advice()}",
                 evidence | {"stopped": stop},
             )
@@ -532,11 +567,11 @@ class Divergence(Check):
             self.state = "warn"
             return (
                 "warn",
-                f"the loss has grown {g(growth)}x since the start ({g(ref)} to {g(recent)} by step {step}): "
-                f"{self.advice()}",
+                f"the loss has grown {g(growth)}x since the start ({g(ref)} to {g(max(recent, burst))} by step "
+                f"{step}): {self.advice()}",
                 evidence,
             )
-        if self.state == "warn" and growth < 2:
+        if self.state == "warn" and full and recent < 2 * ref:
             self.state = "ok"
             return "ok", f"the loss is back to {g(recent)} at step {step}, near where it started", evidence
         return None
@@ -549,6 +584,7 @@ class Gradients(Check):
     """Vanishing and exploding gradients: two codes, one pass over each LayerStats."""
 
     code = "vanishing-gradients"
+    codes = ("vanishing-gradients", "exploding-gradients")
 
     def __init__(self, run: RunInfo, settings: Settings) -> None:
         super().__init__(run, settings)
@@ -656,6 +692,8 @@ class DeadRelu(Check):
         self.said = False
 
     def on_step(self, step: int, scalars: Mapping[str, float]) -> Verdict | None:
+        if "train/loss" in scalars:
+            return None  # the recorder sends zero shares in Step events of their own
         shares = {k[len(ZERO_SHARE_PREFIX) :]: v for k, v in scalars.items() if k.startswith(ZERO_SHARE_PREFIX)}
         if not shares:
             return None
@@ -760,6 +798,10 @@ class UpdateRatio(Check):
 class Overfit(Check):
     code = "overfit"
 
+    @classmethod
+    def applies(cls, run: RunInfo) -> bool:
+        return run.overfit_batches > 0
+
     def __init__(self, run: RunInfo, settings: Settings) -> None:
         super().__init__(run, settings)
         self.n = run.overfit_batches
@@ -784,11 +826,14 @@ class Overfit(Check):
             self.reached = step
             return (
                 "ok",
-                f"the net can overfit {self.batches()}: the loss on them fell from {g(self.first)} to {g(mean)} by "
-                f"step {step}: it can learn; now train on the full data",
+                f"the net can overfit {self.batches()}: the loss on {self.them()} fell from {g(self.first)} to "
+                f"{g(mean)} by step {step}: it can learn; now train on the full data",
                 {"step": step, "loss": mean, "initial_loss": self.first, "target": self.s.overfit_target},
             )
         return None
+
+    def them(self) -> str:
+        return "it" if self.n == 1 else "them"
 
     def batches(self) -> str:
         return "one batch" if self.n == 1 else f"{self.n} batches"
@@ -799,11 +844,26 @@ class Overfit(Check):
         mean = sum(self.window) / len(self.window)
         return (
             "fail",
-            f"the net could not overfit {self.batches()}: after {self.last_step} steps the loss on them is {g(mean)} "
-            f"(best {g(self.best)}, target below {g(self.s.overfit_target)}): before training on more data, look at "
-            "the learning rate, the labels, and the model's last layer",
+            f"the net could not overfit {self.batches()}: after {self.last_step} steps the loss on {self.them()} is "
+            f"{g(mean)} (best {g(self.best)}, target below {g(self.s.overfit_target)}): before training on more data, "
+            "look at the learning rate, the labels, and the model's last layer",
             {"step": self.last_step, "loss": mean, "best": self.best, "initial_loss": self.first},
         )
+
+
+class Smoother:
+    """A debiased exponential moving average; a non-finite value makes it (and what follows) infinite."""
+
+    def __init__(self, beta: float) -> None:
+        self.beta, self.avg, self.n, self.broken = beta, 0.0, 0, False
+
+    def add(self, value: float) -> float:
+        if self.broken or not math.isfinite(value):
+            self.broken = True
+            return math.inf
+        self.avg = self.beta * self.avg + (1 - self.beta) * value
+        self.n += 1
+        return self.avg / (1 - self.beta**self.n)
 
 
 @dataclass
@@ -814,6 +874,26 @@ class RangeTest:
     losses: list[float] = field(default_factory=list)  # raw
     smoothed: list[float] = field(default_factory=list)
 
+    @classmethod
+    def from_series(
+        cls, lr_steps: Iterable[int], lrs: Iterable[float], loss_steps: Iterable[int], losses: Iterable[float]
+    ) -> RangeTest:
+        """The sweep from the `lr` and `train/loss` series of a run, matched by step."""
+        loss_at = dict(zip((int(s) for s in loss_steps), losses, strict=False))
+        pairs = [(lr, loss_at[int(s)]) for s, lr in zip(lr_steps, lrs, strict=False) if int(s) in loss_at]
+        return cls.of([lr for lr, _ in pairs], [loss for _, loss in pairs])
+
+    @classmethod
+    def of(cls, lrs: Iterable[float], losses: Iterable[float], beta: float = Settings.range_smoothing) -> RangeTest:
+        """The points of a recorded sweep, smoothed as the live check smooths them."""
+        out = cls()
+        smoother = Smoother(beta)
+        for lr, loss in zip(lrs, losses, strict=False):
+            out.lrs.append(float(lr))
+            out.losses.append(float(loss))
+            out.smoothed.append(smoother.add(float(loss)))
+        return out
+
     def suggestion(self) -> dict[str, Any] | None:
         """Where the smoothed loss was lowest, where it fell fastest, and the learning rate to use."""
         points = [(lr, s) for lr, s in zip(self.lrs, self.smoothed, strict=True) if math.isfinite(s) and lr > 0]
@@ -822,14 +902,19 @@ class RangeTest:
         i_min = min(range(len(points)), key=lambda i: points[i][1])
         min_lr, min_loss = points[i_min]
         start_loss = points[0][1]
+        # slopes over a tenth of a decade either side: step to step the loss is mostly noise
+        per_decade = (len(points) - 1) / max(1e-9, math.log10(points[-1][0] / points[0][0]))
+        k = max(1, round(per_decade / 10))
         slopes = [
-            ((points[i + 1][1] - points[i - 1][1]) / math.log10(points[i + 1][0] / points[i - 1][0]), points[i][0])
-            for i in range(1, i_min)
-            if points[i + 1][0] > points[i - 1][0]
+            ((points[i + k][1] - points[i - k][1]) / math.log10(points[i + k][0] / points[i - k][0]), points[i][0])
+            for i in range(k, min(i_min, len(points) - k))
+            if points[i + k][0] > points[i - k][0]
         ]
         steepest = min(slopes)[1] if slopes else None
+        tenth = max(points[0][0], min_lr / 10)
         return {
-            "suggested_lr": max(points[0][0], min_lr / 10),
+            "suggested_lr": min(tenth, steepest) if steepest else tenth,
+            "rule": "steepest" if steepest and steepest < tenth else "tenth of the minimum",
             "min_loss_lr": min_lr,
             "min_loss": min_loss,
             "start_loss": start_loss,
@@ -841,11 +926,14 @@ class RangeTest:
 class LrFind(Check):
     code = "lr-find"
 
+    @classmethod
+    def applies(cls, run: RunInfo) -> bool:
+        return run.range_test
+
     def __init__(self, run: RunInfo, settings: Settings) -> None:
         super().__init__(run, settings)
         self.points = RangeTest()
-        self.avg = 0.0
-        self.n = 0
+        self.smoother = Smoother(settings.range_smoothing)
         self.best = math.inf
         self.blew_up: float | None = None
         self.stop = False
@@ -854,17 +942,11 @@ class LrFind(Check):
         loss, lr = scalars.get("train/loss"), scalars.get("lr")
         if not self.run.range_test or loss is None or lr is None or self.blew_up is not None:
             return None
-        beta = self.s.range_smoothing
-        if math.isfinite(loss):
-            self.avg = beta * self.avg + (1 - beta) * loss
-            self.n += 1
-            smooth = self.avg / (1 - beta**self.n)
-        else:
-            smooth = math.inf
+        smooth = self.smoother.add(loss)
         self.points.lrs.append(lr)
         self.points.losses.append(loss)
         self.points.smoothed.append(smooth)
-        if self.n > 5:  # the first few are too noisy to judge
+        if self.smoother.n > 5:  # the first few are too noisy to judge
             self.best = min(self.best, smooth)
         if not math.isfinite(smooth) or smooth > self.s.range_blowup * self.best:
             self.blew_up = lr
@@ -890,12 +972,17 @@ class LrFind(Check):
                 "model before tuning the learning rate",
                 evidence | (found or {}),
             )
-        steep = f", fell fastest at {g(found['steepest_lr'])}" if found["steepest_lr"] else ""
+        if found["rule"] == "steepest":
+            why = (
+                f"where the smoothed loss fell fastest (below a tenth of {g(found['min_loss_lr'])}, where it was "
+                f"lowest at {g(found['min_loss'])})"
+            )
+        else:
+            why = f"a tenth of {g(found['min_loss_lr'])}, where the smoothed loss was lowest ({g(found['min_loss'])})"
         return (
             "ok",
-            f"suggested learning rate {g(found['suggested_lr'])}: a tenth of {g(found['min_loss_lr'])}, where the "
-            f"smoothed loss was lowest ({g(found['min_loss'])}{steep}; {end}), so training starts where the loss "
-            "still falls fast, safely below where it blows up",
+            f"suggested learning rate {g(found['suggested_lr'])}: {why}; {end}. Training starts where the loss "
+            "falls fast, well below where it blows up",
             evidence | found,
         )
 
@@ -925,18 +1012,23 @@ class Diagnostics:
         self.settings = settings or Settings()
         self.run = RunInfo()
         self.checks: list[Check] = []
+        self._on: dict[str, list[Check]] = {"on_step": [], "on_layers": [], "on_epoch": []}
         self.states: dict[str, Finding] = {}  # the latest finding of each code
         self.history: list[Finding] = []
         self.stop: Finding | None = None  # the first finding that asked the run to stop
         self.finished = False
 
     def observe(self, event: ev.Event) -> list[Finding]:
-        if isinstance(event, ev.Step):
-            return self._collect(event.step, (c.on_step(event.step, event.scalars) for c in self.checks))
-        if isinstance(event, ev.LayerStats):
-            return self._collect(event.step, (c.on_layers(event) for c in self.checks))
-        if isinstance(event, ev.Epoch):
-            return self._collect(event.step, (c.on_epoch(event) for c in self.checks))
+        kind = type(event)
+        if kind is ev.Step:
+            checks = self._on["on_step"]
+            return self._collect(event.step, checks, [c.on_step(event.step, event.scalars) for c in checks])
+        if kind is ev.LayerStats:
+            checks = self._on["on_layers"]
+            return self._collect(event.step, checks, [c.on_layers(event) for c in checks])
+        if kind is ev.Epoch:
+            checks = self._on["on_epoch"]
+            return self._collect(event.step, checks, [c.on_epoch(event) for c in checks])
         if isinstance(event, ev.RunStarted):
             return self.start(event)
         if isinstance(event, ev.RunEnded):
@@ -947,16 +1039,27 @@ class Diagnostics:
         self.settings = self.fixed_settings or Settings.from_config(event.config)
         self.run = RunInfo.of(event)
         kinds = RANGE_TEST_CHECKS if self.run.range_test else CHECK_TYPES
-        self.checks = [kind(self.run, self.settings) for kind in kinds]
+        self.checks = [kind(self.run, self.settings) for kind in kinds if kind.applies(self.run)]
+        # per event kind, only the checks that look at it: the TUI folds 100k+ events a second through here
+        self._on = {
+            hook: [c for c in self.checks if getattr(type(c), hook) is not getattr(Check, hook)]
+            for hook in ("on_step", "on_layers", "on_epoch")
+        }
         self.finished = False
-        return self._collect(event.step, (c.on_start() for c in self.checks))
+        return self._collect(event.step, self.checks, [c.on_start() for c in self.checks])
 
     def finish(self, step: int) -> list[Finding]:
         """Final verdicts (overfit, lr-find), once, before the run's RunEnded."""
         if self.finished:
             return []
         self.finished = True
-        return self._collect(step, (c.on_finish(step) for c in self.checks))
+        return self._collect(step, self.checks, [c.on_finish(step) for c in self.checks])
+
+    def running(self) -> set[str]:
+        """The codes of the checks that run on this run (before it starts: all but the two modes')."""
+        if not self.checks:
+            return set(CHECKS) - {"overfit", "lr-find"}
+        return {code for c in self.checks for code in (c.codes or (c.code,))}
 
     def learn(self, *, num_classes: int | None = None) -> None:
         """Facts a run learns after it started (the Monitor sees the class count in the first logits)."""
@@ -966,9 +1069,11 @@ class Diagnostics:
                 if isinstance(check, InitialLoss) and not check.losses:
                     check.done = self.run.resumed or num_classes < 2
 
-    def _collect(self, step: int, verdicts: Iterable[Verdict | None]) -> list[Finding]:
+    def _collect(self, step: int, checks: list[Check], verdicts: list[Verdict | None]) -> list[Finding]:
         out: list[Finding] = []
-        for check, verdict in zip(self.checks, verdicts, strict=True):
+        for check, verdict in zip(checks, verdicts, strict=True):
+            if verdict is None and not getattr(check, "pending", None):
+                continue
             said = list(getattr(check, "pending", ()))
             if said:
                 check.pending = []

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from engine import events as ev
 from engine import flops
+from engine.diagnostics import Diagnostics, Settings
 from engine.emit import Emitter
 from engine.recorder import Recorder
 from engine.store import SUFFIX, RunWriter
@@ -51,12 +52,16 @@ class Monitor:
         capture_every: int = 0,
         live: Any | None = None,
         peak_tflops: float | None = None,
+        num_classes: int | None = None,
     ) -> None:
         """Start recording to `runs_dir/run.mirante` (or to `run` itself if it ends in .mirante).
 
         `input_shape` (C, H, W) adds parameter and MAC counts, and with `batch_size` TFLOP/s and,
         given the device's `peak_tflops`, MFU; `sample` (one input, [1, C, H, W])
         enables activation captures every `capture_every` steps; `live` is a queue for the app.
+        The lecture's checks run on what is recorded (they warn; they never stop your loop): the
+        optimizer's settings are read from `optimizer`, and the class count for the initial-loss
+        check from `num_classes` or the first `logits` passed to `step`.
         """
         path = Path(run) if str(run).endswith(SUFFIX) else Path(runs_dir) / f"{run}{SUFFIX}"
         self.model = model
@@ -67,7 +72,7 @@ class Monitor:
         self.closed = False
         self._probed_step: int | None = None  # a probe waiting for the weights to move
         device = next(model.parameters()).device
-        self.out = Emitter(RunWriter(path), live)
+        self.out = Emitter(RunWriter(path), live, diagnostics=Diagnostics(Settings(on_divergence="warn")))
         self.rec = Recorder(
             self.out,
             model,
@@ -84,13 +89,14 @@ class Monitor:
             self.rec.train_flops, self.rec.peak_tflops = counts.train_flops, peak_tflops
         else:
             summary["params"] = sum(p.numel() for p in model.parameters())
+        known = optimizer_config(optimizer) | ({"num_classes": num_classes} if num_classes else {})
         self.out.emit(
             ev.RunStarted,
             0,
             name=path.name.removesuffix(SUFFIX),
             model=type(model).__name__,
             dataset=dataset,
-            config=dict(config or {}),
+            config=known | dict(config or {}),
             model_summary=summary,
             layers=self.rec.layers,
             device={"type": device.type, "host": platform.node()},
@@ -114,6 +120,8 @@ class Monitor:
             self.rec.probe_grads()
             self._probed_step = self.steps + 1
         correct = None
+        if self.steps == 0 and logits is not None and logits.dim() == 2:
+            self.out.diagnostics.learn(num_classes=logits.shape[1])  # a shape: host metadata, no sync
         if logits is not None and targets is not None:
             correct = (logits.detach().argmax(dim=1) == targets).sum()
         if lr is None:
@@ -154,6 +162,7 @@ class Monitor:
         if self._probed_step is not None:
             self.rec.probe_update(self._probed_step)
         self.rec.flush(self.steps, wait=True)
+        self.out.finish_checks(self.steps)
         self.out.emit(ev.RunEnded, self.steps, status=status, reason=reason)
         self.out.close()
 
@@ -167,6 +176,19 @@ class Monitor:
             self.close("interrupted", "KeyboardInterrupt")
         else:
             self.close("failed", f"{kind.__name__}: {exc}".splitlines()[0])
+
+
+def optimizer_config(optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
+    """The optimizer's name and first parameter group's settings, as mirante's own config names them."""
+    if optimizer is None or not optimizer.param_groups:
+        return {}
+    group = optimizer.param_groups[0]
+    out: dict[str, Any] = {"optimizer": type(optimizer).__name__.lower()}
+    for key in ("lr", "momentum", "weight_decay", "nesterov"):
+        value = group.get(key)
+        if isinstance(value, (int, float, bool)):
+            out[key] = value
+    return out
 
 
 def _float(value: Any) -> float | None:

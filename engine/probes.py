@@ -143,12 +143,24 @@ class LayerNorms:
         return torch.stack([grad_norm, weight_norm, update_sq.sqrt() / weight_norm])
 
 
+RELUS = (nn.ReLU, nn.ReLU6)
+
+
 @dataclass
 class Maps:
     """Small float16 maps of one layer, on the device, ready to copy."""
 
     layer: str
     maps: Tensor  # [C, H, W] float16
+    # of the first ReLU after the layer: [share of outputs that are zero, share of channels zero everywhere]
+    relu: Tensor | None = None
+
+
+def zero_shares(output: Tensor) -> Tensor:
+    """[share of zero values, share of channels that are zero everywhere] of one sample's [C, ...] output."""
+    flat = output.detach().reshape(output.shape[0], -1)
+    zero = flat == 0
+    return torch.stack([zero.float().mean(), zero.all(dim=1).float().mean()])
 
 
 def shrink_maps(x: Tensor, max_channels: int, max_side: int) -> Tensor:
@@ -173,18 +185,30 @@ def capture_activations(
     """Maps of `layers` for one input, from a separate eval-mode forward pass.
 
     The hooks clone inside the hook: torchvision's in-place ReLUs overwrite a conv's output
-    right after it is produced. Hooks exist only during this pass, so other steps pay nothing.
+    right after it is produced. The first ReLU module to run after a captured layer gives
+    that layer's dead-ReLU figures (`Maps.relu`). Hooks exist only during this pass, so
+    other steps pay nothing.
     """
     captured: list[Maps] = []
+    waiting: list[Maps] = []  # captured layers whose ReLU has not run yet
 
     def hook_for(name: str):
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
             out = output[0] if isinstance(output, (tuple, list)) else output
             captured.append(Maps(name, shrink_maps(out.detach()[0].clone(), max_channels, max_side)))
+            waiting.append(captured[-1])
 
         return hook
 
+    def relu_hook(module: nn.Module, inputs: Any, output: Any) -> None:
+        if waiting and isinstance(output, Tensor) and output.dim() >= 2:
+            shares = zero_shares(output[0])
+            for maps in waiting:
+                maps.relu = shares
+            waiting.clear()
+
     handles = [module.register_forward_hook(hook_for(name)) for name, module in layers]
+    handles += [m.register_forward_hook(relu_hook) for m in model.modules() if isinstance(m, RELUS)]
     was_training = model.training
     try:
         model.eval()

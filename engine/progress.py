@@ -18,6 +18,10 @@ def _si(n: float) -> str:
     return f"{n:.0f}"
 
 
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
@@ -50,17 +54,17 @@ class Progress:
         elif isinstance(event, ev.Step):
             self.step = event.step
             self.latest.update(event.scalars)
-            if self.clock() - self._last_print >= PRINT_EVERY_S:
+            if "train/loss" in event.scalars and self.clock() - self._last_print >= PRINT_EVERY_S:
                 self._last_print = self.clock()
                 self.print(self.status_line())
         elif isinstance(event, ev.Epoch):
             self.epochs.append(event)
-            self.print(
-                f"epoch {event.epoch}: train loss {event.train_loss:.4f} acc {_pct(event.train_acc)} | "
-                f"val loss {event.val_loss:.4f} acc {_pct(event.val_acc)} | {self.clock() - self._t0:.0f} s"
-            )
-        elif isinstance(event, ev.Diagnostic) and event.level != "ok":
-            self.print(f"{event.level}: {event.message}")
+            line = f"epoch {event.epoch}: train loss {_num(event.train_loss)} acc {_pct(event.train_acc)}"
+            if event.val_loss is not None:
+                line += f" | val loss {_num(event.val_loss)} acc {_pct(event.val_acc)}"
+            self.print(f"{line} | {self.clock() - self._t0:.0f} s")
+        elif isinstance(event, ev.Diagnostic):
+            self.print(f"{event.level.upper():4} {event.code}: {event.message}")
         elif isinstance(event, ev.RunEnded):
             self.ended = event
 
@@ -69,7 +73,7 @@ class Progress:
         total = cfg.get("total_steps") or 0
         per_epoch = cfg.get("steps_per_epoch") or 0
         parts = [f"step {self.step}/{total}"]
-        if per_epoch and not cfg.get("steps"):
+        if per_epoch and not (cfg.get("steps") or cfg.get("range_test") or cfg.get("overfit_batches")):
             parts.insert(0, f"epoch {min(self.step // per_epoch + 1, cfg.get('epochs', 0))}/{cfg.get('epochs')}")
         v = self.latest
         if "train/loss" in v:
@@ -88,7 +92,8 @@ class Progress:
         end = self.ended
         status = end.status if end else "crashed"
         best = max((e.val_acc for e in self.epochs if e.val_acc is not None), default=None)
-        text = f"{status}: {self.step} steps in {self.clock() - self._t0:.0f} s, best val acc {_pct(best)}; {store}"
+        acc = "" if best is None else f", best val acc {_pct(best)}"
+        text = f"{status}: {self.step} steps in {self.clock() - self._t0:.0f} s{acc}; {store}"
         if end and end.reason:
             text += f" ({end.reason})"
         return text

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from engine import events as ev
 from engine import probes
+from engine.diagnostics import DEAD_SHARE_PREFIX, ZERO_SHARE_PREFIX
 from engine.emit import Emitter
 
 SYSTEM_EVERY_S = 5.0  # seconds between System events
@@ -153,7 +154,8 @@ class Recorder:
             maps = probes.capture_activations(self.model, self.sample, self.capture_layers, autocast=self._ctx)
             maps.insert(0, probes.Maps("input", probes.shrink_maps(self.sample[0], 3, 64)))
         filters = probes.first_filters(self.model)
-        tensors = [m.maps for m in maps] + ([filters.maps] if filters else [])
+        relus = [m for m in maps if m.relu is not None]
+        tensors = [m.maps for m in maps] + [m.relu for m in relus] + ([filters.maps] if filters else [])
         if not tensors:
             return
 
@@ -162,6 +164,12 @@ class Recorder:
                 self.out.emit(
                     ev.Activation, step, layer=m.layer, sample=0, shape=tuple(values.shape), data=_f16(values)
                 )
+            shares: dict[str, float] = {}
+            for m, values in zip(relus, host[len(maps) :], strict=False):
+                zero, dead = values.tolist()
+                shares |= {f"{ZERO_SHARE_PREFIX}{m.layer}": zero, f"{DEAD_SHARE_PREFIX}{m.layer}": dead}
+            if shares:
+                self.out.emit(ev.Step, step, scalars=shares)
             if filters:
                 values = host[-1]
                 self.out.emit(ev.Filters, step, layer=filters.layer, shape=tuple(values.shape), data=_f16(values))

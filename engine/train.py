@@ -8,6 +8,7 @@ marked `# note: ... sync point` and happen once per interval, evaluation or run.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import platform
@@ -30,6 +31,7 @@ from engine import events as ev
 from engine import flops, models
 from engine.config import ConfigError, TrainConfig
 from engine.data import Data, DataError, build_data
+from engine.diagnostics import Diagnostics
 from engine.emit import Emitter
 from engine.progress import PrintingQueue, Progress
 from engine.recorder import Recorder
@@ -86,6 +88,16 @@ def build_optimizer(config: TrainConfig, params: list[nn.Parameter]) -> torch.op
     if c.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
     return torch.optim.RMSprop(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+
+
+OVERFIT_STEPS = 200  # --overfit-batches without --steps
+RANGE_TEST_STEPS = 400  # mirante lr-find without --steps: about 60 steps a decade from 1e-6 to 10
+
+
+def range_test_lr(config: TrainConfig, step: int, total_steps: int) -> float:
+    """lr-find: the learning rate swept exponentially from --min-lr to --max-lr over the run."""
+    lo, hi = config.range_test
+    return lo * (hi / lo) ** (step / max(1, total_steps - 1))
 
 
 def lr_factor(config: TrainConfig, step: int, steps_per_epoch: int, total_steps: int) -> float:
@@ -168,7 +180,7 @@ def setup(config: TrainConfig) -> Setup:
         seed=c.seed,
         device=device,
         channels=3 if c.pretrained else None,  # ImageNet weights expect RGB
-        augment=c.augment,
+        augment=c.augment and not c.overfit_batches,  # overfitting a subset means the same images every time
         workers=c.workers,
         with_test=c.test,
         channels_last=c.channels_last,
@@ -195,7 +207,14 @@ def setup(config: TrainConfig) -> Setup:
         eager = eager.to(memory_format=torch.channels_last)
     model = torch.compile(eager) if c.compile else eager
     params = [p for p in eager.parameters() if p.requires_grad]
-    total = c.steps if c.steps is not None else c.epochs * data.steps_per_epoch
+    if c.steps is not None:
+        total = c.steps
+    elif c.overfit_batches:
+        total = OVERFIT_STEPS
+    elif c.range_test:
+        total = RANGE_TEST_STEPS
+    else:
+        total = c.epochs * data.steps_per_epoch
     return Setup(
         config=c,
         device=device,
@@ -314,7 +333,11 @@ class Trainer:
         self.plateau_best = math.inf
         self.plateau_wait = 0
         self.stop_reason: str | None = None
+        self.stop_status = "interrupted"  # the RunEnded status of a stopped run: a diagnostic may say otherwise
         self.paused = False
+        # --overfit-batches and lr-find are sanity checks, not training: no validation, no checkpoints
+        self.sanity_check = bool(self.c.overfit_batches or self.c.range_test)
+        self.subset: list[tuple[Tensor, Tensor]] | None = None
         ckpt = checkpoint_dir(self.c.runs_dir, self.run_name)
         self.last_path, self.best_path = ckpt / "last.pt", ckpt / "best.pt"
 
@@ -332,7 +355,8 @@ class Trainer:
             s.scaler.load_state_dict(resumed["scaler"])
             for key, value in resumed["state"].items():
                 setattr(self, key, value)
-        plan = {"steps_per_epoch": s.data.steps_per_epoch, "total_steps": s.total_steps}
+        per_epoch = s.total_steps if self.c.overfit_batches else s.data.steps_per_epoch  # overfit: one long epoch
+        plan = {"steps_per_epoch": per_epoch, "total_steps": s.total_steps, "num_classes": s.data.spec.num_classes}
         self.out.emit(
             ev.RunStarted,
             self.step,
@@ -358,8 +382,9 @@ class Trainer:
             self.end_epoch()
         self.rec.flush(self.step, wait=True)
         if self.stop_reason is not None:
-            self.save()
-            return "interrupted"
+            if self.stop_status == "interrupted" and not self.sanity_check:
+                self.save()  # to resume from; a diverged run's weights are not worth keeping
+            return self.stop_status
         if c.test:
             loss, acc = self.evaluate(data.test_batches())
             self.out.emit(ev.Step, self.step, scalars={"test/loss": loss, "test/acc": acc})
@@ -370,7 +395,8 @@ class Trainer:
         return {k: getattr(self, k) for k in keys}
 
     def save(self) -> None:
-        save_checkpoint(self.last_path, self.s, self.state())
+        if not self.sanity_check:
+            save_checkpoint(self.last_path, self.s, self.state())
 
     # -- one epoch
 
@@ -379,7 +405,7 @@ class Trainer:
         model, optimizer, scaler = s.model, s.optimizer, s.scaler
         params = rec.norms.params
         model.train()
-        batches: Iterator[tuple[Tensor, Tensor]] = s.data.train_batches(self.epoch, skip=self.step_in_epoch)
+        batches: Iterator[tuple[Tensor, Tensor]] = self.batches()
         while self.step < s.total_steps and self.stop_reason is None:
             t0 = time.perf_counter()
             batch = next(batches, None)
@@ -387,7 +413,10 @@ class Trainer:
             if batch is None:
                 break
             x, y = batch
-            lr = c.lr * lr_factor(c, self.step, s.data.steps_per_epoch, s.total_steps) * self.plateau_factor
+            if c.range_test:
+                lr = range_test_lr(c, self.step, s.total_steps)
+            else:
+                lr = c.lr * lr_factor(c, self.step, s.data.steps_per_epoch, s.total_steps) * self.plateau_factor
             for group in optimizer.param_groups:
                 group["lr"] = lr
             probe_now = rec.is_probe_step(self.step)
@@ -416,6 +445,24 @@ class Trainer:
             correct = (logits.detach().argmax(dim=1) == y).sum()
             rec.record(self.step, loss, lr, correct=correct, batch_size=len(y), data_time=data_time)
             self.poll_commands()
+            if self.out.diagnostics is not None and self.out.diagnostics.stop is not None:
+                self.stop_for(self.out.diagnostics.stop)
+
+    def batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """This epoch's training batches; with --overfit-batches the same few, over and over."""
+        data = self.s.data
+        if not self.c.overfit_batches:
+            return data.train_batches(self.epoch, skip=self.step_in_epoch)
+        if self.subset is None:
+            self.subset = list(itertools.islice(data.train_batches(0), self.c.overfit_batches))
+        return itertools.cycle(self.subset)
+
+    def stop_for(self, finding: Any) -> None:
+        """A check asked the run to stop: lr-find once the loss blew up (its end), divergence (a failure)."""
+        if self.stop_reason is None:
+            sweep_over = finding.code == "lr-find"
+            self.stop_reason = "the loss blew up: the sweep is over" if sweep_over else f"diverged: {finding.message}"
+            self.stop_status = "finished" if sweep_over else "failed"
 
     # -- epoch end
 
@@ -436,7 +483,10 @@ class Trainer:
 
     def end_epoch(self) -> None:
         self.rec.flush(self.step, wait=True)
-        val_loss, val_acc = self.evaluate(self.s.data.val_batches())
+        val_loss: float | None = None
+        val_acc: float | None = None
+        if not self.sanity_check:
+            val_loss, val_acc = self.evaluate(self.s.data.val_batches())
         train_loss, train_acc = self.rec.take_epoch()
         self.out.emit(
             ev.Epoch,
@@ -448,17 +498,18 @@ class Trainer:
             val_acc=val_acc,
             scalars={"lr": self.s.optimizer.param_groups[0]["lr"]},
         )
-        if self.c.schedule == "plateau":
+        if self.c.schedule == "plateau" and val_loss is not None:
             self.update_plateau(val_loss)
         self.epoch += 1
         self.step_in_epoch = 0
         if self.c.capture_every == 0:
             self.rec.capture(self.step)
-        improved = val_acc > self.best_val_acc
-        self.best_val_acc = max(self.best_val_acc, val_acc)
-        self.save()
-        if improved:
-            save_checkpoint(self.best_path, self.s, self.state())
+        if not self.sanity_check:
+            improved = val_acc > self.best_val_acc
+            self.best_val_acc = max(self.best_val_acc, val_acc)
+            self.save()
+            if improved:
+                save_checkpoint(self.best_path, self.s, self.state())
         self.rec.flush(self.step)
 
     def update_plateau(self, val_loss: float) -> None:
@@ -536,7 +587,7 @@ def run(
     except (ConfigError, models.ModelError, DataError, StoreError, FileNotFoundError) as exc:
         print(f"mirante: error: {exc}", file=sys.stderr)
         return 2
-    emitter = Emitter(writer, live)
+    emitter = Emitter(writer, live, diagnostics=Diagnostics())
     trainer = Trainer(s, emitter, commands)
     previous = signal.getsignal(signal.SIGINT)
 
@@ -550,7 +601,7 @@ def run(
         trainer.start(resumed)
         status = trainer.fit()
         reason = trainer.stop_reason or ""
-        code = 0 if status == "finished" else 130
+        code = {"finished": 0, "failed": 1}.get(status, 130)
     except torch.cuda.OutOfMemoryError:
         reason = f"out of GPU memory at --batch-size {config.batch_size}: try --batch-size {config.batch_size // 2}"
     except KeyboardInterrupt:
@@ -567,6 +618,7 @@ def run(
         )
     finally:
         signal.signal(signal.SIGINT, previous)
+        emitter.finish_checks(trainer.step)
         emitter.emit(ev.RunEnded, trainer.step, status=status, reason=reason)
         emitter.close()
     if status == "failed":

@@ -87,11 +87,19 @@ def test_every_pane_shows_its_content(runs, run, size):
         assert "captures at steps 500" in text_of(app.query_one("#caption")) or run == "nan"
         await pilot.press("5")
         await pilot.pause(0.3)
-        diagnostics = app.query_one("#diagnostics")
-        if run == "good":  # the synthetic run has one diagnostic, at step 500
-            assert diagnostics.row_count == 1 and str(diagnostics.get_row_at(0)[2]) == "initial-loss"
+        checks = app.query_one("#checks")
+        states = {key.value: str(checks.get_row(key)[0]) for key in checks.rows}
+        assert states["divergence"] == "fail"  # the NaN loss at step 100, found by the app's own checks
+        history = app.query_one("#diagnostics")
+        codes = [str(history.get_row_at(i)[2]) for i in range(history.row_count)]
+        if run == "good":  # the synthetic run stored one diagnostic, at step 500: the stored one is shown
+            assert states["initial-loss"] == "warn" and "initial-loss" in codes
+            assert "initial loss is far from ln(10)" in text_of(app.query_one("#detail"))  # the first row's
         else:
-            assert diagnostics.row_count == 0
+            assert states["exploding-gradients"] == "warn"
+            assert states["initial-loss"] == "waiting"  # the synthetic run does not say how many classes
+        assert "overfit" not in states  # the mode checks are listed only in their modes
+        assert "lr-find" not in states and not app.query_one("#range").display
         await pilot.press("6")
         await pilot.pause(0.3)
         assert "cpu/rss_mb" in text_of(app.query_one("#sys0")) or run == "nan"

@@ -80,7 +80,7 @@ def test_initial_loss_far_above_ln_c_warns_with_what_it_means():
     s = Stream().steps([9.0, 8.5, 8.7])
     assert s.said("initial-loss") == ["warn"]
     assert "too large" in s.last("initial-loss").message
-    assert s.last("initial-loss").evidence["loss"] == 8.7
+    assert s.last("initial-loss").evidence["loss"] == 9.0  # step 1: the loss before any update
 
 
 def test_initial_loss_far_below_warns():
@@ -198,7 +198,7 @@ def test_nan_loss_fails_and_asks_to_stop():
     f = s.last("divergence")
     assert f.stop and s.diag.stop is f
     assert "NaN at step 5" in f.message and "--lr 0.5" in f.message
-    assert f.evidence["initial_loss"] == pytest.approx(2.4)
+    assert f.evidence["initial_loss"] == pytest.approx(2.3)
 
 
 def test_divergence_can_be_made_a_warning_only():
@@ -213,6 +213,19 @@ def test_loss_growing_by_orders_of_magnitude():
     s.steps([300.0] * 9)
     assert s.said("divergence") == ["warn", "fail"]
     assert s.last("divergence").evidence["growth"] >= 100
+
+
+def test_a_blow_up_within_a_few_steps_warns():
+    # smallcnn on shapes with SGD at lr 10, as recorded: BN keeps it finite, but it is diverging
+    s = Stream(lr=10.0).steps([2.445, 56.29, 71.04, 28.44, 4.79, 6.53, 11.77, 8.89, 7.11, 5.90], lr=10.0)
+    assert s.said("divergence") == ["warn"]
+    assert s.last("divergence").step == 4
+    assert "--lr 1 or lower" in s.last("divergence").message
+
+
+def test_a_resumed_run_measures_growth_from_what_random_weights_give():
+    s = Stream(resumed_at_step=1000).steps([0.01, 0.2, 0.3, 0.25, 0.4, 0.3, 0.2, 0.3, 0.2, 0.3])
+    assert s.said("divergence") == []  # 30x the first loss, but far below ln 10
 
 
 def test_a_noisy_falling_loss_does_not_diverge():
@@ -258,12 +271,15 @@ def test_exploding_gradients():
 
 
 def test_dead_relus_from_captured_zero_shares():
-    s = Stream().steps([2.3], **{"act/zero_share/conv1": 0.5, "act/dead_share/conv1": 0.0})
+    def capture(s, zero, dead):  # as the recorder sends them: a Step event of their own
+        return s.feed(ev.Step, scalars={"act/zero_share/conv1": zero, "act/dead_share/conv1": dead})
+
+    s = capture(Stream(), 0.5, 0.0)
     assert s.said("dead-relu") == ["ok"]
-    s.steps([2.3], **{"act/zero_share/conv1": 0.99, "act/dead_share/conv1": 0.7})
+    capture(s, 0.99, 0.7)
     assert s.said("dead-relu") == ["ok", "warn"]
     assert "conv1" in s.last("dead-relu").message
-    s.steps([2.3], **{"act/zero_share/conv1": 0.99, "act/dead_share/conv1": 0.7})
+    capture(s, 0.99, 0.7)
     assert s.said("dead-relu") == ["ok", "warn"]  # the same state says nothing new
 
 
@@ -331,8 +347,9 @@ def test_lr_find_suggests_a_tenth_of_the_minimum_and_stops_on_the_blow_up():
     f = s.last("lr-find")
     assert f.level == "ok" and f.stop
     assert 0.03 < f.evidence["min_loss_lr"] < 0.3
-    assert f.evidence["suggested_lr"] == pytest.approx(f.evidence["min_loss_lr"] / 10)
     assert 1e-3 < f.evidence["steepest_lr"] < 0.05
+    # the smaller of the two usual rules: where the loss falls fastest, and a tenth of where it is lowest
+    assert f.evidence["suggested_lr"] == min(f.evidence["steepest_lr"], f.evidence["min_loss_lr"] / 10)
     assert f.evidence["blew_up_at"] < 10
     assert s.said("divergence") == [] and s.said("update-ratio") == []  # blowing up is the point here
 

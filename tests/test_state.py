@@ -34,7 +34,9 @@ def test_a_whole_run():
     assert state.latest_maps("conv1").maps.shape == (4, 8, 8)
     assert state.latest_maps("conv1", step=499) is None
     assert state.system["cpu/rss_mb"].last == 514.0
-    assert state.worst_diagnostics()[0].code == "initial-loss"
+    worst = state.worst_diagnostics()
+    assert [f.code for f in worst[:2]] == ["divergence", "initial-loss"]  # the NaN at step 100: found here
+    assert worst[1].message == "initial loss is far from ln(10)"  # the run's own diagnostic
     assert state.elapsed == pytest.approx(events[-1].wall_time - events[0].wall_time)
     assert state.eta is None  # ended
 

@@ -149,6 +149,38 @@ def train_in_app(config: dict, store: Path, resume: str | None, overrides: dict 
     return process.exitcode if process.exitcode is not None else 1
 
 
+# --- lr-find -----------------------------------------------------------------------------
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    """Sweep the learning rate exponentially, stop when the loss blows up, draw it and suggest a rate."""
+    import time
+
+    from engine.config import from_args
+    from tui.headless import train_headless
+    from tui.lrfind import report
+
+    config = from_args(args)
+    config.range_test = [args.min_lr, args.max_lr]
+    config.schedule, config.warmup_steps = "none", 0
+    config.name = config.name or f"lrfind-{config.model}-{Path(config.dataset).name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    config.validate()
+    store = Path(config.runs_dir) / f"{config.name}{SUFFIX}"
+    if store.exists():
+        raise CliError(f"{store}: a run with this name exists (choose another --name)")
+    if config.headless or not sys.stdout.isatty():
+        code = train_headless(config.to_dict(), str(store))
+    else:
+        code = train_in_app(config.to_dict(), store, None, None)
+    if store.exists():
+        try:
+            width = min(100, os.get_terminal_size().columns)
+        except OSError:
+            width = 80
+        print(report(store, width=width, height=18, color=sys.stdout.isatty() and "NO_COLOR" not in os.environ))
+    return code
+
+
 # --- watch and replay --------------------------------------------------------------------
 
 
@@ -224,6 +256,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(tr)
     tr.add_argument("--resume", metavar="RUN", default=None, help="continue RUN from its last checkpoint")
     tr.set_defaults(func=cmd_train, parser=tr)
+
+    lf = sub.add_parser(
+        "lr-find",
+        help="learning-rate range test: suggests a learning rate",
+        description="Train from random weights while the learning rate grows exponentially from --min-lr to "
+        "--max-lr (400 steps unless --steps), stop when the loss blows up, draw loss against learning rate, and "
+        "suggest a rate: a tenth of the one with the lowest smoothed loss. Takes the options of `mirante train` "
+        "(--lr and --schedule are ignored). Models:\n" + models_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(lf)
+    lf.add_argument("--min-lr", type=float, default=1e-6, help="first learning rate of the sweep (default: 1e-6)")
+    lf.add_argument("--max-lr", type=float, default=10.0, help="last learning rate of the sweep (default: 10)")
+    lf.set_defaults(func=cmd_lr_find)
 
     wa = sub.add_parser("watch", help="attach to a run being written (or finished)", description="Attach to a run.")
     wa.add_argument("run", nargs="?", help=f"a run store or name (default: the newest running run in {RUNS_DIR}/)")

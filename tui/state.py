@@ -17,10 +17,13 @@ from typing import Any
 import numpy as np
 
 from engine import events as ev
+from engine.diagnostics import CHECKS, Diagnostics, Finding, RangeTest, Settings
 
-VANISHING_FLOOR = 1e-7  # a gradient norm below this is vanishing, whatever the other layers do
-VANISHING_RATIO = 1e-4  # ... or this far below the largest layer's
-EXPLODING_CEILING = 1e3  # a gradient norm above this (or not finite) is exploding
+_S = Settings()
+VANISHING_FLOOR = _S.vanishing_floor  # a gradient norm below this is vanishing, whatever the other layers do
+VANISHING_RATIO = _S.vanishing_ratio  # ... or this far below the largest layer's
+EXPLODING_CEILING = _S.exploding_ceiling  # a gradient norm above this (or not finite) is exploding
+LEVEL_ORDER = {"fail": 0, "warn": 1, "ok": 2}
 MAPS_KEPT = 20  # activation captures kept per layer in memory (older ones stay in the store)
 
 
@@ -131,7 +134,10 @@ class RunState:
         self.layers = LayerHistory()
         self.activations: dict[str, list[MapCapture]] = {}
         self.filters: MapCapture | None = None
-        self.diagnostics: list[ev.Diagnostic] = []
+        self.diagnostics: list[ev.Diagnostic] = []  # as stored by the run
+        self.stored: dict[str, Finding] = {}  # the run's latest Diagnostic of each code
+        self.checks = Diagnostics()  # the same checks run here: for runs that did not store them
+        self.diagnostics_version = 0  # bumped when a check changes state
         self.system: dict[str, Series] = {}
         self.skipped = 0  # events of kinds this version does not show
         self.writer_gone = False  # set by whoever reads the source: no RunEnded will ever come
@@ -151,6 +157,8 @@ class RunState:
             self.skipped += 1
         else:
             handler(self, event)
+            if handler is not RunState._diagnostic and self.checks.observe(event):
+                self.diagnostics_version += 1
 
     def apply_many(self, events: Iterable[ev.Event]) -> None:
         for event in events:
@@ -186,6 +194,8 @@ class RunState:
 
     def _diagnostic(self, e: ev.Diagnostic) -> None:
         self.diagnostics.append(e)
+        self.stored[e.code] = Finding.of(e)
+        self.diagnostics_version += 1
 
     def _system(self, e: ev.System) -> None:
         prefix = f"rank{e.rank}/" if e.rank else ""
@@ -292,7 +302,7 @@ class RunState:
         if not self.layers.grad:
             return {}
         grad = self.layers.grad[-1].astype(np.float64)
-        finite = grad[np.isfinite(grad)]
+        finite = grad[np.isfinite(grad) & (grad <= EXPLODING_CEILING)]  # the largest healthy norm is the yardstick
         top = float(finite.max()) if finite.size else 0.0
         flags = {}
         for name, g in zip(self.layer_names, grad, strict=False):
@@ -307,13 +317,36 @@ class RunState:
         kept = [m for m in self.activations.get(layer, []) if step is None or m.step <= step]
         return kept[-1] if kept else None
 
-    def worst_diagnostics(self, n: int = 3) -> list[ev.Diagnostic]:
-        """The latest state of each check, fails first, then warnings."""
-        latest: dict[str, ev.Diagnostic] = {}
-        for d in self.diagnostics:
-            latest[d.code] = d
-        order = {"fail": 0, "warn": 1, "ok": 2}
-        return sorted(latest.values(), key=lambda d: (order.get(d.level, 3), -d.seq))[:n]
+    def check_states(self) -> dict[str, Finding]:
+        """The latest finding of each check: the run's own where it stored one, else what the checks here found."""
+        return self.checks.states | self.stored
+
+    def check_rows(self) -> list[tuple[str, str, Finding | None]]:
+        """(code, title, latest finding or None while waiting) for every check, then codes only the run has."""
+        states = self.check_states()
+        running = self.checks.running()
+        rows = [(code, title, states.get(code)) for code, title in CHECKS.items() if code in states or code in running]
+        return rows + [(code, code, f) for code, f in states.items() if code not in CHECKS]
+
+    def diagnostic_history(self) -> list[Finding]:
+        """Every state change, in step order: the run's stored ones, and the local ones of codes it never stored."""
+        local = [f for f in self.checks.history if f.code not in self.stored]
+        stored = [Finding.of(d) for d in self.diagnostics]
+        return sorted(stored + local, key=lambda f: f.step)
+
+    def worst_diagnostics(self, n: int = 3) -> list[Finding]:
+        """The latest state of each check, fails first, then warnings, then the latest oks."""
+        states = list(self.check_states().values())
+        return sorted(states, key=lambda f: (LEVEL_ORDER.get(f.level, 3), -f.step))[:n]
+
+    @property
+    def is_range_test(self) -> bool:
+        return bool(self.config.get("range_test"))
+
+    def range_test(self) -> RangeTest:
+        """The lr-find sweep so far: learning rates and (smoothed) losses, matched by step."""
+
+        return RangeTest.from_series(*self.series("lr"), *self.series("train/loss"))
 
 
 def _f16(data: bytes, shape: tuple[int, ...]) -> np.ndarray:

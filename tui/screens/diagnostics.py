@@ -1,17 +1,56 @@
-"""Diagnostics: every Diagnostic event, with its evidence."""
+"""Diagnostics: the lecture's checks with their state, the evidence of the highlighted one, and their history.
+
+A learning-rate range test (`mirante lr-find`) shows its loss-against-learning-rate chart in place of the history.
+"""
 
 from __future__ import annotations
 
-import json
+from typing import Any
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.widgets import DataTable
+from textual.widgets import DataTable, Static
 
+from engine.diagnostics import Finding, g
+from tui.lrfind import range_lines
 from tui.screens.base import Pane, View
 from tui.state import RunState
+from tui.widgets import Chart
 
-STYLES = {"fail": "bold red", "warn": "bold yellow", "ok": "green"}
+STYLES = {"fail": "bold red", "warn": "bold yellow", "ok": "green", "waiting": "dim"}
+
+
+def level_text(level: str) -> Text:
+    return Text(level, style=STYLES.get(level, ""))
+
+
+def value_text(value: Any, limit: int = 8) -> str:
+    """An evidence value in a few characters: numbers as people write them, long lists cut."""
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        return g(value)
+    if isinstance(value, (list, tuple)):
+        items = [value_text(v) for v in value[:limit]]
+        return "[" + ", ".join(items) + (f", … {len(value) - limit} more" if len(value) > limit else "") + "]"
+    if isinstance(value, dict):
+        items = [f"{k}={value_text(v)}" for k, v in list(value.items())[:limit]]
+        return ", ".join(items) + (f", … {len(value) - limit} more" if len(value) > limit else "")
+    return str(value)
+
+
+def detail_text(title: str, finding: Finding | None) -> Text:
+    if finding is None:
+        return Text(f"{title}: waiting for what it needs to see", style="dim")
+    out = Text()
+    out.append(f"{finding.level} ", style=STYLES.get(finding.level, ""))
+    out.append(f"{title} (step {finding.step}): ", style="bold")
+    out.append(finding.message)
+    for key, value in finding.evidence.items():
+        if key != "traceback":
+            out.append(f"\n  {key}: ", style="dim")
+            out.append(value_text(value))
+    return out
 
 
 class DiagnosticsPane(Pane):
@@ -19,21 +58,52 @@ class DiagnosticsPane(Pane):
     KEY = "5"
 
     def compose(self) -> ComposeResult:
+        yield DataTable(id="checks", zebra_stripes=True, cursor_type="row")
+        yield Static(id="detail")
         yield DataTable(id="diagnostics", zebra_stripes=True, cursor_type="row")
+        yield Chart(id="range", x_label="learning rate", log_x=True)
 
     def on_mount(self) -> None:
-        self.query_one(DataTable).add_columns("step", "level", "check", "what was seen", "evidence")
-        self._shown = 0
+        self.query_one("#checks", DataTable).add_columns("state", "check", "step", "what was seen")
+        self.query_one("#diagnostics", DataTable).add_columns("step", "level", "check", "what was seen")
+        self._version = -1
+        self._rows: list[tuple[str, str, Finding | None]] = []
 
     def draw(self, state: RunState, view: View) -> None:
-        table = self.query_one(DataTable)
-        for d in state.diagnostics[self._shown :]:
-            evidence = {k: v for k, v in d.evidence.items() if k != "traceback"}
-            table.add_row(
-                str(d.step),
-                Text(d.level, style=STYLES.get(d.level, "")),
-                d.code,
-                d.message,
-                json.dumps(evidence, default=str)[:200],
-            )
-        self._shown = len(state.diagnostics)
+        range_test = state.is_range_test
+        self.query_one("#diagnostics").display = not range_test
+        self.query_one("#range").display = range_test
+        if range_test:
+            found = state.check_states().get("lr-find")
+            test = state.range_test()
+            suggestion = found.evidence if found else test.suggestion()
+            title = "learning-rate range test" + (f": {found.message}" if found else "")
+            self.query_one("#range", Chart).set_lines(range_lines(test, suggestion), title=title)
+        if state.diagnostics_version == self._version:
+            return
+        self._version = state.diagnostics_version
+        self._rows = state.check_rows()
+        table = self.query_one("#checks", DataTable)
+        cursor = table.cursor_row
+        table.clear()
+        for code, title, f in self._rows:
+            if f is None:
+                table.add_row(level_text("waiting"), title, "", Text("waiting", style="dim"), key=code)
+            else:
+                table.add_row(level_text(f.level), title, str(f.step), f.message, key=code)
+        if self._rows:
+            table.move_cursor(row=min(max(cursor, 0), len(self._rows) - 1))
+        self.show_detail(table.cursor_row)
+        log = self.query_one("#diagnostics", DataTable)
+        log.clear()
+        for f in state.diagnostic_history():
+            log.add_row(str(f.step), level_text(f.level), f.code, f.message)
+
+    def show_detail(self, row: int) -> None:
+        if 0 <= row < len(self._rows):
+            _, title, finding = self._rows[row]
+            self.query_one("#detail", Static).update(detail_text(title, finding))
+
+    def on_data_table_row_highlighted(self, message: DataTable.RowHighlighted) -> None:
+        if message.data_table.id == "checks":
+            self.show_detail(message.cursor_row)

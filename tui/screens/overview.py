@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Grid
 from textual.widgets import ProgressBar, Static
 
+from engine.diagnostics import Finding
 from tui.screens.base import Pane, View, duration, fmt, smoothed
+from tui.screens.diagnostics import STYLES
 from tui.state import RunState
 from tui.widgets import Chart, Line
+
+
+def worst_text(worst: list[Finding]) -> Text:
+    """The worst checks, one line each: their level in colour, the check, what was seen."""
+    out = Text("diagnostics (5: all)", style="bold")
+    if not worst:
+        out.append("\nno check has spoken yet", style="dim")
+    for f in worst:
+        out.append("\n")
+        out.append(f"{f.level:4} ", style=STYLES.get(f.level, ""))
+        out.append(f"{f.code}: ", style="bold")
+        out.append(f.message)
+    return out
 
 
 class OverviewPane(Pane):
@@ -57,5 +73,4 @@ class OverviewPane(Pane):
         steps, lr = state.series("lr")
         self.query_one("#lr", Chart).set_lines([Line("lr", steps, lr, "green")], title="learning rate")
         worst = state.worst_diagnostics(3)
-        text = "\n".join(f"[b]{d.level}[/b] {d.message}" for d in worst) if worst else "no diagnostics yet"
-        self.query_one("#worst", Static).update("[b]diagnostics[/b]\n" + text)
+        self.query_one("#worst", Static).update(worst_text(worst))

@@ -207,20 +207,41 @@ def draw_marks(fig: Figure, plotted: list[Plotted], y_lo: float, y_hi: float, co
             fig.draw(fig.signal(xs, [y] * len(xs), marker=marker(glyph, MARK_COLOR if color else None)))
 
 
+LOG_X_SCALE = 1000  # with log_x, x values are LOG_X_SCALE * log10(x): integers, as the downsampling wants
+
+
+def log_x_steps(x: np.ndarray) -> np.ndarray:
+    """Positive x values as the integer steps a `log_x` chart takes."""
+    return np.round(LOG_X_SCALE * np.log10(np.asarray(x, dtype=np.float64))).astype(np.int64)
+
+
 def set_axes(
-    fig: Figure, x_range: tuple[float, float], y_range: tuple[float, float], size: tuple[int, int], log_y: bool
+    fig: Figure,
+    x_range: tuple[float, float],
+    y_range: tuple[float, float],
+    size: tuple[int, int],
+    log_y: bool,
+    log_x: bool = False,
 ) -> None:
     """Fix both axes' limits and put round, short tick labels on them (y in log10 units when `log_y`)."""
     width, height = size
-    x_ticks = nice_ticks(*x_range, max(2, width // 14))
+    x_count = max(2, width // 14)
+    if log_x:
+        x_ticks = LOG_X_SCALE * decade_ticks(x_range[0] / LOG_X_SCALE, x_range[1] / LOG_X_SCALE, x_count)
+        x_labels = [format_value(10.0 ** (t / LOG_X_SCALE)) for t in x_ticks]
+    else:
+        x_ticks = nice_ticks(*x_range, x_count)
+        x_labels = [format_step(t) for t in x_ticks]
     y_count = max(2, min(6, height // 3))
     y_ticks = decade_ticks(*y_range, y_count) if log_y else nice_ticks(*y_range, y_count)
     y_labels = [format_value(10.0**t if log_y else t) for t in y_ticks]
-    fig.ruler("x").lim(*x_range).ticks(x_ticks.tolist(), [format_step(t) for t in x_ticks])
+    fig.ruler("x").lim(*x_range).ticks(x_ticks.tolist(), x_labels)
     fig.ruler("y").lim(*y_range).ticks(y_ticks.tolist(), y_labels)
 
 
-def build_plot(plotted: list[Plotted], width: int, height: int, x_label: str, log_y: bool, color: bool) -> str:
+def build_plot(
+    plotted: list[Plotted], width: int, height: int, x_label: str, log_y: bool, color: bool, log_x: bool = False
+) -> str:
     """Draw the prepared lines into a width x height plotext figure and return it as an (ANSI) string."""
     ys = np.concatenate([p.y_values() for p in plotted])
     y_range = padded_range(ys)
@@ -232,18 +253,20 @@ def build_plot(plotted: list[Plotted], width: int, height: int, x_label: str, lo
     for p in plotted:
         draw_line(fig, p, color)
     draw_marks(fig, plotted, *y_range, color)
-    set_axes(fig, x_range, y_range, (width, height), log_y)
+    set_axes(fig, x_range, y_range, (width, height), log_y, log_x)
     if x_label and height >= 8:
         fig.label(x_label)
     return fig.build().string(colorless=not color).rstrip("\n")
 
 
-def plot_text(plotted: list[Plotted], width: int, height: int, x_label: str, log_y: bool, color: bool) -> Text:
+def plot_text(
+    plotted: list[Plotted], width: int, height: int, x_label: str, log_y: bool, color: bool, log_x: bool = False
+) -> Text:
     """The plot as a Text; plotext's notes to stdout/stderr are swallowed so they never scribble on the screen."""
     sink = io.StringIO()
     with _PLOTEXT_LOCK, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
         try:
-            out = build_plot(plotted, width, height, x_label, log_y, color)
+            out = build_plot(plotted, width, height, x_label, log_y, color, log_x)
         except Exception as exc:  # a bug in the plotting library must not take the monitor down: show it instead
             return box_message(f"chart error: {exc}", width, height)
     return Text.from_ansi(out) if color else Text(out)
@@ -258,8 +281,12 @@ def render_chart(
     log_y: bool = False,
     x_label: str = "step",
     color: bool = True,
+    log_x: bool = False,
 ) -> Text:
-    """Render `lines` into exactly `height` rows of at most `width` cells (or a short hint when too small)."""
+    """Render `lines` into exactly `height` rows of at most `width` cells (or a short hint when too small).
+
+    With `log_x` the lines' steps are `log_x_steps` of positive x values, labelled in decades.
+    """
     if width < MIN_WIDTH or height < MIN_HEIGHT:
         return Text("enlarge"[: max(width, 0)])
     plotted = [prepare(line, width, log_y) for line in lines]
@@ -268,9 +295,9 @@ def render_chart(
         return box_message(message, width, height, title)
     head = header(title, lines, color)
     if not head.plain or height < 6:
-        return plot_text(plotted, width, height, x_label, log_y, color)
+        return plot_text(plotted, width, height, x_label, log_y, color, log_x)
     head.truncate(width)
-    return Text("\n").join([head, plot_text(plotted, width, height - 1, x_label, log_y, color)])
+    return Text("\n").join([head, plot_text(plotted, width, height - 1, x_label, log_y, color, log_x)])
 
 
 class Chart(CachedLines):
@@ -279,12 +306,15 @@ class Chart(CachedLines):
     Drawings are cached: after changing a line's arrays in place, call `set_lines` again.
     """
 
-    def __init__(self, *, color: bool | None = None, x_label: str = "step", **kwargs: str | None) -> None:
+    def __init__(
+        self, *, color: bool | None = None, x_label: str = "step", log_x: bool = False, **kwargs: str | None
+    ) -> None:
         super().__init__(color=color, **kwargs)
         self.lines: list[Line] = []
         self.title = ""
         self.log_y = False
         self.x_label = x_label
+        self.log_x = log_x
 
     def set_lines(self, lines: list[Line], *, title: str = "", log_y: bool = False) -> None:
         """Replace the lines and redraw."""
@@ -293,6 +323,13 @@ class Chart(CachedLines):
 
     def draw(self, width: int, height: int, color: bool) -> list[Text]:
         text = render_chart(
-            self.lines, width, height, title=self.title, log_y=self.log_y, x_label=self.x_label, color=color
+            self.lines,
+            width,
+            height,
+            title=self.title,
+            log_y=self.log_y,
+            x_label=self.x_label,
+            color=color,
+            log_x=self.log_x,
         )
         return text.split("\n", allow_blank=True)
