@@ -22,6 +22,8 @@ SHOTS = [  # (key, screen, run)
     ("3", "model", "resnet18-shapes"),
     ("4", "activations", "smallcnn-shapes"),
     ("5", "diagnostics", "diverging-lr"),
+    ("5", "diagnostics-sigmoid", "plainnet-sigmoid"),
+    ("5", "lr-find", "lrfind-smallcnn"),
     ("6", "system", "resnet18-shapes"),
 ]
 

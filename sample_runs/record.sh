@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Records the sample runs with mirante train (headless, on the CPU, the built-in shapes data).
-# About four minutes on a 2-core machine. Checkpoints are not kept: the stores are what ships.
+# About five minutes on a 2-core machine. Checkpoints are not kept: the stores are what ships.
 set -euo pipefail
 cd "$(dirname "$0")"
 rm -f ./*.mirante
@@ -10,5 +10,6 @@ train --name resnet18-shapes --model resnet18 --steps 200 --batch-size 32 --warm
 train --name diverging-lr --model plainnet --lr 5 --schedule none --weight-decay 0 --steps 60 --capture-every 10 \
   --probe-every 2 --log-every 2 || true  # it is meant to blow up
 train --name plainnet-sigmoid --model plainnet --activation sigmoid --steps 300 --capture-every 50
+mirante lr-find --headless --device cpu --runs-dir . --name lrfind-smallcnn --model smallcnn
 rm -rf ./*.ckpt
 ls -la ./*.mirante

@@ -112,3 +112,18 @@ def test_readback_delivers_in_order_only_when_asked():
     assert got == []
     rb.ready()
     assert got == [[1.0], [2.0]]
+
+
+def test_the_relu_after_a_captured_layer_gives_its_zero_shares():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(8, 4, 3), nn.ReLU())
+    x = torch.randn(1, 3, 16, 16)
+    layers = [("0", model[0]), ("2", model[2])]
+    with torch.no_grad():
+        model[2].bias[:2] = -1e3  # two of its four channels can never fire
+    maps = probes.capture_activations(model, x, layers, autocast=contextlib.nullcontext)
+    alive_zero, alive_dead = maps[0].relu.tolist()
+    assert 0.3 < alive_zero < 0.7 and alive_dead == 0.0  # random weights: about half the outputs are zero
+    pre = F.conv2d(F.relu(F.conv2d(x, model[0].weight, model[0].bias, padding=1)), model[2].weight, model[2].bias)
+    assert maps[1].relu[0].item() == pytest.approx((pre <= 0).float().mean().item())
+    assert maps[1].relu[1].item() == 0.5

@@ -66,6 +66,7 @@ class MiranteApp(App[int]):
         self._inbox_lock = threading.Lock()
         self._nudged = False  # an EventsArrived is on its way: the worker need not post another
         self._drawn = -1
+        self._range_shown = False  # an lr-find run opens on its chart, once
 
     def compose(self) -> ComposeResult:
         yield Static("enlarge the terminal (at least 60x16)", id="too-small")
@@ -151,6 +152,9 @@ class MiranteApp(App[int]):
         if (self.frozen or self.state.version == self._drawn) and not force:
             return
         self._drawn = self.state.version
+        if self.state.is_range_test and not self._range_shown:
+            self._range_shown = True
+            self.query_one(TabbedContent).active = "DiagnosticsPane"
         active = self.query_one(TabbedContent).active
         pane = self.query_one(f"#{active}", TabPane).children[0] if active else None
         if pane is not None:
