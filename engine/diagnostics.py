@@ -429,6 +429,12 @@ class Overfitting(Check):
         if e.val_loss is None or e.train_loss is None or self.run.special_mode:
             return None
         self.history.append(e)
+        if len(self.history) == 1:
+            return (
+                "ok",
+                f"validation loss {g(e.val_loss)} at epoch {e.epoch}: watched for rising while the training loss falls",
+                {"epoch": e.epoch, "val_loss": e.val_loss, "train_loss": e.train_loss},
+            )
         if self.warned_from is not None:
             if e.val_loss < self.warned_from:
                 self.warned_from = None
@@ -464,6 +470,7 @@ class GeneralizationGap(Check):
     def __init__(self, run: RunInfo, settings: Settings) -> None:
         super().__init__(run, settings)
         self.warned = False
+        self.said = False
 
     def on_epoch(self, e: ev.Epoch) -> Verdict | None:
         if e.val_acc is None or e.train_acc is None or self.run.special_mode:
@@ -471,7 +478,7 @@ class GeneralizationGap(Check):
         gap = e.train_acc - e.val_acc
         evidence = {"epoch": e.epoch, "train_acc": e.train_acc, "val_acc": e.val_acc, "gap": gap}
         if not self.warned and gap > self.s.gap_warn:
-            self.warned = True
+            self.warned = self.said = True
             return (
                 "warn",
                 f"training accuracy {100 * e.train_acc:.1f}% against {100 * e.val_acc:.1f}% on validation at epoch "
@@ -482,6 +489,14 @@ class GeneralizationGap(Check):
         if self.warned and gap < self.s.gap_clear:
             self.warned = False
             return "ok", f"the accuracy gap closed to {100 * gap:.1f} points at epoch {e.epoch}", evidence
+        if not self.warned and not self.said:
+            self.said = True
+            return (
+                "ok",
+                f"training accuracy {100 * e.train_acc:.1f}% and validation {100 * e.val_acc:.1f}% at epoch "
+                f"{e.epoch}: {100 * gap:.1f} points apart",
+                evidence,
+            )
         return None
 
 
@@ -532,7 +547,11 @@ class Divergence(Check):
             if self.run.resumed and self.run.num_classes and self.run.num_classes > 1:
                 expected = expected_initial_loss(self.run.loss, self.run.num_classes)[0]
             self.reference = max(loss, expected or 0.0)
-            return None
+            return (
+                "ok",
+                f"the loss starts at {g(self.reference)} (step {step}): watched for NaN, and for growing 10x",
+                {"step": step, "initial_loss": self.reference},
+            )
         if len(self.window) == self.window.maxlen and self.window[0] >= self.s.grow_warn * ref:
             self.above -= 1
         self.short.append(loss)
@@ -592,6 +611,7 @@ class Gradients(Check):
         self.state = {"vanishing": "ok", "exploding": "ok"}
         self.first_totals: list[float] = []
         self.pending: list[tuple[str, Verdict]] = []
+        self.said: set[str] = set()  # kinds that have said ok once
 
     def on_layers(self, e: ev.LayerStats) -> Verdict | None:
         names = self.run.layers
@@ -607,15 +627,17 @@ class Gradients(Check):
         self._exploding(e.step, known)
         return None
 
-    def _flag(self, kind: str, condition: bool, step: int, verdict: Verdict, cleared: Verdict) -> None:
+    def _flag(self, kind: str, condition: bool, step: int, verdict: Verdict, healthy: Verdict) -> None:
+        """Warn after `probes_to_flag` probes in a row; say ok at the first healthy probe, and when it clears."""
         self.streak[kind] = self.streak[kind] + 1 if condition else 0
         code = f"{kind}-gradients"
         if self.streak[kind] >= self.s.probes_to_flag and self.state[kind] == "ok":
             self.state[kind] = verdict[0]
             self.pending.append((code, verdict))
-        elif not condition and self.state[kind] != "ok":
+        elif not condition and (self.state[kind] != "ok" or kind not in self.said):
             self.state[kind] = "ok"
-            self.pending.append((code, cleared))
+            self.said.add(kind)
+            self.pending.append((code, healthy))
 
     def _vanishing(self, step: int, known: list[tuple[str, float]]) -> None:
         q = max(1, len(known) // 4)
@@ -648,13 +670,13 @@ class Gradients(Check):
             "tanh, batch normalisation, residual connections, or He/Xavier initialisation",
             evidence,
         )
-        self._flag(
-            "vanishing",
-            condition,
-            step,
-            verdict,
-            ("ok", f"the first layers' gradients recovered at step {step}", evidence),
+        healthy = (
+            "ok",
+            f"the first layers' gradient norms (median {g(early)}) are {g(ratio)}x the last layers' ({g(late)}) at "
+            f"step {step}: no vanishing",
+            evidence,
         )
+        self._flag("vanishing", condition, step, verdict, healthy)
 
     def _exploding(self, step: int, known: list[tuple[str, float]]) -> None:
         total = math.sqrt(sum(v * v for _, v in known)) if all(math.isfinite(v) for _, v in known) else math.inf
@@ -676,7 +698,11 @@ class Gradients(Check):
             f"start){where}: lower the learning rate, clip the gradients (--clip-grad), or add batch normalisation",
             evidence,
         )
-        cleared = ("ok", f"the gradient norms are back to {g(total)} at step {step}", evidence)
+        cleared = (
+            "ok",
+            f"the total gradient norm is {g(total)} at step {step}, no layer above {g(self.s.exploding_ceiling)}",
+            evidence,
+        )
         if level == "fail" and self.state["exploding"] == "warn":  # warn to fail is a change too
             self.state["exploding"] = "ok"
             self.streak["exploding"] = self.s.probes_to_flag
@@ -981,8 +1007,8 @@ class LrFind(Check):
             why = f"a tenth of {g(found['min_loss_lr'])}, where the smoothed loss was lowest ({g(found['min_loss'])})"
         return (
             "ok",
-            f"suggested learning rate {g(found['suggested_lr'])}: {why}; {end}. Training starts where the loss "
-            "falls fast, well below where it blows up",
+            f"suggested learning rate {g(found['suggested_lr'])}: {why}; {end}. Use it with a warm-up "
+            "(--warmup-steps 100, or --schedule onecycle): the sweep got there only after hundreds of gentler steps",
             evidence | found,
         )
 

@@ -94,10 +94,10 @@ def test_every_pane_shows_its_content(runs, run, size):
         codes = [str(history.get_row_at(i)[2]) for i in range(history.row_count)]
         if run == "good":  # the synthetic run stored one diagnostic, at step 500: the stored one is shown
             assert states["initial-loss"] == "warn" and "initial-loss" in codes
-            assert "initial loss is far from ln(10)" in text_of(app.query_one("#detail"))  # the first row's
         else:
             assert states["exploding-gradients"] == "warn"
-            assert states["initial-loss"] == "waiting"  # the synthetic run does not say how many classes
+            assert states["initial-loss"] == "not seen"  # the synthetic run does not say how many classes
+        assert "NaN at step 100" in text_of(app.query_one("#detail"))  # the cursor starts on the worst check
         assert "overfit" not in states  # the mode checks are listed only in their modes
         assert "lr-find" not in states and not app.query_one("#range").display
         await pilot.press("6")
@@ -311,3 +311,18 @@ def test_a_run_whose_writer_died_shows_as_crashed(tmp_path):
         await pilot.press("q")
 
     drive(MiranteApp(FollowSource(store), store=store), (80, 24), script)
+
+
+def test_an_lr_find_run_opens_on_its_chart():
+    store = ROOT / "sample_runs" / "lrfind-smallcnn.mirante"
+
+    async def script(app, pilot):
+        await pilot.pause(0.3)
+        assert app.query_one(TabbedContent).active == "DiagnosticsPane"
+        chart = app.query_one("#range")
+        assert chart.display and not app.query_one("#diagnostics").display
+        text = text_of(chart)
+        assert "suggested learning rate" in text and "1e-5" in text  # the verdict, and decades on the x axis
+        assert "suggested learning rate" in text_of(app.query_one("#detail"))  # the cursor on the lr-find row
+
+    drive(MiranteApp(FollowSource(store), store=store), (120, 36), script)

@@ -17,7 +17,7 @@ from tui.screens.base import Pane, View
 from tui.state import RunState
 from tui.widgets import Chart
 
-STYLES = {"fail": "bold red", "warn": "bold yellow", "ok": "green", "waiting": "dim"}
+STYLES = {"fail": "bold red", "warn": "bold yellow", "ok": "green", "waiting": "dim", "not seen": "dim"}
 
 
 def level_text(level: str) -> Text:
@@ -84,11 +84,13 @@ class DiagnosticsPane(Pane):
         self._version = state.diagnostics_version
         self._rows = state.check_rows()
         table = self.query_one("#checks", DataTable)
-        cursor = table.cursor_row
+        cursor = table.cursor_row if table.has_focus else self.first_row(state)  # the user's, or the worst check
         table.clear()
+        # a check that has not spoken is waiting for what it needs; once the run is over, it never saw it
+        idle = "waiting" if state.ended is None and not state.writer_gone else "not seen"
         for code, title, f in self._rows:
             if f is None:
-                table.add_row(level_text("waiting"), title, "", Text("waiting", style="dim"), key=code)
+                table.add_row(level_text(idle), title, "", Text(idle, style="dim"), key=code)
             else:
                 table.add_row(level_text(f.level), title, str(f.step), f.message, key=code)
         if self._rows:
@@ -98,6 +100,17 @@ class DiagnosticsPane(Pane):
         log.clear()
         for f in state.diagnostic_history():
             log.add_row(str(f.step), level_text(f.level), f.code, f.message)
+
+    def first_row(self, state: RunState) -> int:
+        """Where the cursor starts: on the worst check, or on the mode's own (lr-find, overfit)."""
+        worst = state.worst_diagnostics(1)
+        codes = [code for code, _, _ in self._rows]
+        for code in ("lr-find", "overfit") if state.is_range_test or "overfit" in codes else ():
+            if code in codes:
+                return codes.index(code)
+        if worst and worst[0].level != "ok" and worst[0].code in codes:
+            return codes.index(worst[0].code)
+        return 0
 
     def show_detail(self, row: int) -> None:
         if 0 <= row < len(self._rows):
