@@ -7,11 +7,14 @@ import math
 from pathlib import Path
 
 import pytest
+from textual.widgets import TabbedContent
 
 from engine import events as ev
 from tests.runs import LAYERS, make_events, write_run
 from tui.app import MiranteApp
 from tui.sources import FollowSource, ReplaySource
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SIZES = [(80, 24), (160, 48)]
 
@@ -326,3 +329,23 @@ def test_an_lr_find_run_opens_on_its_chart():
         assert "suggested learning rate" in text_of(app.query_one("#detail"))  # the cursor on the lr-find row
 
     drive(MiranteApp(FollowSource(store), store=store), (120, 36), script)
+
+
+@pytest.mark.parametrize(
+    ("run", "code", "level"),
+    [("diverging-lr", "divergence", "fail"), ("plainnet-sigmoid", "vanishing-gradients", "warn")],
+)
+def test_sample_runs_replayed_show_their_diagnostics(run, code, level):
+    store = ROOT / "sample_runs" / f"{run}.mirante"
+
+    async def script(app, pilot):
+        await pilot.press("5")
+        await pilot.pause(0.3)
+        checks = app.query_one("#checks")
+        assert str(checks.get_row(code)[0]) == level
+        assert str(checks.get_row_at(checks.cursor_row)[1]) == str(checks.get_row(code)[1])  # cursor on the worst
+        await pilot.press("1")
+        await pilot.pause(0.3)
+        assert f"{level} {code}" in " ".join(text_of(app.query_one("#worst")).split())
+
+    drive(MiranteApp(ReplaySource(store, speed=1e6), store=store), (120, 36), script)
