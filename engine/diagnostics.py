@@ -34,6 +34,7 @@ from typing import Any
 from engine import events as ev
 
 LEVELS = ("ok", "warn", "fail")
+VERSION = 1  # of the checks; a run's config carries the version its writer ran live ("diagnostics")
 
 # code -> title, in the order the Diagnostics screen lists them
 CHECKS: dict[str, str] = {

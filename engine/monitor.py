@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from engine import events as ev
 from engine import flops
-from engine.diagnostics import Diagnostics, Settings
+from engine.diagnostics import VERSION, Diagnostics, Settings
 from engine.emit import Emitter
 from engine.recorder import Recorder
 from engine.store import SUFFIX, RunWriter
@@ -90,6 +90,7 @@ class Monitor:
         else:
             summary["params"] = sum(p.numel() for p in model.parameters())
         known = optimizer_config(optimizer) | ({"num_classes": num_classes} if num_classes else {})
+        known["diagnostics"] = VERSION  # the checks run live, here
         self.out.emit(
             ev.RunStarted,
             0,

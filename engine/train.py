@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from engine import diagnostics, flops, models
 from engine import events as ev
-from engine import flops, models
 from engine.config import ConfigError, TrainConfig
 from engine.data import Data, DataError, build_data
 from engine.diagnostics import Diagnostics
@@ -357,6 +357,7 @@ class Trainer:
                 setattr(self, key, value)
         per_epoch = s.total_steps if self.c.overfit_batches else s.data.steps_per_epoch  # overfit: one long epoch
         plan = {"steps_per_epoch": per_epoch, "total_steps": s.total_steps, "num_classes": s.data.spec.num_classes}
+        plan["diagnostics"] = diagnostics.VERSION  # the checks run here, live: readers need not run them again
         self.out.emit(
             ev.RunStarted,
             self.step,

@@ -100,3 +100,17 @@ def test_ema_with_bias_correction_and_nan():
     assert out[0] == 1.0  # bias correction: the first value is itself, not half of it
     assert out[1] == 1.0 and math.isnan(out[2]) and out[4] == math.inf
     assert out[3] == pytest.approx((0.5 * (0.5 * 0.5 + 0.5 * 1) + 0.5 * 3) / (1 - 0.5**3))
+
+
+def test_the_app_runs_the_checks_only_on_runs_that_did_not():
+    from engine.diagnostics import VERSION
+
+    def nan_run(config):
+        seq = ev.Sequencer(clock=lambda: 0.0)
+        started = ev.RunStarted(**seq.header(0), name="r", model="m", dataset="d", config=config)
+        return [started] + [ev.Step(**seq.header(i), scalars={"train/loss": v}) for i, v in enumerate([2.3, math.nan])]
+
+    assert folded(nan_run({})).check_states()["divergence"].level == "fail"  # found here
+    marked = folded(nan_run({"diagnostics": VERSION}))  # its writer checked, and stored nothing: nothing wrong
+    assert "divergence" not in marked.check_states()
+    assert [code for code, _, _ in marked.check_rows()][:2] == ["initial-loss", "lr-decay"]  # still listed

@@ -18,6 +18,7 @@ import numpy as np
 
 from engine import events as ev
 from engine.diagnostics import CHECKS, Diagnostics, Finding, RangeTest, Settings
+from engine.diagnostics import VERSION as DIAGNOSTICS_VERSION
 
 _S = Settings()
 VANISHING_FLOOR = _S.vanishing_floor  # a gradient norm below this is vanishing, whatever the other layers do
@@ -137,6 +138,7 @@ class RunState:
         self.diagnostics: list[ev.Diagnostic] = []  # as stored by the run
         self.stored: dict[str, Finding] = {}  # the run's latest Diagnostic of each code
         self.checks = Diagnostics()  # the same checks run here: for runs that did not store them
+        self.check_here = True
         self.diagnostics_version = 0  # bumped when a check changes state
         self.system: dict[str, Series] = {}
         self.skipped = 0  # events of kinds this version does not show
@@ -157,7 +159,7 @@ class RunState:
             self.skipped += 1
         else:
             handler(self, event)
-            if handler is not RunState._diagnostic and self.checks.observe(event):
+            if self.check_here and handler not in _NOT_CHECKED and self.checks.observe(event):
                 self.diagnostics_version += 1
 
     def apply_many(self, events: Iterable[ev.Event]) -> None:
@@ -167,6 +169,10 @@ class RunState:
     def _run_started(self, e: ev.RunStarted) -> None:
         self.started = e
         self.ended = None  # a resumed run starts again
+        # a run whose writer ran these checks (or newer ones) stored their findings: running them again is waste
+        if self.checks.start(e):
+            self.diagnostics_version += 1
+        self.check_here = e.config.get("diagnostics", 0) < DIAGNOSTICS_VERSION
 
     def _step(self, e: ev.Step) -> None:
         for name, value in e.scalars.items():
@@ -347,6 +353,9 @@ class RunState:
         """The lr-find sweep so far: learning rates and (smoothed) losses, matched by step."""
 
         return RangeTest.from_series(*self.series("lr"), *self.series("train/loss"))
+
+
+_NOT_CHECKED = (RunState._diagnostic, RunState._run_started)  # the run's own findings; started in its handler
 
 
 def _f16(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
