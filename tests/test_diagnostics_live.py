@@ -19,24 +19,9 @@ from engine.monitor import Monitor
 from engine.store import RunReader
 from tui.state import RunState
 
+pytestmark = pytest.mark.usefixtures("one_thread", "small_shapes")
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def small_shapes(monkeypatch):
-    """The built-in dataset at 1,200 images instead of 24,000, for speed."""
-    import engine.data
-
-    original = engine.data.build_data
-    monkeypatch.setattr(train, "build_data", lambda *a, **k: original(*a, **{**k, "shapes_count": 1200}))
 
 
 def run(tmp_path: Path, name: str, **overrides) -> tuple[int, Path]:

@@ -13,13 +13,7 @@ from torch import nn
 from engine import models, probes
 from engine.catalog import MODELS
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only add contention on a shared 2-core machine
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def layer_norm(module: nn.Module, what) -> float:

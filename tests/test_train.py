@@ -17,16 +17,10 @@ from engine.config import ConfigError, TrainConfig
 from engine.monitor import Monitor
 from engine.store import RunReader
 
+pytestmark = pytest.mark.usefixtures("one_thread", "small_shapes")
+
 ROOT = Path(__file__).resolve().parents[1]
 EVERY_KIND = {"RunStarted", "Step", "LayerStats", "Epoch", "Activation", "Filters", "System", "RunEnded"}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny(tmp_path: Path, **overrides) -> TrainConfig:
@@ -46,15 +40,6 @@ def tiny(tmp_path: Path, **overrides) -> TrainConfig:
     )
     values.update(overrides)
     return TrainConfig(**values).validate()
-
-
-@pytest.fixture(autouse=True)
-def small_shapes(monkeypatch):
-    """The built-in dataset at 1,200 images instead of 24,000, for speed."""
-    import engine.data
-
-    original = engine.data.build_data
-    monkeypatch.setattr(train, "build_data", lambda *a, **k: original(*a, **{**k, "shapes_count": 1200}))
 
 
 def kinds(path: Path) -> list[ev.Event]:

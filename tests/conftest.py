@@ -1,0 +1,26 @@
+"""Fixtures the CPU training tests share; modules opt in with `pytestmark = pytest.mark.usefixtures(...)`."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from more threads, and OpenMP threads stall for seconds on a busy 2-core CPU."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def small_shapes(monkeypatch):
+    """The built-in dataset at 1,200 images instead of 24,000, for speed."""
+    import engine.data
+    from engine import train
+
+    original = engine.data.build_data
+    monkeypatch.setattr(train, "build_data", lambda *a, **k: original(*a, **{**k, "shapes_count": 1200}))
