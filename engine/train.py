@@ -189,6 +189,10 @@ def setup(config: TrainConfig) -> Setup:
     data.set_size(size)
     if data.steps_per_epoch == 0:
         raise ConfigError(f"--batch-size {c.batch_size} is larger than the training split ({data.spec.n_train})")
+    if c.overfit_batches > data.steps_per_epoch:
+        raise ConfigError(
+            f"--overfit-batches {c.overfit_batches}: the training split has only {data.steps_per_epoch} batches"
+        )
     eager = models.build_model(
         spec.name,
         num_classes=data.spec.num_classes,

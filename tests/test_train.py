@@ -238,6 +238,12 @@ def test_bad_config_is_one_clear_error(tmp_path, overrides, words):
         tiny(tmp_path, **overrides)
 
 
+def test_overfitting_more_batches_than_the_data_has_is_one_clear_error(tmp_path, capsys):
+    assert train.run(tiny(tmp_path, overfit_batches=1000)) == 2
+    assert "--overfit-batches 1000: the training split has only 33 batches" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "tiny.mirante").exists()  # nothing was started
+
+
 def test_lr_schedules():
     c = TrainConfig(lr=1.0, schedule="cosine", warmup_steps=10)
     assert train.lr_factor(c, 0, 100, 1000) == pytest.approx(0.1)
