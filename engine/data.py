@@ -175,12 +175,31 @@ class Data:
         self.spec = spec
         self.steps_per_epoch = spec.n_train // settings.batch_size  # the last incomplete batch is dropped
         self._settings = settings
+        self.rank, self.world = 0, 1
+        self.local_batch = settings.batch_size  # this process's share of each (global) batch
         device = settings.device
         self._scale = (1 / (255 * std)).view(1, -1, 1, 1).to(device)  # (x / 255 - mean) / std = x * scale + shift
         self._shift = (-mean / std).view(1, -1, 1, 1).to(device)
         self._loaded_size = loaded_size
         self._resize_to = spec.size if spec.size != loaded_size else None
         self._plan_device = device if spec.on_device else torch.device("cpu")
+
+    def shard(self, rank: int, world: int) -> None:
+        """Be rank `rank` of `world`: each global batch is cut in `world` equal parts, this rank takes part `rank`.
+
+        The ranks together see exactly the batches (order, crops, flips) one process would see; validation
+        batches are dealt out in turn. The batch size must divide evenly.
+        """
+        if self._settings.batch_size % world:
+            raise DataError(f"--batch-size {self._settings.batch_size} does not divide among {world} processes")
+        self.rank, self.world = rank, world
+        self.local_batch = self._settings.batch_size // world
+
+    def _my_part(self, t: Tensor) -> Tensor:
+        """This rank's part of every global batch of a per-sample epoch plan (order, crops or flips)."""
+        n, b, steps = self._settings.batch_size, self.local_batch, self.steps_per_epoch
+        per_batch = t[: steps * n].reshape(steps, n, *t.shape[1:])
+        return per_batch[:, self.rank * b : (self.rank + 1) * b].reshape(steps * b, *t.shape[1:])
 
     def set_size(self, size: int) -> None:
         """Produce `size` x `size` batches from now on (resized on the device): the model's input side."""
@@ -196,7 +215,9 @@ class Data:
         if skip < 0:
             raise ValueError(f"skip must be >= 0, not {skip}")
         order, shifts, flips = self._epoch_plan(epoch)
-        n = self._settings.batch_size
+        if self.world > 1:
+            order, shifts, flips = self._my_part(order), self._my_part(shifts), self._my_part(flips)
+        n = self.local_batch
         batches = self._train_raw(order, skip)
         for step, (x, y) in enumerate(batches, start=skip):
             if self._settings.augment:
@@ -204,8 +225,8 @@ class Data:
             yield self._finish(x), y
 
     def val_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
-        """Every validation sample once, in a fixed order, not augmented."""
-        return ((self._finish(x), y) for x, y in self._eval_raw("val"))
+        """Every validation sample once, in a fixed order, not augmented (this rank's turns, when sharded)."""
+        return ((self._finish(x), y) for i, (x, y) in enumerate(self._eval_raw("val")) if i % self.world == self.rank)
 
     def test_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
         """Every test sample once, in a fixed order, not augmented; DataError if the test split was not loaded."""
@@ -351,7 +372,7 @@ class _TensorData(Data):
         super().__init__(spec, settings, mean, std, loaded_size=source_size)
 
     def _train_raw(self, order: Tensor, skip: int) -> Iterator[tuple[Tensor, Tensor]]:
-        index, n = self._index["train"][order], self._settings.batch_size
+        index, n = self._index["train"][order], self.local_batch
         for step in range(skip, self.steps_per_epoch):
             i = index[step * n : (step + 1) * n]
             yield self._images[i], self._labels[i]
@@ -445,7 +466,7 @@ class _FolderData(Data):
         super().__init__(spec, settings, mean, std, loaded_size=spec.size)
 
     def _train_raw(self, order: Tensor, skip: int) -> Iterator[tuple[Tensor, Tensor]]:
-        n = self._settings.batch_size
+        n = self.local_batch
         indices = self._train_index[order[skip * n : self.steps_per_epoch * n].numpy()].tolist()  # order is on the CPU
         self._train_batches.batches = _chunked(indices, n)
         return self._to_device(self._loaders["train"])

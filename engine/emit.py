@@ -69,3 +69,24 @@ class Emitter:
     def close(self) -> None:
         self.send()
         self.writer.close()
+
+
+class NullEmitter:
+    """What the ranks other than 0 emit to under torchrun: nothing (rank 0 records the run)."""
+
+    writer = None
+    live = None
+    diagnostics = None
+    dropped = 0
+
+    def emit(self, kind: type[ev.Event], step: int, **fields: Any) -> None:
+        return None
+
+    def finish_checks(self, step: int) -> None:
+        pass
+
+    def send(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

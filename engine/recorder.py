@@ -40,8 +40,13 @@ class Recorder:
         autocast: Any = None,
         train_flops: int | None = None,
         peak_tflops: float | None = None,
+        dist: Any | None = None,
     ) -> None:
         self.out = emitter
+        self.dist = dist  # engine.distributed.Dist under torchrun: rank 0 records, every rank joins the collectives
+        self.main = dist is None or dist.is_main
+        self.stop_wanted = False  # set by the trainer: this rank wants the run to stop
+        self.any_stop = False  # some rank wanted to stop, as of the last interval (all ranks agree on it)
         self.model = model
         self.device = device
         self.log_every = log_every
@@ -74,8 +79,8 @@ class Recorder:
         return self.norms.names
 
     def is_probe_step(self, step: int) -> bool:
-        """Whether the update that follows `step` steps taken gets per-layer norms."""
-        return step % self.probe_every == 0
+        """Whether the update that follows `step` steps taken gets per-layer norms (on the recording rank)."""
+        return self.main and step % self.probe_every == 0
 
     def probe_grads(self) -> None:
         """Per-layer gradient norms, and a copy of the weights: after backward (and unscaling)."""
@@ -103,18 +108,25 @@ class Recorder:
         self._sizes.append(batch_size or 0)
         self._lrs.append(float(lr))
         self._data_time += data_time
-        if self.capture_every and step % self.capture_every == 0:
+        if self.capture_every and step % self.capture_every == 0 and self.main:
             self.capture(step)
         if step % self.log_every == 0:
             self.flush(step)
 
     def flush(self, step: int, wait: bool = False) -> None:
         """End an interval: start copying its values, deliver the copies that have finished."""
+        ranks: list[list[float]] | None = None
         if self._losses:
             n = len(self._losses)
             seconds = time.perf_counter() - self._interval_start
-            images = sum(self._sizes)
-            timing = {"time/step_s": seconds / n, "time/data_s": self._data_time / n}
+            images, data_time, sizes = sum(self._sizes), self._data_time, self._sizes
+            if self.dist is not None:  # one host collective per interval: images, data time, stop, memory
+                ranks = self.dist.gather_host([images, data_time, float(self.stop_wanted), *rank_memory(self.device)])
+                self.any_stop = any(r[2] for r in ranks)
+                images = int(sum(r[0] for r in ranks))
+                data_time = sum(r[1] for r in ranks) / len(ranks)
+                sizes = [size * self.dist.world for size in sizes]
+            timing = {"time/step_s": seconds / n, "time/data_s": data_time / n}
             if images:
                 timing["throughput/img_s"] = images / seconds
                 if self.train_flops:
@@ -124,20 +136,29 @@ class Recorder:
             tensors = [torch.stack(self._losses).float()]
             if len(self._correct) == n:
                 tensors.append(torch.stack(self._correct))
-            first, lrs, sizes = step - n + 1, self._lrs, self._sizes
-            self.readback.submit(tensors, lambda host: self._emit_steps(first, host, lrs, sizes, timing))
+            if self.dist is not None:  # one device collective per interval: the global batch's mean loss, correct
+                both = self.dist.sum_(torch.stack([tensors[0], *[t.float() for t in tensors[1:]]]))
+                tensors = [both[0] / self.dist.world, *both[1:]]
+            first, lrs = step - n + 1, self._lrs
+            if self.main:
+                self.readback.submit(tensors, lambda host: self._emit_steps(first, host, lrs, sizes, timing))
             self._losses, self._correct, self._sizes, self._lrs = [], [], [], []
             self._data_time = 0.0
             self._interval_start = time.perf_counter()
         self.readback.ready(wait=wait)
         now = time.monotonic()
-        if now - self._last_system > SYSTEM_EVERY_S:
+        if self.main and now - self._last_system > SYSTEM_EVERY_S:
             metrics = system_metrics(self.device)
             cpu = time.process_time()
             if self._last_system:  # this process's CPU seconds per wall second, all threads: 100% = one core
                 metrics["cpu/util_pct"] = 100 * (cpu - self._last_cpu) / (now - self._last_system)
             self._last_system, self._last_cpu = now, cpu
             self.out.emit(ev.System, step, rank=0, metrics=metrics)
+            for rank, row in enumerate(ranks or []):
+                if rank == 0:
+                    continue  # rank 0's own figures went out just above, with its utilisation
+                others = {k: v for k, v in zip(RANK_MEMORY, row[3:], strict=True) if v == v}  # NaN: not measured
+                self.out.emit(ev.System, step, rank=rank, metrics=others)
         self.out.send()
 
     def take_epoch(self) -> tuple[float | None, float | None]:
@@ -204,7 +225,16 @@ def _f16(values: Tensor) -> bytes:
     return values.contiguous().numpy().tobytes()
 
 
-def system_metrics(device: torch.device) -> dict[str, float]:
+RANK_MEMORY = ("cpu/rss_gb", "gpu/allocated_gb", "gpu/reserved_gb", "gpu/peak_gb")
+
+
+def rank_memory(device: torch.device) -> list[float]:
+    """This process's figures of RANK_MEMORY (NaN where there is none), to gather at rank 0."""
+    metrics = system_metrics(device, utilisation=False)
+    return [metrics.get(name, float("nan")) for name in RANK_MEMORY]
+
+
+def system_metrics(device: torch.device, utilisation: bool = True) -> dict[str, float]:
     """Memory figures the allocator keeps on the host: reading them costs no device sync."""
     metrics: dict[str, float] = {}
     try:
@@ -217,7 +247,8 @@ def system_metrics(device: torch.device) -> dict[str, float]:
         metrics["gpu/reserved_gb"] = torch.cuda.memory_reserved(device) / 2**30
         metrics["gpu/peak_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
         try:
-            metrics["gpu/util_pct"] = float(torch.cuda.utilization(device))  # NVML's counter: no device sync
+            if utilisation:
+                metrics["gpu/util_pct"] = float(torch.cuda.utilization(device))  # NVML's counter: no device sync
         except Exception:  # pynvml missing, or no NVML on this machine
             pass
     return metrics

@@ -26,13 +26,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from engine import diagnostics, flops, models
 from engine import events as ev
 from engine.config import ConfigError, TrainConfig
 from engine.data import Data, DataError, build_data
 from engine.diagnostics import Diagnostics
-from engine.emit import Emitter
+from engine.distributed import Dist
+from engine.emit import Emitter, NullEmitter
 from engine.progress import PrintingQueue, Progress
 from engine.recorder import Recorder
 from engine.store import SUFFIX, RunWriter, StoreError
@@ -163,10 +165,14 @@ class Setup:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
 
-def setup(config: TrainConfig) -> Setup:
-    """Build the run; ConfigError, ModelError or DataError (exit 2) for what cannot work."""
+def setup(config: TrainConfig, dist: Dist | None = None) -> Setup:
+    """Build the run; ConfigError, ModelError or DataError (exit 2) for what cannot work.
+
+    Under torchrun (`dist`), each process trains on its device its share of every batch, the
+    model wrapped in DistributedDataParallel.
+    """
     c = config
-    device = pick_device(c.device)
+    device = dist.device() if dist is not None else pick_device(c.device)
     amp_dtype = pick_precision(c.precision, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed batch shapes: let cuDNN pick its fastest kernels
@@ -187,6 +193,8 @@ def setup(config: TrainConfig) -> Setup:
     )
     size = models.input_size(c.model, data.spec.source_size, c.image_size)
     data.set_size(size)
+    if dist is not None:
+        data.shard(dist.rank, dist.world)
     if data.steps_per_epoch == 0:
         raise ConfigError(f"--batch-size {c.batch_size} is larger than the training split ({data.spec.n_train})")
     if c.overfit_batches > data.steps_per_epoch:
@@ -209,7 +217,10 @@ def setup(config: TrainConfig) -> Setup:
     eager = eager.to(device)
     if c.channels_last:
         eager = eager.to(memory_format=torch.channels_last)
-    model = torch.compile(eager) if c.compile else eager
+    model: nn.Module = eager
+    if dist is not None:  # gradients are averaged over the ranks during backward: the global batch's gradient
+        model = DistributedDataParallel(eager, device_ids=[device.index] if device.type == "cuda" else None)
+    model = torch.compile(model) if c.compile else model
     params = [p for p in eager.parameters() if p.requires_grad]
     if c.steps is not None:
         total = c.steps
@@ -309,11 +320,16 @@ def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
 class Trainer:
     """Runs a Setup to the end, emitting events as it goes."""
 
-    def __init__(self, s: Setup, emitter: Emitter, commands: Any | None = None) -> None:
+    def __init__(
+        self, s: Setup, emitter: Emitter, commands: Any | None = None, *, name: str, dist: Dist | None = None
+    ) -> None:
         self.s = s
         self.c = s.config
         self.out = emitter
         self.commands = commands
+        self.run_name = name
+        self.dist = dist
+        self.main = dist is None or dist.is_main
         sample, _ = s.data.fixed_sample(0)
         self.peak_tflops = self.c.peak_tflops or device_peak(s.device, s.amp_dtype)
         self.rec = Recorder(
@@ -328,6 +344,7 @@ class Trainer:
             autocast=s.autocast,
             train_flops=s.counts.train_flops,
             peak_tflops=self.peak_tflops,
+            dist=dist,
         )
         self.step = 0
         self.epoch = 0
@@ -336,7 +353,8 @@ class Trainer:
         self.plateau_factor = 1.0
         self.plateau_best = math.inf
         self.plateau_wait = 0
-        self.stop_reason: str | None = None
+        self.stop_reason: str | None = None  # once set, the run stops at the next step (on every rank at once)
+        self.pending_stop: tuple[str, str] | None = None  # under torchrun: (reason, status) until the ranks agree
         self.stop_status = "interrupted"  # the RunEnded status of a stopped run: a diagnostic may say otherwise
         self.paused = False
         # --overfit-batches and lr-find are sanity checks, not training: no validation, no checkpoints
@@ -344,10 +362,6 @@ class Trainer:
         self.subset: list[tuple[Tensor, Tensor]] | None = None
         ckpt = checkpoint_dir(self.c.runs_dir, self.run_name)
         self.last_path, self.best_path = ckpt / "last.pt", ckpt / "best.pt"
-
-    @property
-    def run_name(self) -> str:
-        return Path(self.out.writer.path).name.removesuffix(SUFFIX)
 
     # -- lifecycle
 
@@ -359,9 +373,12 @@ class Trainer:
             s.scaler.load_state_dict(resumed["scaler"])
             for key, value in resumed["state"].items():
                 setattr(self, key, value)
+        world = self.dist.world if self.dist is not None else 1
         per_epoch = s.total_steps if self.c.overfit_batches else s.data.steps_per_epoch  # overfit: one long epoch
         plan = {"steps_per_epoch": per_epoch, "total_steps": s.total_steps, "num_classes": s.data.spec.num_classes}
         plan["diagnostics"] = diagnostics.VERSION  # the checks run here, live: readers need not run them again
+        if self.dist is not None:
+            plan |= {"world_size": world, "backend": self.dist.backend, "batch_per_rank": s.data.local_batch}
         self.out.emit(
             ev.RunStarted,
             self.step,
@@ -372,7 +389,7 @@ class Trainer:
             model_summary=s.counts.summary()
             | {"layer_types": list(self.rec.norms.types), "peak_tflops": self.peak_tflops},
             layers=self.rec.layers,
-            device=device_info(s.device),
+            device=device_info(s.device) | ({"count": world} if world > 1 else {}),
             versions=s.versions,
         )
 
@@ -397,10 +414,11 @@ class Trainer:
 
     def state(self) -> dict[str, Any]:
         keys = ("step", "epoch", "step_in_epoch", "best_val_acc", "plateau_factor", "plateau_best", "plateau_wait")
-        return {k: getattr(self, k) for k in keys}
+        world = self.dist.world if self.dist is not None else 1
+        return {k: getattr(self, k) for k in keys} | {"world_size": world}
 
     def save(self) -> None:
-        if not self.sanity_check:
+        if not self.sanity_check and self.main:  # rank 0 writes the checkpoints; the weights are the same on all
             save_checkpoint(self.last_path, self.s, self.state())
 
     # -- one epoch
@@ -452,6 +470,9 @@ class Trainer:
             self.poll_commands()
             if self.out.diagnostics is not None and self.out.diagnostics.stop is not None:
                 self.stop_for(self.out.diagnostics.stop)
+            if self.dist is not None and rec.any_stop and self.stop_reason is None:  # agreed at the last interval
+                reason, self.stop_status = self.pending_stop or ("stopped on another rank", "interrupted")
+                self.stop_reason = reason
 
     def batches(self) -> Iterator[tuple[Tensor, Tensor]]:
         """This epoch's training batches; with --overfit-batches the same few, over and over."""
@@ -464,10 +485,9 @@ class Trainer:
 
     def stop_for(self, finding: Any) -> None:
         """A check asked the run to stop: lr-find once the loss blew up (its end), divergence (a failure)."""
-        if self.stop_reason is None:
-            sweep_over = finding.code == "lr-find"
-            self.stop_reason = "the loss blew up: the sweep is over" if sweep_over else f"diverged: {finding.message}"
-            self.stop_status = "finished" if sweep_over else "failed"
+        sweep_over = finding.code == "lr-find"
+        reason = "the loss blew up: the sweep is over" if sweep_over else f"diverged: {finding.message}"
+        self.request_stop(reason, "finished" if sweep_over else "failed")
 
     # -- epoch end
 
@@ -477,13 +497,18 @@ class Trainer:
         s.model.eval()
         total = torch.zeros(2, device=s.device)
         seen = 0
+        model = s.eager if self.dist is not None else s.model  # each rank its share; DDP's forward would sync buffers
         with torch.no_grad(), s.autocast():
             for x, y in batches:
-                logits, _ = models.split_outputs(s.model(x))
+                logits, _ = models.split_outputs(model(x))
                 total += torch.stack([s.loss_fn(logits, y) * len(y), (logits.argmax(dim=1) == y).sum().float()])
                 seen += len(y)
         s.model.train()
-        loss_sum, correct = total.tolist()  # note: a CPU-GPU sync point, once per evaluation
+        if self.dist is not None:  # one collective per evaluation: the ranks' shares added up
+            total = self.dist.sum_(torch.cat([total, torch.tensor([float(seen)], device=total.device)]))
+            seen = 0
+        loss_sum, correct, *counted = total.tolist()  # note: a CPU-GPU sync point, once per evaluation
+        seen = int(counted[0]) if counted else seen
         return loss_sum / max(1, seen), correct / max(1, seen)
 
     def end_epoch(self) -> None:
@@ -536,7 +561,7 @@ class Trainer:
         while True:
             for command in self._drain_commands():
                 if command == "stop":
-                    self.stop_reason = "stopped from the app"
+                    self.request_stop("stopped from the app")
                 elif command in ("pause", "resume"):
                     self.paused = command == "pause"
                 elif command == "capture":
@@ -557,8 +582,15 @@ class Trainer:
             except queue.Empty:
                 return commands
 
-    def request_stop(self, reason: str) -> None:
-        self.stop_reason = reason
+    def request_stop(self, reason: str, status: str = "interrupted") -> None:
+        """Stop at the next step; under torchrun at the end of the next logging interval, all ranks together."""
+        if self.stop_reason is not None or self.pending_stop is not None:
+            return
+        if self.dist is None:
+            self.stop_reason, self.stop_status = reason, status
+        else:
+            self.pending_stop = (reason, status)
+            self.rec.stop_wanted = True
 
 
 # --- entry points -----------------------------------------------------------------------
@@ -568,39 +600,58 @@ def store_path(config: TrainConfig, name: str) -> Path:
     return Path(config.runs_dir) / f"{name}{SUFFIX}"
 
 
+class Terminated(Exception):
+    """SIGTERM: torchrun stopping the ranks because one failed, or a scheduler ending the job."""
+
+
 def run(
     config: TrainConfig,
     live: Any | None = None,
     commands: Any | None = None,
     resume: str | None = None,
     overrides: dict[str, Any] | None = None,
+    dist: Dist | None = None,
 ) -> int:
     """Train one run to its end. Exit code: 0 finished, 1 failed, 2 bad input, 130 interrupted.
 
     With `resume` (a run's name or store), the run's stored config is used, changed only by
-    `overrides` (the options given on the command line, e.g. a larger --epochs).
+    `overrides` (the options given on the command line, e.g. a larger --epochs). Under
+    torchrun (`dist`), every rank trains and rank 0 alone writes the store and checkpoints.
     """
+    main = dist is None or dist.is_main
+    world = dist.world if dist is not None else 1
     try:
         resumed = None
         if resume is not None:
             config, resumed, path = prepare_resume(config.runs_dir, resume, overrides or {})
-        s = setup(config)
+            trained_on = resumed["state"].get("world_size", 1)
+            if trained_on != world:
+                raise ConfigError(
+                    f"{resume} was trained by {trained_on} processes: resume it with as many, not {world}"
+                )
+        s = setup(config, dist)
         name = config.run_name if resumed is None else path.name.removesuffix(SUFFIX)
         if resumed is None:
             path = store_path(config, name)
-        writer = RunWriter(path, append=resumed is not None)
+        writer = RunWriter(path, append=resumed is not None) if main else None
     except (ConfigError, models.ModelError, DataError, StoreError, FileNotFoundError) as exc:
         print(f"mirante: error: {exc}", file=sys.stderr)
         return 2
-    emitter = Emitter(writer, live, diagnostics=Diagnostics())
-    trainer = Trainer(s, emitter, commands)
-    previous = signal.getsignal(signal.SIGINT)
+    emitter: Any = Emitter(writer, live, diagnostics=Diagnostics()) if main else NullEmitter()
+    trainer = Trainer(s, emitter, commands, name=name, dist=dist)
+    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
 
     def on_interrupt(signum: int, frame: Any) -> None:
         trainer.request_stop("interrupted (Ctrl-C)")
-        signal.signal(signal.SIGINT, previous)  # a second Ctrl-C stops at once
+        if dist is None:  # a second Ctrl-C stops at once; under torchrun the agent passes the first one on again
+            signal.signal(signal.SIGINT, previous[0])
+
+    def on_terminate(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough: let the store close
+        raise Terminated("terminated (SIGTERM)")
 
     signal.signal(signal.SIGINT, on_interrupt)
+    signal.signal(signal.SIGTERM, on_terminate)
     status, reason, code = "failed", "", 1
     try:
         trainer.start(resumed)
@@ -609,10 +660,18 @@ def run(
         code = {"finished": 0, "failed": 1}.get(status, 130)
     except torch.cuda.OutOfMemoryError:
         reason = f"out of GPU memory at --batch-size {config.batch_size}: try --batch-size {config.batch_size // 2}"
+        if dist is not None:
+            dist.note_failure(reason)
     except KeyboardInterrupt:
         status, reason, code = "interrupted", "interrupted (second Ctrl-C): no checkpoint", 130
     except Exception as exc:  # the run failed: say why in one line, keep the traceback in the store
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        if dist is not None:  # say which rank failed, as the rank itself said or as its process is gone
+            if not isinstance(exc, Terminated) and not main:
+                dist.note_failure(reason)
+            reason = (dist.failure() or f"rank {dist.rank}: {reason}") if main else reason
+            if isinstance(exc, Terminated) and main:
+                reason = f"{reason}; torchrun stopped the ranks" if "rank" in reason else "terminated (SIGTERM)"
         emitter.emit(
             ev.Diagnostic,
             trainer.step,
@@ -622,12 +681,16 @@ def run(
             evidence={"traceback": traceback.format_exc()},
         )
     finally:
-        signal.signal(signal.SIGINT, previous)
         emitter.finish_checks(trainer.step)
         emitter.emit(ev.RunEnded, trainer.step, status=status, reason=reason)
-        emitter.close()
+        emitter.close()  # before the handlers go: a SIGTERM now must not cut the store's close short
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
     if status == "failed":
-        print(f"mirante: run failed: {reason}", file=sys.stderr)
+        who = f"rank {dist.rank}: " if dist is not None and not main else ""
+        print(f"mirante: {who}run failed: {reason}", file=sys.stderr)
+    if dist is not None and status != "failed":
+        dist.close()
     return code
 
 
@@ -663,8 +726,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"mirante: error: {exc}", file=sys.stderr)
         return 2
+    dist = Dist.from_env(config.device)  # under torchrun: join the other ranks
     progress = Progress()
-    code = run(config, live=PrintingQueue(progress), resume=args.resume, overrides=overrides)
+    live = PrintingQueue(progress) if dist is None or dist.is_main else None
+    code = run(config, live=live, resume=args.resume, overrides=overrides, dist=dist)
     if progress.started is not None:
         print(progress.summary(str(store_path(config, progress.started.name))), flush=True)
     return code

@@ -32,7 +32,7 @@ def test_non_logging_steps_never_sync_on_cuda(tmp_path, monkeypatch):
     ).validate()
     s = train.setup(config)
     assert s.amp_dtype is torch.bfloat16
-    trainer = train.Trainer(s, train.Emitter(train.RunWriter(tmp_path / "gpu.mirante")))
+    trainer = train.Trainer(s, train.Emitter(train.RunWriter(tmp_path / "gpu.mirante")), name="gpu")
     trainer.start()
 
     def permit(original):

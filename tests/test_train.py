@@ -104,7 +104,7 @@ def test_steps_that_do_not_log_never_wait_for_the_device(tmp_path, monkeypatch):
 
     config = tiny(tmp_path, steps=23, log_every=10, probe_every=4, capture_every=7)
     s = train.setup(config)
-    trainer = train.Trainer(s, train.Emitter(train.RunWriter(tmp_path / "sync.mirante")))
+    trainer = train.Trainer(s, train.Emitter(train.RunWriter(tmp_path / "sync.mirante")), name="sync")
     trainer.start()
     for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__"):
         monkeypatch.setattr(torch.Tensor, name, forbid(name, getattr(torch.Tensor, name)))
@@ -125,7 +125,7 @@ def test_ctrl_c_checkpoints_and_resume_continues_the_same_store(tmp_path):
     config = tiny(tmp_path, epochs=2)
     s = train.setup(config)
     writer = train.RunWriter(tmp_path / "runs" / "tiny.mirante")
-    trainer = train.Trainer(s, train.Emitter(writer))
+    trainer = train.Trainer(s, train.Emitter(writer), name="sync")
     trainer.start()
     original = trainer.rec.record
 

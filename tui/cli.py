@@ -128,9 +128,62 @@ def cmd_train(args: argparse.Namespace) -> int:
         store = Path(config.runs_dir) / f"{config.name}{SUFFIX}"
         if store.exists():
             raise CliError(f"{store}: a run with this name exists (--resume it, or choose another --name)")
+    if args.nproc is not None:
+        return train_distributed(args, config, store)
     if config.headless or not sys.stdout.isatty():
         return train_headless(config.to_dict(), str(store), args.resume, overrides)
     return train_in_app(config.to_dict(), store, args.resume, overrides)
+
+
+def torchrun_command(args: argparse.Namespace, name: str) -> list[str]:
+    """torchrun on this machine, `--nproc` processes, running `python -m engine.train` with the same options."""
+    forwarded, words = [], list(args.argv[1:])  # argv[0] is "train"
+    while words:
+        word = words.pop(0)
+        if word == "--nproc":
+            words.pop(0)
+        elif not word.startswith("--nproc="):
+            forwarded.append(word)
+    if args.resume is None and "--name" not in forwarded:
+        forwarded += ["--name", name]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}"]
+    return [*launcher, "-m", "engine.train", *forwarded]
+
+
+def train_distributed(args: argparse.Namespace, config, store: Path) -> int:
+    """`mirante train --nproc N`: N processes under torchrun on this machine, one run; rank 0 records it.
+
+    Headless (or piped), torchrun's output passes through and Ctrl-C stops every rank at the same step. In a
+    terminal, torchrun runs in the background, its output in runs/NAME.log, and the app follows the store.
+    """
+    import subprocess
+
+    if args.nproc < 1:
+        raise CliError(f"--nproc must be at least 1, got {args.nproc}")
+    command = torchrun_command(args, config.name or store.stem)
+    if config.headless or not sys.stdout.isatty():
+        process = subprocess.Popen(command)
+        while True:
+            try:
+                return process.wait()
+            except KeyboardInterrupt:  # the ranks got it too (same process group): they stop together
+                continue
+    from tui.app import MiranteApp
+    from tui.sources import FollowSource
+
+    store.parent.mkdir(parents=True, exist_ok=True)
+    log = store.with_suffix(".log")
+    with open(log, "ab") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    MiranteApp(FollowSource(store), store=store).run()
+    if process.poll() is None:
+        print(
+            f"training goes on ({args.nproc} processes, log {log}); watch it: mirante watch {store}; "
+            f"stop it: kill -INT -{process.pid}",
+            flush=True,
+        )
+        return 0
+    return process.returncode
 
 
 def train_in_app(config: dict, store: Path, resume: str | None, overrides: dict | None) -> int:
@@ -255,6 +308,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_arguments(tr)
     tr.add_argument("--resume", metavar="RUN", default=None, help="continue RUN from its last checkpoint")
+    tr.add_argument(
+        "--nproc",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train with N processes on this machine (one per GPU; gloo on CPUs) through torchrun and "
+        "DistributedDataParallel; --batch-size stays the global batch",
+    )
     tr.set_defaults(func=cmd_train, parser=tr)
 
     lf = sub.add_parser(

@@ -45,8 +45,10 @@ class OverviewPane(Pane):
         device = s.device.get("name", s.device.get("type", "?")) if s else "?"
         epochs = state.config.get("epochs")
         mfu = state.latest("perf/mfu")
+        world = state.config.get("world_size", 1)
+        ranks = f" x {world} ranks ({state.config.get('backend')})" if world > 1 else ""
         lines = [
-            f"[b]{state.name}[/b]  {s.model if s else '?'} on {s.dataset if s else '?'}  ·  {device}",
+            f"[b]{state.name}[/b]  {s.model if s else '?'} on {s.dataset if s else '?'}  ·  {device}{ranks}",
             f"{state.status()}  ·  epoch {state.epoch}/{epochs or '?'}  ·  step {state.step:,}/"
             f"{state.total_steps or '?'}  ·  elapsed {duration(state.elapsed)}  ·  ETA {duration(state.eta)}",
             f"{fmt(state.latest('throughput/img_s'), ',.0f')} img/s  ·  MFU "
