@@ -39,3 +39,6 @@ with RunReader(sys.argv[1]) as run:
     print("kinds:", sorted({e.kind for e in run.follow(0, limit=None)}))
 PY
 rm -rf "$OUT/gpu-resnet18.ckpt"
+
+echo "== DDP: one run by 1..N GPU processes under torchrun (NCCL) ==" | tee -a "$OUT/summary.txt"
+timeout 300 python3 bench/ddp_scaling.py --steps 120 2>&1 | tee -a "$OUT/summary.txt"

@@ -169,7 +169,9 @@ class Recorder:
         return loss, acc
 
     def capture(self, step: int) -> None:
-        """Activation maps of the fixed sample, the sample itself, and the first layer's filters."""
+        """Activation maps of the fixed sample, the sample itself, and the first layer's filters (rank 0 only)."""
+        if not self.main:
+            return
         maps: list[probes.Maps] = []
         if self.sample is not None:
             maps = probes.capture_activations(self.model, self.sample, self.capture_layers, autocast=self._ctx)

@@ -125,7 +125,7 @@ def test_ctrl_c_checkpoints_and_resume_continues_the_same_store(tmp_path):
     config = tiny(tmp_path, epochs=2)
     s = train.setup(config)
     writer = train.RunWriter(tmp_path / "runs" / "tiny.mirante")
-    trainer = train.Trainer(s, train.Emitter(writer), name="sync")
+    trainer = train.Trainer(s, train.Emitter(writer), name="tiny")
     trainer.start()
     original = trainer.rec.record
 
