@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -349,3 +350,26 @@ def test_sample_runs_replayed_show_their_diagnostics(run, code, level):
         assert f"{level} {code}" in " ".join(text_of(app.query_one("#worst")).split())
 
     drive(MiranteApp(ReplaySource(store, speed=1e6), store=store), (120, 36), script)
+
+
+def test_keys_that_talk_to_a_live_trainer(runs):
+    import queue
+
+    class Quiet:  # a live source with nothing to say yet
+        done = False
+
+        def read(self, timeout: float = 0.1) -> list:
+            time.sleep(timeout)
+            return []
+
+    commands: queue.Queue = queue.Queue()
+    app = MiranteApp(Quiet(), commands=commands)
+
+    async def main() -> None:
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.press("c", "p", "p")
+            await pilot.pause(0.1)
+            assert [commands.get_nowait() for _ in range(3)] == ["capture", "pause", "resume"]
+            app.exit()
+
+    asyncio.run(main())

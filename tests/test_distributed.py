@@ -169,3 +169,23 @@ def test_a_distributed_run_resumes_with_the_same_world_size(ddp_run):
     assert done.returncode == 0, done.stdout + done.stderr
     steps, _ = losses(tmp / "ddp.mirante")
     assert steps.tolist() == list(range(1, 17))  # 13 to 16 added to the same store, none repeated
+
+
+def test_rank_0_names_the_rank_that_failed():
+    from torch.distributed import HashStore
+
+    from engine.distributed import PID_KEY, Dist
+
+    class Local(Dist):  # a Dist over an in-memory store, as torchrun's would be
+        def store(self):
+            return shared
+
+    shared = HashStore()
+    rank0, rank1 = Local(0, 2, 0, "gloo", None), Local(1, 2, 1, "gloo", None)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a process that has exited: like a rank killed by the OOM killer
+    shared.set(PID_KEY.format(rank=0), f"{os.uname().nodename}:{os.getpid()}")
+    shared.set(PID_KEY.format(rank=1), f"{os.uname().nodename}:{gone.pid}")
+    assert rank0.failure() == f"rank 1 (pid {gone.pid}) died"
+    rank1.note_failure("RuntimeError: boom")  # a rank that raised says why before it exits
+    assert rank0.failure() == "rank 1: RuntimeError: boom"

@@ -48,6 +48,7 @@ class MiranteApp(App[int]):
         ("less_than_sign", "depth(-1)", "shallower"),
         ("greater_than_sign", "depth(1)", "deeper"),
         ("e", "export", "export"),
+        ("c", "capture_now", "capture"),
         ("question_mark", "help", "help"),
     ]
 
@@ -217,6 +218,15 @@ class MiranteApp(App[int]):
     def action_depth(self, delta: int) -> None:
         pane = self.query_one("ModelPane")
         pane.depth = max(1, min(8, pane.depth + delta))
+        self.redraw(force=True)
+
+    def action_capture_now(self) -> None:
+        """Ask the trainer for activation maps and filters now (it answers at its next logging interval)."""
+        if self.commands is None or self.source.done:
+            self.note = "capture: only while a run trains in this app"
+        else:
+            self.commands.put("capture")
+            self.note = "capture asked: maps arrive at the trainer's next logging interval"
         self.redraw(force=True)
 
     def action_export(self) -> None:

@@ -17,6 +17,7 @@ HELP = """[b]mirante[/b] keys
  l        log-scale y on the loss chart
  + -      replay faster / slower;  r  restart the replay
  left right  earlier / later activation capture;  < >  model table depth
+ c        capture activations now (a live run)
  e        export the run to CSV next to its store
  ?        this help (esc closes)"""
 
