@@ -538,7 +538,7 @@ class Trainer:
             improved = val_acc > self.best_val_acc
             self.best_val_acc = max(self.best_val_acc, val_acc)
             self.save()
-            if improved:
+            if improved and self.main:
                 save_checkpoint(self.best_path, self.s, self.state())
         self.rec.flush(self.step)
 

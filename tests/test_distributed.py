@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from engine.store import RunReader
 
@@ -69,7 +70,9 @@ def test_two_gloo_ranks_train_one_run(ddp_run):
     assert steps.tolist() == list(range(1, 13))  # global steps, each one batch of 64 split over the ranks
     assert ranks == {0, 1} and np.all(throughput > 0)  # each rank's memory; images/s of both together
     assert epoch.val_loss is not None and 0 <= epoch.val_acc <= 1  # both ranks' halves of the validation split
-    assert (tmp / "ddp.ckpt" / "last.pt").exists()  # written by rank 0
+    for checkpoint in ("last.pt", "best.pt"):  # written by rank 0 alone, whole
+        saved = torch.load(tmp / "ddp.ckpt" / checkpoint, weights_only=True)
+        assert saved["state"]["world_size"] == 2 and saved["state"]["step"] == 12
 
 
 def test_the_loss_matches_one_process_with_the_same_global_batch(ddp_run, tmp_path):
