@@ -495,7 +495,7 @@ class GeneralizationGap(Check):
             return (
                 "ok",
                 f"training accuracy {100 * e.train_acc:.1f}% and validation {100 * e.val_acc:.1f}% at epoch "
-                f"{e.epoch}: {100 * gap:.1f} points apart",
+                f"{e.epoch}: " + (f"{100 * gap:.1f} points apart" if gap >= 0 else "validation is ahead"),
                 evidence,
             )
         return None
