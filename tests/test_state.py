@@ -114,3 +114,12 @@ def test_the_app_runs_the_checks_only_on_runs_that_did_not():
     marked = folded(nan_run({"diagnostics": VERSION}))  # its writer checked, and stored nothing: nothing wrong
     assert "divergence" not in marked.check_states()
     assert [code for code, _, _ in marked.check_rows()][:2] == ["initial-loss", "lr-decay"]  # still listed
+
+
+def test_planned_epochs_follow_the_steps():
+    def started(config):
+        return [ev.RunStarted(seq=1, wall_time=0.0, step=0, name="r", model="m", dataset="d", config=config)]
+
+    assert folded(started({"epochs": 3, "total_steps": 300, "steps_per_epoch": 337})).planned_epochs == 1
+    assert folded(started({"epochs": 3, "total_steps": 1011, "steps_per_epoch": 337})).planned_epochs == 3
+    assert folded(started({"epochs": 5})).planned_epochs == 5

@@ -254,6 +254,14 @@ class RunState:
         return self.config.get("steps_per_epoch")
 
     @property
+    def planned_epochs(self) -> int | None:
+        """Epochs the run will take: --epochs, or what --steps comes to."""
+        total, per_epoch = self.total_steps, self.steps_per_epoch
+        if total and per_epoch:
+            return -(-total // per_epoch)
+        return self.config.get("epochs")
+
+    @property
     def epoch(self) -> int:
         """Epochs completed."""
         return self.epochs[-1].epoch if self.epochs else 0

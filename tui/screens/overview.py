@@ -43,7 +43,7 @@ class OverviewPane(Pane):
     def draw(self, state: RunState, view: View) -> None:
         s = state.started
         device = s.device.get("name", s.device.get("type", "?")) if s else "?"
-        epochs = state.config.get("epochs")
+        epochs = state.planned_epochs
         mfu = state.latest("perf/mfu")
         world = state.config.get("world_size", 1)
         ranks = f" x {world} ranks ({state.config.get('backend')})" if world > 1 else ""
