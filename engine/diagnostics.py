@@ -33,7 +33,6 @@ from typing import Any
 
 from engine import events as ev
 
-LEVELS = ("ok", "warn", "fail")
 VERSION = 1  # of the checks; a run's config carries the version its writer ran live ("diagnostics")
 
 # code -> title, in the order the Diagnostics screen lists them
@@ -156,6 +155,15 @@ class RunInfo:
             return list(range(len(self.layers)))
         return [i for i, t in enumerate(self.layer_types) if t in WEIGHT_TYPES] or list(range(len(self.layers)))
 
+    def weight_values(self, vector: Iterable[float]) -> list[tuple[str, float]]:
+        """(layer name, value) of a LayerStats vector over the weight layers, NaN (no value) left out."""
+        values = list(vector)
+        out = []
+        for i in self.weight_layers():
+            if i < len(values) and not math.isnan(values[i]):
+                out.append((self.layers[i] if i < len(self.layers) else str(i), float(values[i])))
+        return out
+
     @property
     def special_mode(self) -> bool:
         """--overfit-batches and lr-find runs: no validation, no schedule to judge."""
@@ -187,6 +195,8 @@ class Check:
     def __init__(self, run: RunInfo, settings: Settings) -> None:
         self.run = run
         self.s = settings
+        self.pending: list[tuple[str, Verdict]] = []  # (code, verdict) said under codes other than `code`
+        self.stop = False  # the run should stop (divergence with on_divergence=stop; lr-find done)
 
     @classmethod
     def applies(cls, run: RunInfo) -> bool:
@@ -519,7 +529,6 @@ class Divergence(Check):
         self.short: deque[float] = deque(maxlen=3)  # warns: a fast blow-up shows within a few steps
         self.window: deque[float] = deque(maxlen=settings.loss_window)  # fails, and clears a warning
         self.state = "ok"
-        self.stop = False
         self.above = 0  # losses in `window` at or above the warning level
         run.recent_losses = self.window
 
@@ -611,19 +620,12 @@ class Gradients(Check):
         self.streak = {"vanishing": 0, "exploding": 0}
         self.state = {"vanishing": "ok", "exploding": "ok"}
         self.first_totals: list[float] = []
-        self.pending: list[tuple[str, Verdict]] = []
         self.said: set[str] = set()  # kinds that have said ok once
 
     def on_layers(self, e: ev.LayerStats) -> Verdict | None:
-        names = self.run.layers
-        idx = [i for i in self.run.weight_layers() if i < len(e.grad_norm)]
-        if len(idx) < 2:
-            return None
-        grads = [(names[i] if i < len(names) else str(i), float(e.grad_norm[i])) for i in idx]
-        known = [(n, v) for n, v in grads if not math.isnan(v)]
+        known = self.run.weight_values(e.grad_norm)
         if len(known) < 2:
             return None
-        self.pending = []
         self._vanishing(e.step, known)
         self._exploding(e.step, known)
         return None
@@ -652,7 +654,7 @@ class Gradients(Check):
         )
         floor = early < self.s.vanishing_floor and not loss_small
         condition = math.isfinite(early) and math.isfinite(late) and (ratio < self.s.vanishing_ratio or floor)
-        top = max(v for _, v in known if math.isfinite(v)) if finite(v for _, v in known) else 0.0
+        top = max(finite(v for _, v in known), default=0.0)
         small = [n for n, v in known if v < self.s.vanishing_ratio * top or v < self.s.vanishing_floor]
         evidence = {
             "step": step,
@@ -767,10 +769,7 @@ class UpdateRatio(Check):
         self.said = False
 
     def on_layers(self, e: ev.LayerStats) -> Verdict | None:
-        names = self.run.layers
-        idx = [i for i in self.run.weight_layers() if i < len(e.update_ratio)]
-        ratios = [(names[i] if i < len(names) else str(i), float(e.update_ratio[i])) for i in idx]
-        ratios = [(n, r) for n, r in ratios if not math.isnan(r)]
+        ratios = self.run.weight_values(e.update_ratio)
         if not ratios:
             return None
         share = self.s.ratio_layers
@@ -963,7 +962,6 @@ class LrFind(Check):
         self.smoother = Smoother(settings.range_smoothing)
         self.best = math.inf
         self.blew_up: float | None = None
-        self.stop = False
 
     def on_step(self, step: int, scalars: Mapping[str, float]) -> Verdict | None:
         loss, lr = scalars.get("train/loss"), scalars.get("lr")
@@ -1099,15 +1097,13 @@ class Diagnostics:
     def _collect(self, step: int, checks: list[Check], verdicts: list[Verdict | None]) -> list[Finding]:
         out: list[Finding] = []
         for check, verdict in zip(checks, verdicts, strict=True):
-            if verdict is None and not getattr(check, "pending", None):
+            if verdict is None and not check.pending:
                 continue
-            said = list(getattr(check, "pending", ()))
-            if said:
-                check.pending = []
+            said, check.pending = check.pending, []
             if verdict is not None:
                 said.append((check.code, verdict))
             for code, (level, message, evidence) in said:
-                finding = Finding(step, level, code, message, evidence, stop=bool(getattr(check, "stop", False)))
+                finding = Finding(step, level, code, message, evidence, stop=check.stop)
                 previous = self.states.get(code)
                 if previous is not None and previous.level == level and previous.message == message:
                     continue
@@ -1119,8 +1115,13 @@ class Diagnostics:
         return out
 
 
-def ordered(states: Mapping[str, Finding]) -> list[tuple[str, str, Finding | None]]:
-    """(code, title, latest finding or None) for every known check, then for codes only the run knows."""
-    rows = [(code, title, states.get(code)) for code, title in CHECKS.items()]
-    rows += [(code, code, f) for code, f in states.items() if code not in CHECKS]
-    return rows
+def ordered(
+    states: Mapping[str, Finding], running: Iterable[str] | None = None
+) -> list[tuple[str, str, Finding | None]]:
+    """(code, title, latest finding or None) for the known checks, then for codes only the run knows.
+
+    With `running`, a known check without a finding is listed only if it runs on this run.
+    """
+    listed = set(CHECKS) if running is None else set(running) | set(states)
+    rows = [(code, title, states.get(code)) for code, title in CHECKS.items() if code in listed]
+    return rows + [(code, code, f) for code, f in states.items() if code not in CHECKS]

@@ -6,8 +6,9 @@ CPUs, plus a small gloo group for host-side control figures, so that agreeing on
 gathering each rank's memory needs no device sync even when training runs on NCCL.
 
 The collectives mirante adds are per logging interval, never per step: `gather_host` (a few
-host floats from every rank, and whether any rank wants to stop) and `mean_` (the interval's
-losses, on the device, without waiting). Everything else is DistributedDataParallel's.
+host floats from every rank, and whether any rank wants to stop) and `sum_` (the interval's
+losses and correct counts, on the device, without waiting). Everything else is
+DistributedDataParallel's.
 """
 
 from __future__ import annotations
@@ -69,12 +70,8 @@ class Dist:
         dist.all_gather(rows, mine, group=self.control)
         return [r.tolist() for r in rows]
 
-    def mean_(self, tensor: Tensor) -> Tensor:
-        """Average `tensor` over the ranks in place, on its device; no host wait on NCCL."""
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        return tensor.div_(self.world)
-
     def sum_(self, tensor: Tensor) -> Tensor:
+        """Add `tensor` up over the ranks in place, on its device; no host wait on NCCL."""
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 

@@ -666,12 +666,10 @@ def run(
         status, reason, code = "interrupted", "interrupted (second Ctrl-C): no checkpoint", 130
     except Exception as exc:  # the run failed: say why in one line, keep the traceback in the store
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        if dist is not None:  # say which rank failed, as the rank itself said or as its process is gone
-            if not isinstance(exc, Terminated) and not main:
-                dist.note_failure(reason)
-            reason = (dist.failure() or f"rank {dist.rank}: {reason}") if main else reason
-            if isinstance(exc, Terminated) and main:
-                reason = f"{reason}; torchrun stopped the ranks" if "rank" in reason else "terminated (SIGTERM)"
+        if dist is not None and main:  # say which rank failed, as the rank itself said or as its process is gone
+            reason = dist.failure() or f"rank 0: {reason}"
+        elif dist is not None and not isinstance(exc, Terminated):
+            dist.note_failure(reason)
         emitter.emit(
             ev.Diagnostic,
             trainer.step,

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from engine import events as ev
-from engine.diagnostics import CHECKS, Diagnostics, Finding, RangeTest, Settings
 from engine.diagnostics import VERSION as DIAGNOSTICS_VERSION
+from engine.diagnostics import Diagnostics, Finding, RangeTest, Settings, ordered
 
 _S = Settings()
 VANISHING_FLOOR = _S.vanishing_floor  # a gradient norm below this is vanishing, whatever the other layers do
@@ -337,10 +337,7 @@ class RunState:
 
     def check_rows(self) -> list[tuple[str, str, Finding | None]]:
         """(code, title, latest finding or None while waiting) for every check, then codes only the run has."""
-        states = self.check_states()
-        running = self.checks.running()
-        rows = [(code, title, states.get(code)) for code, title in CHECKS.items() if code in states or code in running]
-        return rows + [(code, code, f) for code, f in states.items() if code not in CHECKS]
+        return ordered(self.check_states(), self.checks.running())
 
     def diagnostic_history(self) -> list[Finding]:
         """Every state change, in step order: the run's stored ones, and the local ones of codes it never stored."""
