@@ -57,7 +57,10 @@ def fake_metrics(steps: int, layers: int, every: int) -> dict[str, np.ndarray]:
     }
 
 
-def write_run(path: Path, steps: int, layers: int, every: int) -> tuple[int, float, float]:
+def write_run(
+    path: Path, steps: int, layers: int, every: int, config: dict | None = None
+) -> tuple[int, float, float]:
+    """Write the run; `config` goes into its RunStarted (the app reads `diagnostics` and `total_steps` there)."""
     m = fake_metrics(steps, layers, every)
     scalar_names = ("train/loss", "lr", "throughput/img_s", "time/data_s", "time/compute_s")
     columns = [m[name].tolist() for name in scalar_names]
@@ -65,7 +68,9 @@ def write_run(path: Path, steps: int, layers: int, every: int) -> tuple[int, flo
     names = tuple(f"layer{i}.conv" for i in range(layers))
     started = time.perf_counter()
     writer = RunWriter(path)
-    writer.write(ev.RunStarted(**seq.header(0), name=path.stem, model="bench", dataset="none", layers=names))
+    writer.write(
+        ev.RunStarted(**seq.header(0), name=path.stem, model="bench", dataset="none", layers=names, config=config or {})
+    )
     for step, values in enumerate(zip(*columns, strict=True)):
         writer.write(ev.Step(**seq.header(step), scalars=dict(zip(scalar_names, values, strict=True))))
         if step % every == 0:

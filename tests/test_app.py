@@ -88,7 +88,7 @@ def test_every_pane_shows_its_content(runs, run, size):
         assert "params" in text_of(app.query_one("#totals"))
         await pilot.press("4")
         await pilot.pause(0.3)
-        assert "captures at steps 500" in text_of(app.query_one("#caption")) or run == "nan"
+        assert "capture 1 of 1, showing step 500" in text_of(app.query_one("#caption")) or run == "nan"
         await pilot.press("5")
         await pilot.pause(0.3)
         checks = app.query_one("#checks")
@@ -293,7 +293,7 @@ def test_sample_runs_render_on_every_pane(store, size, tmp_path):
         assert app.query_one("#table").row_count > 3
         await pilot.press("4")
         await pilot.pause(0.3)
-        assert "showing step" in text_of(app.query_one("#caption")) and state.activations
+        assert "showing step" in text_of(app.query_one("#caption")) and state.captures
         picture = text_of(app.query_one("#image"))
         assert picture.startswith("input") and "▀" in picture  # the validation image, drawn
         await pilot.press("5", "6")
@@ -373,3 +373,65 @@ def test_keys_that_talk_to_a_live_trainer(runs):
             app.exit()
 
     asyncio.run(main())
+
+
+def many_captures_run(path: Path, captures: int = 30) -> list[ev.Event]:
+    """A run written by a checking writer, with more activation captures than the app keeps in memory."""
+    from engine.diagnostics import VERSION
+    from tests.runs import f16
+
+    seq = ev.Sequencer(clock=iter(1_700_000_000.0 + 0.01 * i for i in range(10**9)).__next__)
+    events: list[ev.Event] = [
+        ev.RunStarted(**seq.header(0), name="captures", model="m", dataset="d", layers=LAYERS,
+                      config={"diagnostics": VERSION, "total_steps": 50 * captures})
+    ]
+    for step in range(50 * captures):
+        events.append(ev.Step(**seq.header(step), scalars={"train/loss": 2.0 + math.sin(step / 7), "lr": 0.1}))
+        if step % 50 == 0:  # every map of capture k is k: which capture is shown can be read off it
+            k = step // 50
+            events.append(ev.Activation(**seq.header(step), layer="conv1", sample=0, shape=(2, 4, 4),
+                                        data=f16([float(k)] * 32)))
+    events.append(ev.RunEnded(**seq.header(50 * captures), status="finished", reason=""))
+    write_run(path, events)
+    return events
+
+
+def test_older_captures_are_read_back_from_the_store_when_stepped_to(tmp_path):
+    from tui.state import MAPS_KEPT
+
+    store = tmp_path / "captures.mirante"
+    many_captures_run(store, captures=30)
+
+    async def script(app, pilot):
+        await pilot.press("4")
+        await pilot.pause(0.2)
+        assert len(app.state.maps) <= MAPS_KEPT and len(app.state.capture_steps) == 30
+        assert "capture 30 of 30, showing step 1,450" in text_of(app.query_one("#caption"))
+        for _ in range(29):
+            await pilot.press("left")
+        await pilot.pause(0.2)
+        assert "capture 1 of 30, showing step 0" in text_of(app.query_one("#caption"))
+        assert app.state.latest_maps("conv1", 0).maps.max() == 0.0  # capture 0's maps, read back from the store
+        assert app.state.latest_maps("conv1", 400).maps.max() == 8.0
+        assert len(app.state.maps) <= MAPS_KEPT
+
+    drive(MiranteApp(FollowSource(store), store=store), (100, 30), script)
+
+
+def test_smoothing_a_long_run_again_reads_its_points_from_the_store(tmp_path):
+    from tui.series import ema_points
+
+    store = tmp_path / "captures.mirante"
+    events = many_captures_run(store, captures=100)  # 5,000 steps: more than the series keep as points
+    loss = [e.scalars["train/loss"] for e in events if isinstance(e, ev.Step)]
+
+    async def script(app, pilot):
+        assert not app.state.scalars["train/loss"].raw
+        await pilot.press("right_square_bracket")  # smoothing 0.6 -> 0.7, and on
+        await pilot.pause(0.2)
+        b = app.state.series("train/loss")
+        ema, _, _ = ema_points(loss, 0.7)
+        assert b.smooth[-1] == pytest.approx(ema[-1], rel=1e-9) and b.count.sum() == len(loss)
+        assert "smoothed 0.7" in str(app.query_one("#status").render())
+
+    drive(MiranteApp(FollowSource(store), store=store), (100, 30), script)

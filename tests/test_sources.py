@@ -130,3 +130,111 @@ def test_replay_can_start_at_a_step(tmp_path):
     first = source.read()
     assert first[0].seq == 1 and first[-1].step == 600  # everything up to the step at once
     assert source.read() == []  # then the recorded pace again
+
+
+def test_live_source_holds_events_after_a_gap_until_the_store_has_committed_it(tmp_path):
+    """The store lags the queue (it commits every 250 ms): nothing after a gap is delivered before the gap."""
+    path = tmp_path / "lagging.mirante"
+    events = make_events(steps=300)
+    writer = RunWriter(path, flush_interval=3600)  # commits only when told to
+    try:
+        writer.write_many(events[:120])
+        writer.flush()
+        q: queue.Queue = queue.Queue()
+        q.put(events[:50])
+        q.put(events[200:250])  # 50..199 were dropped; the store has committed up to 120 only
+        q.put(events[250:])
+        source = LiveSource(q, path)
+        got = source.read(timeout=0.01)
+        assert [e.seq for e in got] == [e.seq for e in events[:50]]
+        assert source.read(timeout=0.01) == [] and source.read(timeout=0.01) == []  # held, not delivered
+        writer.write_many(events[120:])
+        writer.flush()
+        got += source.read(timeout=0.01)
+    finally:
+        writer.close()
+    assert [e.seq for e in got] == [e.seq for e in events]  # in order, none lost, none twice
+    assert source.recovered == 150
+
+
+def test_live_source_opens_a_resumed_run_from_its_store(tmp_path):
+    """The queue starts after events the app never saw (a resumed run): the run comes as a Snapshot first."""
+    from tui.snapshot import Snapshot
+
+    path = tmp_path / "resumed.mirante"
+    events = checked(make_events(steps=3000))
+    write_run(path, events)
+    q: queue.Queue = queue.Queue()
+    q.put(events[-10:])
+    got = LiveSource(q, path).read(timeout=0.01)
+    assert isinstance(got[0], Snapshot) and got[0].last_seq == events[-11].seq
+    assert [e.seq for e in got[1:]] == [e.seq for e in events[-10:]]
+
+
+def checked(events: list[ev.Event]) -> list[ev.Event]:
+    """As mirante's trainer writes them: its RunStarted says the lecture's checks ran live (so a snapshot will do)."""
+    from engine.diagnostics import VERSION
+
+    events[0].config["diagnostics"] = VERSION
+    return events
+
+
+def test_follow_opens_a_run_from_its_store_then_follows(tmp_path):
+    from tui.snapshot import Snapshot
+    from tui.state import RunState
+
+    path = tmp_path / "r.mirante"
+    events = checked(make_events(steps=3000, end=None))
+    writer = RunWriter(path, flush_interval=3600)
+    try:
+        writer.write_many(events[:-100])
+        writer.flush()
+        source = FollowSource(path, sleep=lambda s: None)
+        first = source.read()
+        assert len(first) == 1 and isinstance(first[0], Snapshot) and first[0].last_seq == events[-101].seq
+        writer.write_many(events[-100:])
+        writer.flush()
+        after = source.read()
+        assert [e.seq for e in after] == [e.seq for e in events[-100:]]  # only what came after the snapshot
+    finally:
+        writer.close()
+    opened = first[0].state
+    opened.apply_many(after)
+    folded = RunState(clock=opened.clock)
+    folded.apply_many(events)
+    same_state(opened, folded)
+
+
+def same_state(a, b) -> None:
+    """What the screens read is the same whether the run was opened from the store or folded event by event."""
+    import numpy as np
+
+    for attr in ("name", "last_seq", "step", "first_wall", "last_wall", "epoch", "capture_steps"):
+        assert getattr(a, attr) == getattr(b, attr), attr
+    assert a.status() == b.status() and a.layers.count == b.layers.count
+    assert set(a.scalars) == set(b.scalars)
+    for name in a.scalars:
+        x, y = a.series(name), b.series(name)
+        for field in ("step", "min", "max", "last", "smooth", "count", "nan"):
+            np.testing.assert_allclose(getattr(x, field), getattr(y, field), rtol=1e-9, err_msg=f"{name} {field}")
+    np.testing.assert_array_equal(a.layers.matrix(), b.layers.matrix())
+    assert [e.seq for e in a.epochs] == [e.seq for e in b.epochs]
+    assert a.check_rows() == b.check_rows()
+    assert (a.latest_maps("conv1").maps == b.latest_maps("conv1").maps).all()
+
+
+def test_replay_start_opens_the_run_as_of_that_step_then_goes_on_at_its_pace(tmp_path):
+    from tui.snapshot import Snapshot
+
+    events = checked(make_events(steps=1000))
+    write_run(tmp_path / "r.mirante", events)
+    clock = FakeClock()
+    source = ReplaySource(tmp_path / "r.mirante", speed=1.0, clock=clock, sleep=lambda s: None, start=600)
+    first = source.read()
+    upto = [e for e in events if e.step <= 600]
+    assert len(first) == 1 and isinstance(first[0], Snapshot) and first[0].last_seq == upto[-1].seq
+    assert first[0].state.step == 600 and len(first[0].state.scalars["train/loss"]) == 601
+    assert source.read() == []  # then the recorded pace again
+    clock.t = 0.05
+    more = source.read()
+    assert more and more[0].seq == upto[-1].seq + 1

@@ -23,13 +23,14 @@ def test_a_whole_run():
     state = folded(events)
     assert state.name == "synthetic" and state.layer_names == LAYERS
     assert state.status() == "finished" and state.last_seq == events[-1].seq
-    steps, loss = state.series("train/loss")
-    assert steps.tolist() == list(range(3000)) and math.isnan(loss[100]) and loss[101] == math.inf
+    loss = state.series("train/loss")  # 3,000 steps in buckets of 4 (at most 1,024 buckets are kept)
+    assert len(state.scalars["train/loss"]) == 3000 and loss.count.sum() == 3000 and len(loss) == 750
+    assert loss.step[:2].tolist() == [3, 7] and loss.nan[25] == 1 and loss.max[25] == math.inf  # steps 100-103
     assert state.latest("lr") == pytest.approx(0.1 * 0.999**2999)
     assert state.epoch == 2 and [e.epoch for e in state.epochs] == [0, 1, 2]
     steps, val = state.epoch_series("val_acc")
     assert steps.tolist() == [999, 1999, 2999] and val.tolist() == pytest.approx([0.45, 0.55, 0.65])
-    assert state.layers.matrix().shape == (300, len(LAYERS))
+    assert state.layers.matrix().shape == (300, len(LAYERS)) and state.layers.count == 300
     assert state.filters.maps.shape == (4, 3, 3, 3)
     assert state.latest_maps("conv1").maps.shape == (4, 8, 8)
     assert state.latest_maps("conv1", step=499) is None
@@ -62,7 +63,7 @@ def test_progress_elapsed_and_eta_while_running():
 def test_empty_state_shows_waiting():
     state = RunState(clock=lambda: 0.0)
     assert state.status() == "waiting" and state.progress is None and state.elapsed == 0.0
-    assert state.series("train/loss")[0].size == 0 and state.layer_flags() == {}
+    assert len(state.series("train/loss")) == 0 and state.layer_flags() == {}
 
 
 def test_vanishing_and_exploding_layers_are_flagged():

@@ -15,12 +15,13 @@ from textual.binding import Binding
 from textual.widgets import Footer, Static, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
-from engine.store import StoreError
+from engine.store import RunReader, StoreError
 from tui.messages import EventsArrived, SourceDone, SourceFailed
 from tui.screens import PANES
 from tui.screens.base import View
 from tui.screens.dialogs import HelpScreen, QuitScreen
-from tui.state import RunState
+from tui.snapshot import Snapshot, raw_series
+from tui.state import MapCapture, RunState, maps_of
 
 MIN_SIZE = (60, 16)  # below this the app asks for a larger terminal instead of drawing
 REDRAW_S = 0.2  # 5 redraws a second: smooth enough for curves, and half the bytes over SSH
@@ -57,13 +58,15 @@ class MiranteApp(App[int]):
         self.source = source
         self.store = Path(store) if store else None
         self.commands = commands  # the trainer's command queue, for live runs
-        self.state = RunState()
         self.view = View(color="NO_COLOR" not in os.environ)
+        self._reader: RunReader | None = None  # the UI thread's own reader of the store (captures, smoothing)
+        self.state = self._new_state()
         self.frozen = False
         self.paused = False
         self.note = ""
         self.detached = False  # the user left a live run going: the caller must not wait for it
         self._inbox: list = []  # events read by the worker, not folded yet
+        self._snapshot: Snapshot | None = None  # the run as read from its store, to take in before the inbox
         self._inbox_lock = threading.Lock()
         self._nudged = False  # an EventsArrived is on its way: the worker need not post another
         self._drawn = -1
@@ -94,6 +97,9 @@ class MiranteApp(App[int]):
                     self.call_from_thread(self._reset)
                 if events:
                     with self._inbox_lock:
+                        if isinstance(events[0], Snapshot):  # it holds everything before it: what waits is stale
+                            self._snapshot, self._inbox = events[0], []
+                            events = events[1:]
                         self._inbox.extend(events)
                         nudge = not self._nudged
                         self._nudged = True
@@ -109,9 +115,41 @@ class MiranteApp(App[int]):
 
     def _reset(self) -> None:
         with self._inbox_lock:
-            self._inbox = []
-        self.state = RunState()
+            self._inbox, self._snapshot = [], None
+        self.state = self._new_state()
         self._drawn = -1
+
+    def _new_state(self, state: RunState | None = None) -> RunState:
+        """A state (new, or one read from the store) wired to this app's store and smoothing."""
+        state = state or RunState(smoothing=self.view.smoothing)
+        state.load_maps = self._load_maps if self.store is not None else None
+        if state.smoothing != self.view.smoothing:
+            self._smooth(state)
+        return state
+
+    def _store_reader(self) -> RunReader | None:
+        if self._reader is None and self.store is not None:
+            try:
+                self._reader = RunReader(self.store)
+            except StoreError:
+                return None
+        return self._reader
+
+    def _load_maps(self, layer: str, step: int) -> MapCapture | None:
+        """A capture the state no longer keeps, read back from the store."""
+        reader = self._store_reader()
+        try:
+            event = reader.activation(layer, step) if reader is not None else None
+        except StoreError:
+            return None
+        return maps_of(event) if event is not None else None
+
+    def _smooth(self, state: RunState) -> None:
+        """Smooth every series at the view's weight, reading the points the state no longer holds from the store."""
+        reader = self._store_reader()
+        kept = state.set_smoothing(self.view.smoothing, raw_series(reader, state.last_seq) if reader else None)
+        if kept:
+            self.note = f"smoothing: {len(kept)} series keep the old weight (no store to read them from)"
 
     async def on_events_arrived(self, message: EventsArrived) -> None:
         self.fold()
@@ -126,6 +164,10 @@ class MiranteApp(App[int]):
         """
         with self._inbox_lock:
             pending, self._inbox = self._inbox, []
+            snapshot, self._snapshot = self._snapshot, None
+        if snapshot is not None:
+            self.state = self._new_state(snapshot.state)
+            self._drawn = -1
         start = time.perf_counter()
         done = 0
         while done < len(pending) and time.perf_counter() - start < FOLD_SLICE_S:
@@ -146,7 +188,7 @@ class MiranteApp(App[int]):
         self.redraw(force=True)
 
     def redraw(self, force: bool = False) -> None:
-        if self._inbox:
+        if self._inbox or self._snapshot is not None:
             self.fold()  # what the worker left while it waited for room
         small = self.size.width < MIN_SIZE[0] or self.size.height < MIN_SIZE[1]
         self.screen.set_class(small, "too-small")  # checked each tick: resizes come in bursts
@@ -160,7 +202,7 @@ class MiranteApp(App[int]):
         pane = self.query_one(f"#{active}", TabPane).children[0] if active else None
         if pane is not None:
             pane.draw(self.state, self.view)
-        settings = (("frozen", self.frozen), ("paused", self.paused), ("smoothed", self.view.smooth))
+        settings = (("frozen", self.frozen), ("paused", self.paused), (f"smoothed {self.view.smoothing:g}", self.view.smooth))
         flags = [name for name, on in settings if on]
         speed = getattr(self.source, "speed", None)
         self.query_one("#status", Static).update(
@@ -187,6 +229,7 @@ class MiranteApp(App[int]):
     def action_smoothing(self, delta: float) -> None:
         self.view.smoothing = min(0.99, max(0.0, round(self.view.smoothing + delta, 2)))
         self.view.smooth = True
+        self._smooth(self.state)
         self.redraw(force=True)
 
     def action_log_y(self) -> None:

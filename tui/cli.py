@@ -253,23 +253,27 @@ def newest_running(directory: Path = RUNS_DIR) -> Path:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from tui.app import MiranteApp
     from tui.sources import FollowSource
 
     path = resolve_run(args.run) if args.run else newest_running()
     if path.stat().st_size:  # not a run store: one line and exit 2 now, not an app showing an error
         RunReader(path).close()
-    return MiranteApp(FollowSource(path), store=path).run() or 0
+    source = FollowSource(path).prefetch()  # the run opens while the app's modules load
+    from tui.app import MiranteApp
+
+    return MiranteApp(source, store=path).run() or 0
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from tui.app import MiranteApp
     from tui.sources import ReplaySource
 
     if args.speed <= 0:
         raise CliError(f"--speed must be positive, got {args.speed}")
     path = resolve_run(args.run)
-    return MiranteApp(ReplaySource(path, speed=args.speed, start=args.start), store=path).run() or 0
+    source = ReplaySource(path, speed=args.speed, start=args.start).prefetch()  # opens while the app's modules load
+    from tui.app import MiranteApp
+
+    return MiranteApp(source, store=path).run() or 0
 
 
 # --- main --------------------------------------------------------------------------------

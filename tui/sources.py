@@ -1,28 +1,58 @@
 """Where events come from: the trainer's live queue, a store followed while it is written, a replay.
 
 All three are plain objects with the same shape, so one set of screens serves them all and
-tests need no App: `read(timeout)` returns the next batch of events in seq order (maybe
-empty) and `done` says that no more will come. The app runs `read` in a worker thread and
-posts each batch as one message.
+tests need no App: `read(timeout)` returns the next batch in seq order (maybe empty) and
+`done` says that no more will come. A batch may start with a `Snapshot`: the run as of a
+seq, read from the store in one go (opening a run, `replay --start`, a live view that fell
+far behind); the consumer replaces its state with it and folds the events after it. The app
+runs `read` in a worker thread and posts each batch as one message.
 """
 
 from __future__ import annotations
 
 import queue
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from engine import events as ev
 from engine.store import RunReader, StoreError
+from tui.snapshot import Snapshot, load
 
 PAGE = 5_000  # events read from a store at a time
 CREATION_GRACE_S = 5.0  # a file this new that is not (yet) a run store may be one being created
+SNAPSHOT_GAP = 20_000  # a live view this far behind reopens the run from the store instead of folding the gap
+
+Item = ev.Event | Snapshot
+
+
+class _Background:
+    """A call run in a daemon thread; `result()` waits for it and returns its value or raises its exception."""
+
+    def __init__(self, func: Callable[..., Any], *args: Any) -> None:
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(func, args), daemon=True)
+        self._thread.start()
+
+    def _run(self, func: Callable[..., Any], args: tuple) -> None:
+        try:
+            self._value = func(*args)
+        except BaseException as exc:  # handed to the caller of result()
+            self._error = exc
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 class FollowSource:
-    """A run store, finished or being written: all it holds, then new events as they are committed.
+    """A run store, finished or being written: what it holds, opened at once, then new events as they are committed.
 
     A store that does not exist yet, or is still empty, is waited for.
     """
@@ -35,6 +65,7 @@ class FollowSource:
         self.done = False
         self.writer_alive: bool | None = None
         self._reader: RunReader | None = None
+        self._opening: _Background | None = None
 
     def _open(self) -> RunReader | None:
         """The reader, once the store exists and is one; None while it is being created."""
@@ -49,11 +80,23 @@ class FollowSource:
                 raise
         return self._reader
 
-    def read(self, timeout: float = 0.2) -> list[ev.Event]:
+    def prefetch(self) -> FollowSource:
+        """Start opening the run now, in a thread, while the caller goes on (importing and starting the app)."""
+        if self._open() is not None and self._opening is None:
+            self._opening = _Background(load, self._reader)
+        return self
+
+    def read(self, timeout: float = 0.2) -> list[Item]:
         reader = self._open()
         if reader is None:
             self.sleep(timeout)
             return []
+        if self.after == 0:
+            snapshot = self._opening.result() if self._opening is not None else load(reader)
+            self._opening = None
+            if snapshot is not None:
+                self.after = snapshot.last_seq
+                return [snapshot]
         events = reader.follow(self.after, limit=self.page)
         if events:
             self.after = events[-1].seq
@@ -74,8 +117,8 @@ class ReplaySource:
     """A saved run re-animated: events released at their recorded pace, `speed` times faster.
 
     Long pauses in the recording (evaluations, checkpoints) are shortened to `max_gap` seconds
-    of replay; `start` jumps to a step first. `pause()`, `resume()`, `restart()`, `jump(step)`
-    and `speed` change the pace.
+    of replay; `start` opens the run as of that step first. `pause()`, `resume()`, `restart()`,
+    `jump(step)` and `speed` change the pace.
     """
 
     def __init__(
@@ -98,13 +141,14 @@ class ReplaySource:
         self.paused = False
         self.done = False
         self.restarted = False  # set when the consumer must start its state afresh
-        self._buffer: list[ev.Event] = []
+        self._buffer: deque[ev.Event] = deque()
         self._after = 0
         self._exhausted = False
         self._replay_time = 0.0  # recorded seconds released so far
         self._last_wall: float | None = None
         self._tick = clock()
         self._start_step = start  # first read: everything up to this step at once
+        self._opening: _Background | None = None
 
     def _refill(self) -> None:
         if len(self._buffer) < self.page // 2 and not self._exhausted:
@@ -121,7 +165,7 @@ class ReplaySource:
             self._replay_time += (now - self._tick) * self.speed
         self._tick = now
 
-    def read(self, timeout: float = 0.1) -> list[ev.Event]:
+    def read(self, timeout: float = 0.1) -> list[Item]:
         if self._start_step is not None:
             start, self._start_step = self._start_step, None
             return self.jump(start)
@@ -137,7 +181,7 @@ class ReplaySource:
                 break
             self._replay_time -= gap
             self._last_wall = event.wall_time
-            out.append(self._buffer.pop(0))
+            out.append(self._buffer.popleft())
             if len(out) >= self.page:
                 break
             if not self._buffer:
@@ -158,20 +202,38 @@ class ReplaySource:
 
     def restart(self) -> None:
         """From the beginning: the consumer must clear its state (`restarted` is set until it does)."""
-        self._buffer, self._after, self._exhausted = [], 0, False
+        self._buffer, self._after, self._exhausted = deque(), 0, False
         self._replay_time, self._last_wall, self._tick = 0.0, None, self.clock()
         self.done = False
         self.restarted = True
 
-    def jump(self, step: int) -> list[ev.Event]:
-        """Everything up to `step`, at once; the replay goes on from there at its pace."""
-        out: list[ev.Event] = []
+    def prefetch(self) -> ReplaySource:
+        """Start opening the run at `start` now, in a thread, while the caller goes on (starting the app)."""
+        if self._start_step is not None and self._opening is None:
+            self._opening = _Background(self._open_at, self._start_step)
+        return self
+
+    def _open_at(self, step: int) -> Snapshot | None:
+        return load(self.reader, upto_seq=self.reader.seq_at_step(step))
+
+    def jump(self, step: int) -> list[Item]:
+        """The run as of `step`, at once (a Snapshot); the replay goes on from there at its pace.
+
+        A run that must be folded from the start (see `tui.snapshot.load`) gets its events up to `step` instead.
+        """
+        opening, self._opening = self._opening, None
+        snapshot = opening.result() if opening is not None else self._open_at(step)
+        if snapshot is not None and snapshot.last_seq > self._after:
+            self._buffer, self._after, self._exhausted = deque(), snapshot.last_seq, False
+            self._last_wall, self._replay_time = snapshot.state.last_wall, 0.0
+            return [snapshot]
+        out: list[Item] = []
         while True:
             self._refill()
             if not self._buffer:
                 return out
             while self._buffer and self._buffer[0].step <= step:
-                out.append(self._buffer.pop(0))
+                out.append(self._buffer.popleft())
             if self._buffer:
                 self._last_wall = out[-1].wall_time if out else self._last_wall
                 self._replay_time = 0.0
@@ -182,46 +244,81 @@ class ReplaySource:
 
 
 class LiveSource:
-    """Events from the trainer's queue. Batches dropped while the UI was behind are read back from the store."""
+    """Events from the trainer's queue, in order and without a hole.
+
+    When the UI falls behind, the trainer drops whole batches (it never waits for the UI); the
+    events after such a gap are held until the store has committed the gap (the writer commits
+    every 250 ms), then the gap is read back from it and everything is delivered in order. A
+    gap larger than SNAPSHOT_GAP, or one at the start (a resumed run), comes as a Snapshot.
+    """
 
     def __init__(self, live: Any, store: str | Path, process: Any | None = None) -> None:
         self.live = live
         self.store = Path(store)
         self.process = process
-        self.after = 0
+        self.after = 0  # the last seq delivered
         self.done = False
         self.recovered = 0  # events read back from the store after a drop
+        self._held: list[ev.Event] = []  # received after a gap the store has not committed yet
 
-    def read(self, timeout: float = 0.1) -> list[ev.Event]:
+    def read(self, timeout: float = 0.1) -> list[Item]:
+        if self._held:
+            filled = self._fill()
+            if filled:
+                return filled
+            timeout = min(timeout, 0.05)  # the store is behind: look again soon
         try:
             batch = self.live.get(timeout=timeout)
         except queue.Empty:
             if self.process is not None and not self.process.is_alive():
+                if self._held:
+                    return self._fill(give_up=True)
                 self.done = True
             return []
-        batch = [e for e in batch if e.seq > self.after]
+        newest = self._held[-1].seq if self._held else self.after
+        batch = [e for e in batch if e.seq > newest]
         if not batch:
             return []
-        if batch[0].seq > self.after + 1:
-            batch = self._from_store(batch[0].seq - 1) + batch
+        if self._held or batch[0].seq > self.after + 1:
+            self._held += batch
+            return self._fill()
         self.after = batch[-1].seq
         return batch
 
-    def _from_store(self, upto: int) -> list[ev.Event]:
-        """The events after `self.after` up to `upto`, which the queue dropped; the store has them all."""
-        missing: list[ev.Event] = []
+    def _fill(self, give_up: bool = False) -> list[Item]:
+        """The held events behind what the store has of the gap before them; [] while the store lags.
+
+        `give_up`: the trainer has exited, so the store will hold no more: deliver what it has.
+        """
+        upto = self._held[0].seq - 1
         try:
             with RunReader(self.store) as reader:
-                after = self.after
-                while after < upto:
-                    page = [e for e in reader.follow(after, limit=PAGE) if e.seq <= upto]
-                    if not page:
-                        break  # not committed yet: the writer commits every 250 ms, take what is there
-                    missing += page
-                    after = page[-1].seq
+                committed = reader.last_seq()
+                if committed < upto and not give_up:
+                    return []
+                if self.after == 0 or upto - self.after > SNAPSHOT_GAP:
+                    snapshot = load(reader, upto_seq=upto)
+                    missing: list[Item] = [snapshot] if snapshot is not None else self._events(reader, upto)
+                else:
+                    missing = self._events(reader, upto)
         except StoreError:
-            pass
-        self.recovered += len(missing)
+            if not give_up:
+                return []  # not created yet, or being created: the writer is behind
+            missing = []
+        self.recovered += upto - self.after
+        out, self.after, self._held = missing + self._held, self._held[-1].seq, []
+        return out
+
+    def _events(self, reader: RunReader, upto: int) -> list[Item]:
+        """The events after `self.after` up to `upto`, as committed."""
+        missing: list[Item] = []
+        after = self.after
+        while after < upto:
+            page = [e for e in reader.follow(after, limit=PAGE) if e.seq <= upto]
+            if not page:
+                break
+            missing += page
+            after = page[-1].seq
         return missing
 
     def close(self) -> None:

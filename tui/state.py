@@ -1,17 +1,23 @@
 """`RunState`: events folded into what the screens show. Pure: no Textual, no I/O, an injected clock.
 
 `apply(event)` takes events in seq order from any source (the live queue, a store being
-followed, a replay). Series grow in Python lists and become numpy arrays when read, cached
-until the next append, so folding stays cheap per event and reading stays cheap per frame.
-Values may be NaN or infinite: they are kept as they are; what to draw is the widgets' call.
+followed, a replay); a run opened from its store starts from a state built by
+`tui.snapshot.load` and folds only what comes after. Everything kept is bounded, so memory
+and a redraw cost the same at step 1,000 and at step 1,000,000: scalar series are buckets
+with a running EMA (`tui.series`), per-layer statistics keep the newest `LAYER_WINDOW`
+probes, activation maps the last `MAPS_KEPT` looked at (the others are read back from the
+store through `load_maps`). Values may be NaN or infinite: they are kept as they are; what
+to draw is the widgets' call.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,73 +25,38 @@ import numpy as np
 from engine import events as ev
 from engine.diagnostics import VERSION as DIAGNOSTICS_VERSION
 from engine.diagnostics import Diagnostics, Finding, RangeTest, Settings, ordered
+from tui.series import Buckets, Series, ema_debiased
+
+__all__ = ["Buckets", "LayerHistory", "MapCapture", "RunState", "Series", "ema_debiased"]
 
 _S = Settings()
 VANISHING_FLOOR = _S.vanishing_floor  # a gradient norm below this is vanishing, whatever the other layers do
 VANISHING_RATIO = _S.vanishing_ratio  # ... or this far below the largest layer's
 EXPLODING_CEILING = _S.exploding_ceiling  # a gradient norm above this (or not finite) is exploding
 LEVEL_ORDER = {"fail": 0, "warn": 1, "ok": 2}
-MAPS_KEPT = 20  # activation captures kept per layer in memory (older ones stay in the store)
+MAPS_KEPT = 20  # activation captures kept in memory; the others are read back from the store when shown
+LAYER_WINDOW = 512  # per-layer probes kept: the heatmap shows the newest, one per column, and no screen is wider
+DEFAULT_SMOOTHING = 0.6  # EMA weight, as TensorBoard's slider
 
 
-class Series:
-    """One scalar over steps: appended per event into lists, read as numpy arrays.
-
-    Reading converts only what was appended since the last read, into arrays that double
-    when full, so a redraw costs the same at step 100 as at step 1,000,000.
-    """
-
-    __slots__ = ("_new_steps", "_new_values", "_steps", "_values", "_n")
+class LayerHistory:
+    """LayerStats over time, bounded: the newest LAYER_WINDOW probes (rows), one column per layer."""
 
     def __init__(self) -> None:
-        self._new_steps: list[int] = []
-        self._new_values: list[float] = []
-        self._steps = np.empty(256, np.int64)
-        self._values = np.empty(256, np.float64)
-        self._n = 0
+        self.steps: deque[int] = deque(maxlen=LAYER_WINDOW)
+        self.grad: deque[np.ndarray] = deque(maxlen=LAYER_WINDOW)
+        self.weight: np.ndarray | None = None  # the latest weight norms
+        self.ratio: np.ndarray | None = None  # the latest update/weight ratios
+        self.count = 0  # probes seen in the whole run
 
-    def append(self, step: int, value: float) -> None:
-        self._new_steps.append(step)
-        self._new_values.append(value)
-
-    def extend(self, steps: Iterable[int], values: Iterable[float]) -> None:
-        self._new_steps.extend(int(s) for s in steps)
-        self._new_values.extend(float(v) for v in values)
-
-    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        if self._new_values:
-            k = len(self._new_values)
-            if self._n + k > len(self._values):
-                size = max(2 * len(self._values), self._n + k)
-                self._steps = np.resize(self._steps, size)
-                self._values = np.resize(self._values, size)
-            self._steps[self._n : self._n + k] = self._new_steps
-            self._values[self._n : self._n + k] = self._new_values
-            self._n += k
-            self._new_steps, self._new_values = [], []
-        return self._steps[: self._n], self._values[: self._n]
-
-    @property
-    def last(self) -> float | None:
-        if self._new_values:
-            return self._new_values[-1]
-        return float(self._values[self._n - 1]) if self._n else None
-
-    def __len__(self) -> int:
-        return self._n + len(self._new_values)
-
-
-@dataclass
-class LayerHistory:
-    """LayerStats over time: one row per LayerStats event, one column per layer."""
-
-    steps: list[int] = field(default_factory=list)
-    grad: list[np.ndarray] = field(default_factory=list)
-    weight: np.ndarray | None = None  # the latest weight norms
-    ratio: np.ndarray | None = None  # the latest update/weight ratios
+    def add(self, step: int, grad: np.ndarray, weight: np.ndarray, ratio: np.ndarray) -> None:
+        self.steps.append(step)
+        self.grad.append(grad)
+        self.weight, self.ratio = weight, ratio
+        self.count += 1
 
     def matrix(self) -> np.ndarray:
-        """[time, layer] gradient norms (NaN-padded if the layer count changed)."""
+        """[time, layer] gradient norms of the kept probes (NaN-padded if the layer count changed)."""
         if not self.grad:
             return np.empty((0, 0), np.float32)
         width = max(len(g) for g in self.grad)
@@ -102,28 +73,12 @@ class MapCapture:
     maps: np.ndarray  # float32, [C, H, W] (activations) or [out, in, kh, kw] (filters)
 
 
-def ema_debiased(values: np.ndarray, weight: float) -> np.ndarray:
-    """Exponential moving average with bias correction (as TensorBoard's smoothing), NaN-tolerant.
-
-    NaN and infinite values pass through unsmoothed and do not poison what follows.
-    """
-    out = np.empty(len(values), dtype=np.float64)
-    avg, norm = 0.0, 0.0
-    for i, v in enumerate(np.asarray(values, dtype=np.float64)):
-        if not math.isfinite(v):
-            out[i] = v
-            continue
-        avg = weight * avg + (1 - weight) * v
-        norm = weight * norm + (1 - weight)
-        out[i] = avg / norm
-    return out
-
-
 class RunState:
     """Everything the screens show about one run."""
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, smoothing: float = DEFAULT_SMOOTHING) -> None:
         self.clock = clock
+        self.smoothing = smoothing  # the EMA weight every series keeps its smoothed values at
         self.started: ev.RunStarted | None = None
         self.ended: ev.RunEnded | None = None
         self.last_seq = 0
@@ -133,7 +88,11 @@ class RunState:
         self.scalars: dict[str, Series] = {}
         self.epochs: list[ev.Epoch] = []
         self.layers = LayerHistory()
-        self.activations: dict[str, list[MapCapture]] = {}
+        self.captures: dict[str, list[int]] = {}  # layer -> steps of its Activation captures (maps or not)
+        self.capture_steps: list[int] = []  # every step with a capture, sorted
+        self.maps: OrderedDict[tuple[str, int], MapCapture] = OrderedDict()  # the last MAPS_KEPT maps seen
+        # reads a capture's maps back from the store: set by whoever owns the store (the state does no I/O)
+        self.load_maps: Callable[[str, int], MapCapture | None] | None = None
         self.filters: MapCapture | None = None
         self.diagnostics: list[ev.Diagnostic] = []  # as stored by the run
         self.stored: dict[str, Finding] = {}  # the run's latest Diagnostic of each code
@@ -178,25 +137,44 @@ class RunState:
         for name, value in e.scalars.items():
             series = self.scalars.get(name)
             if series is None:
-                series = self.scalars[name] = Series()
+                series = self.scalars[name] = Series(self.smoothing)
             series.append(e.step, value)
 
     def _layer_stats(self, e: ev.LayerStats) -> None:
-        self.layers.steps.append(e.step)
-        self.layers.grad.append(np.frombuffer(e.grad_norm, dtype=np.float32).copy())
-        self.layers.weight = np.frombuffer(e.weight_norm, dtype=np.float32).copy()
-        self.layers.ratio = np.frombuffer(e.update_ratio, dtype=np.float32).copy()
+        self.layers.add(
+            e.step,
+            np.frombuffer(e.grad_norm, dtype=np.float32).copy(),
+            np.frombuffer(e.weight_norm, dtype=np.float32).copy(),
+            np.frombuffer(e.update_ratio, dtype=np.float32).copy(),
+        )
 
     def _epoch(self, e: ev.Epoch) -> None:
         self.epochs.append(e)
 
     def _activation(self, e: ev.Activation) -> None:
-        kept = self.activations.setdefault(e.layer, [])
-        kept.append(MapCapture(e.step, e.layer, _f16(e.data, e.shape)))
-        del kept[:-MAPS_KEPT]
+        self.note_capture(e.layer, e.step)
+        self.keep_maps(maps_of(e))
+
+    def note_capture(self, layer: str, step: int) -> None:
+        """A capture of `layer` at `step` exists (its maps are in the store, and maybe here)."""
+        steps = self.captures.setdefault(layer, [])
+        if not steps or step > steps[-1]:
+            steps.append(step)
+        elif step not in steps:
+            bisect.insort(steps, step)
+        i = bisect.bisect_left(self.capture_steps, step)
+        if i == len(self.capture_steps) or self.capture_steps[i] != step:
+            self.capture_steps.insert(i, step)
+
+    def keep_maps(self, capture: MapCapture) -> None:
+        key = (capture.layer, capture.step)
+        self.maps[key] = capture
+        self.maps.move_to_end(key)
+        while len(self.maps) > MAPS_KEPT:
+            self.maps.popitem(last=False)
 
     def _filters(self, e: ev.Filters) -> None:
-        self.filters = MapCapture(e.step, e.layer, _f16(e.data, e.shape))
+        self.filters = maps_of(e)
 
     def _diagnostic(self, e: ev.Diagnostic) -> None:
         self.diagnostics.append(e)
@@ -206,7 +184,10 @@ class RunState:
     def _system(self, e: ev.System) -> None:
         prefix = f"rank{e.rank}/" if e.rank else ""
         for name, value in e.metrics.items():
-            self.system.setdefault(prefix + name, Series()).append(e.step, value)
+            series = self.system.get(prefix + name)
+            if series is None:
+                series = self.system[prefix + name] = Series(self.smoothing)
+            series.append(e.step, value)
 
     def _run_ended(self, e: ev.RunEnded) -> None:
         self.ended = e
@@ -297,9 +278,27 @@ class RunState:
             return None
         return max(0.0, (total - self.step) / rate)
 
-    def series(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+    def series(self, name: str) -> Buckets:
+        """A Step scalar as the charts draw it (bucketed, with its EMA at `smoothing`); empty if never seen."""
         s = self.scalars.get(name)
-        return s.arrays() if s is not None else (np.empty(0, np.int64), np.empty(0))
+        return (s if s is not None else Series(self.smoothing)).buckets()
+
+    def set_smoothing(self, weight: float, raw: Callable[[str], tuple[np.ndarray, np.ndarray]] | None) -> list[str]:
+        """Smooth every scalar series with a new EMA weight; `raw(name)` gives a series' points from the store.
+
+        Series still small enough to be held whole need no store. Returns the names that could not be
+        smoothed again (no store, and bucketed): they keep their old weight.
+        """
+        self.smoothing = weight
+        kept = []
+        for name, series in self.scalars.items():
+            if series.raw:
+                series.resmooth(weight)
+            elif raw is not None:
+                series.resmooth(weight, *raw(name))
+            else:
+                kept.append(name)
+        return kept
 
     def epoch_series(self, field_name: str) -> tuple[np.ndarray, np.ndarray]:
         """An Epoch field over the steps at which the epochs ended (None as NaN)."""
@@ -326,10 +325,26 @@ class RunState:
                 flags[name] = "vanishing"
         return flags
 
+    @property
+    def capture_layers(self) -> list[str]:
+        """Layers with activation captures, in the order they were first seen."""
+        return list(self.captures)
+
     def latest_maps(self, layer: str, step: int | None = None) -> MapCapture | None:
-        """The capture of `layer` at or before `step` (the latest if None) among those kept."""
-        kept = [m for m in self.activations.get(layer, []) if step is None or m.step <= step]
-        return kept[-1] if kept else None
+        """The capture of `layer` at or before `step` (the latest if None): kept here, or read back from the store."""
+        steps = self.captures.get(layer, [])
+        i = len(steps) if step is None else bisect.bisect_right(steps, step)
+        if i == 0:
+            return None
+        key = (layer, steps[i - 1])
+        capture = self.maps.get(key)
+        if capture is None and self.load_maps is not None:
+            capture = self.load_maps(*key)
+            if capture is not None:
+                self.keep_maps(capture)
+        elif capture is not None:
+            self.maps.move_to_end(key)
+        return capture
 
     def check_states(self) -> dict[str, Finding]:
         """The latest finding of each check: the run's own where it stored one, else what the checks here found."""
@@ -357,10 +372,16 @@ class RunState:
     def range_test(self) -> RangeTest:
         """The lr-find sweep so far: learning rates and (smoothed) losses, matched by step."""
 
-        return RangeTest.from_series(*self.series("lr"), *self.series("train/loss"))
+        lr, loss = self.series("lr"), self.series("train/loss")  # an lr-find run is short: its buckets are its points
+        return RangeTest.from_series(lr.step, lr.last, loss.step, loss.last)
 
 
 _NOT_CHECKED = (RunState._diagnostic, RunState._run_started)  # the run's own findings; started in its handler
+
+
+def maps_of(event: ev.Activation | ev.Filters) -> MapCapture:
+    """An Activation or Filters event's maps as float32 (empty if the stored shape does not match)."""
+    return MapCapture(event.step, event.layer, _f16(event.data, event.shape))
 
 
 def _f16(data: bytes, shape: tuple[int, ...]) -> np.ndarray:

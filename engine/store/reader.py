@@ -56,29 +56,46 @@ class Series:
         return len(self.step)
 
 
-def downsample(name: str, steps: np.ndarray, values: np.ndarray, points: int) -> Series:
-    """Cut (steps, values) into at most `points` buckets of equal step width."""
+def downsample(
+    name: str,
+    steps: np.ndarray,
+    values: np.ndarray,
+    points: int,
+    *,
+    low: np.ndarray | None = None,
+    high: np.ndarray | None = None,
+    nan: np.ndarray | None = None,
+) -> Series:
+    """Cut (steps, values) into at most `points` buckets of equal step width.
+
+    `low`, `high` and `nan`, when given, are each point's own extremes and NaN count (the
+    points are buckets already, as a bounded series keeps them); by default a point is its own
+    min and max.
+    """
     steps = np.asarray(steps, dtype=np.int64)
     values = np.asarray(values, dtype=np.float64)
+    low = values if low is None else np.asarray(low, dtype=np.float64)
+    high = values if high is None else np.asarray(high, dtype=np.float64)
+    nans = np.isnan(values).astype(np.int64) if nan is None else np.asarray(nan, dtype=np.int64)
     if len(steps) and np.any(np.diff(steps) < 0):
         order = np.argsort(steps, kind="stable")
-        steps, values = steps[order], values[order]
-    isnan = np.isnan(values)
+        steps, values, low, high, nans = steps[order], values[order], low[order], high[order], nans[order]
     if len(steps) <= points:
-        return Series(name, steps, values, values, values, np.ones(len(steps), np.int64), isnan.astype(np.int64))
+        return Series(name, steps, low, high, values, np.ones(len(steps), np.int64), nans)
     lo, hi = int(steps[0]), int(steps[-1])
     bucket = (steps - lo) * points // (hi - lo + 1)
     starts = np.flatnonzero(np.diff(bucket, prepend=-1))
     ends = np.append(starts[1:], len(steps))
-    return Series(
-        name,
-        step=steps[ends - 1],
-        min=np.fmin.reduceat(values, starts),
-        max=np.fmax.reduceat(values, starts),
-        last=values[ends - 1],
-        count=ends - starts,
-        nan=np.add.reduceat(isnan.astype(np.int64), starts),
-    )
+    with np.errstate(invalid="ignore"):
+        return Series(
+            name,
+            step=steps[ends - 1],
+            min=np.fmin.reduceat(low, starts),
+            max=np.fmax.reduceat(high, starts),
+            last=values[ends - 1],
+            count=ends - starts,
+            nan=np.add.reduceat(nans, starts),
+        )
 
 
 @dataclass(frozen=True)
@@ -174,8 +191,11 @@ class RunReader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _snapshot(self) -> _Snapshot:
+    def snapshot(self) -> _Snapshot:
+        """`with reader.snapshot():` every call inside reads the same committed state (one read transaction)."""
         return _Snapshot(self._db)
+
+    _snapshot = snapshot
 
     # -- metadata
 
@@ -263,36 +283,67 @@ class RunReader:
         return [r[0] for r in self._db.execute("SELECT name FROM names ORDER BY id")]
 
     @_guarded
-    def scalars(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """Every (step, value) of one Step scalar, as two arrays."""
-        row = self._db.execute("SELECT id FROM names WHERE name=?", (name,)).fetchone()
-        if row is None:
-            return np.empty(0, np.int64), np.empty(0, np.float64)
-        steps, values = [], []
+    def scalars(self, name: str, upto_seq: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Every (step, value) of one Step scalar, as two arrays; only events with seq <= `upto_seq` if given."""
+        return self.scalars_many([name], upto_seq)[name]
+
+    @_guarded
+    def scalars_many(
+        self, names: list[str] | None = None, upto_seq: int | None = None
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """`scalars` of several names (all if None) in one pass: each step chunk is read and checked once."""
+        ids = dict(self._db.execute("SELECT name, id FROM names").fetchall())
+        names = list(ids) if names is None else names
+        bound = _NO_LIMIT if upto_seq is None else upto_seq
+        out = {name: (np.empty(0, np.int64), np.empty(0, np.float64)) for name in names}
         with self._snapshot():
-            cursor = self._db.execute(
-                "SELECT c.first_seq, c.last_seq, c.first_step, c.last_step, c.n, c.seqs, c.steps, c.walls, c.crc,"
-                " s.rows, s.vals, s.crc FROM series_chunks s JOIN step_chunks c ON c.first_seq = s.first_seq"
-                " WHERE s.name_id = ? ORDER BY s.first_seq",
-                (row[0],),
-            )
-            for first, last, s0, s1, n, seqs, steps_blob, walls, crc, rows, vals, vcrc in cursor:
+            chunks: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}  # first_seq -> (steps, seqs if cut)
+            for first, last, s0, s1, n, seqs, steps_blob, walls, crc in self._db.execute(
+                "SELECT first_seq, last_seq, first_step, last_step, n, seqs, steps, walls, crc FROM step_chunks"
+                " WHERE first_seq <= ?",
+                (bound,),
+            ):
                 if crc != chunk_crc(seqs, steps_blob, walls, ints=(first, last, s0, s1, n)):
                     raise StoreError(f"checksum mismatch in step chunk {first}")
-                chunk_steps = unpack_i64(steps_blob, n)
-                if rows is None:
-                    m = n
-                    values.append(unpack_f64(vals, n))
-                else:
-                    m = len(zlib.decompress(rows)) // 8
-                    idx = unpack_i64(rows, m)
-                    if len(idx) and (idx.min() < 0 or idx.max() >= n):
-                        raise StoreError(f"row index out of range in chunk {first}")
-                    chunk_steps = chunk_steps[idx]
-                    values.append(unpack_f64(vals, m))
-                if vcrc != chunk_crc(rows, vals, ints=(row[0], first, m)):
-                    raise StoreError(f"checksum mismatch in series chunk {first} of {name!r}")
-                steps.append(chunk_steps)
+                cut = last > bound  # the chunk the bound cuts through
+                chunks[first] = (unpack_i64(steps_blob, n), unpack_i64(seqs, n) if cut else None)
+            for name in names:
+                if name in ids:
+                    out[name] = self._series_values(name, ids[name], chunks, bound)
+        return out
+
+    def _series_values(
+        self, name: str, nid: int, chunks: dict[int, tuple[np.ndarray, np.ndarray | None]], bound: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One scalar's (steps, values) over the step chunks given (read, checked and decoded once by the caller)."""
+        steps, values = [], []
+        for first, rows, vals, vcrc in self._db.execute(
+            "SELECT first_seq, rows, vals, crc FROM series_chunks WHERE name_id = ? AND first_seq <= ?"
+            " ORDER BY first_seq",
+            (nid, bound),
+        ):
+            if first not in chunks:
+                raise StoreError(f"step chunk {first} is missing")
+            chunk_steps, chunk_seqs = chunks[first]
+            n = len(chunk_steps)
+            if rows is None:
+                m = n
+                chunk_values = unpack_f64(vals, n)
+            else:
+                m = len(zlib.decompress(rows)) // 8
+                idx = unpack_i64(rows, m)
+                if len(idx) and (idx.min() < 0 or idx.max() >= n):
+                    raise StoreError(f"row index out of range in chunk {first}")
+                chunk_steps = chunk_steps[idx]
+                chunk_seqs = None if chunk_seqs is None else chunk_seqs[idx]
+                chunk_values = unpack_f64(vals, m)
+            if vcrc != chunk_crc(rows, vals, ints=(nid, first, m)):
+                raise StoreError(f"checksum mismatch in series chunk {first} of {name!r}")
+            if chunk_seqs is not None:
+                keep = chunk_seqs <= bound
+                chunk_steps, chunk_values = chunk_steps[keep], chunk_values[keep]
+            steps.append(chunk_steps)
+            values.append(chunk_values)
         if not steps:
             return np.empty(0, np.int64), np.empty(0, np.float64)
         return np.concatenate(steps), np.concatenate(values)
@@ -309,36 +360,48 @@ class RunReader:
     # -- other events
 
     @_guarded
-    def events_of(self, kind: str, limit: int | None = None) -> list[ev.Event]:
-        """All events of one kind (not Step), in order; the last `limit` if given."""
+    def events_of(self, kind: str, limit: int | None = None, upto_seq: int | None = None) -> list[ev.Event]:
+        """All events of one kind (not Step), in order; the last `limit` if given; seq <= `upto_seq` if given."""
+        bound = _NO_LIMIT if upto_seq is None else upto_seq
         if limit is None:
-            rows = self._db.execute(f"SELECT {EVENT_COLUMNS} FROM events WHERE kind=? ORDER BY seq", (kind,)).fetchall()
-        else:
             rows = self._db.execute(
-                f"SELECT {EVENT_COLUMNS} FROM events WHERE kind=? ORDER BY seq DESC LIMIT ?", (kind, limit)
-            ).fetchall()[::-1]
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE kind=? AND seq <= ? ORDER BY seq", (kind, bound)
+            ).fetchall()
+        else:
+            rows = self._db.execute(  # newest first by the (kind, step) index: no sort of whole rows
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE kind=? AND seq <= ? ORDER BY step DESC, seq DESC LIMIT ?",
+                (kind, bound, limit),
+            ).fetchall()
+            rows.sort(key=lambda row: row[0])
         return [e for e in map(self._decode_row, rows) if e is not None]
 
     @_guarded
-    def activation_index(self, kind: str = "Activation") -> list[tuple[int, int, str]]:
+    def count_of(self, kind: str, upto_seq: int | None = None) -> int:
+        """How many events of one kind (not Step) the run holds, up to `upto_seq`."""
+        bound = _NO_LIMIT if upto_seq is None else upto_seq
+        return self._db.execute("SELECT count(*) FROM events WHERE kind=? AND seq <= ?", (kind, bound)).fetchone()[0]
+
+    @_guarded
+    def activation_index(self, kind: str = "Activation", upto_seq: int | None = None) -> list[tuple[int, int, str]]:
         """(seq, step, layer) of every Activation (or Filters) event, without reading the maps."""
         if kind not in ("Activation", "Filters"):
             raise ValueError(f"not a kind of map: {kind!r}")
-        rows = self._db.execute("SELECT seq, step, tag FROM events WHERE kind=? ORDER BY seq", (kind,))
+        bound = _NO_LIMIT if upto_seq is None else upto_seq
+        rows = self._db.execute("SELECT seq, step, tag FROM events WHERE kind=? AND seq <= ? ORDER BY seq", (kind, bound))
         return [(seq, step, tag) for seq, step, tag in rows]
 
     @_guarded
     def activation(
-        self, layer: str, step: int | None = None, kind: str = "Activation"
+        self, layer: str, step: int | None = None, kind: str = "Activation", upto_seq: int | None = None
     ) -> ev.Activation | ev.Filters | None:
-        """The maps of `layer` recorded last at or before `step` (the latest if step is None)."""
+        """The maps of `layer` recorded last at or before `step` (the latest if step is None), seq <= `upto_seq`."""
         if kind not in ("Activation", "Filters"):
             raise ValueError(f"not a kind of map: {kind!r}")
-        limit = step if step is not None else 2**62
+        limit = step if step is not None else _NO_LIMIT
         row = self._db.execute(
-            f"SELECT {EVENT_COLUMNS} FROM events WHERE kind=? AND tag=? AND step <= ?"
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE kind=? AND tag=? AND step <= ? AND seq <= ?"
             " ORDER BY step DESC, seq DESC LIMIT 1",
-            (kind, layer, limit),
+            (kind, layer, limit, _NO_LIMIT if upto_seq is None else upto_seq),
         ).fetchone()
         return self._decode_row(row) if row else None  # type: ignore[return-value]
 
@@ -371,6 +434,51 @@ class RunReader:
             v = np.frombuffer(getattr(s, field), dtype=np.float32)
             matrix[i, : len(v)] = v
         return np.array([s.step for s in stats], np.int64), matrix
+
+    @_guarded
+    def extent(self, upto_seq: int | None = None) -> tuple[int, int, float | None, float | None]:
+        """(last seq, largest step, first wall time, last wall time) of the events with seq <= `upto_seq`."""
+        bound = _NO_LIMIT if upto_seq is None else upto_seq
+        with self._snapshot():
+            q = self._db.execute
+            seq, step, last_wall = q(
+                "SELECT max(seq), max(step), max(wall_time) FROM events WHERE seq <= ?", (bound,)
+            ).fetchone()
+            first_wall = q("SELECT wall_time FROM events WHERE seq = 1").fetchone()
+            first_chunk = q("SELECT walls, n FROM step_chunks WHERE first_seq = 1").fetchone()
+            chunk = q(
+                "SELECT seqs, steps, walls, n, first_seq FROM step_chunks WHERE first_seq <= ? ORDER BY first_seq DESC"
+                " LIMIT 1",
+                (bound,),
+            ).fetchone()
+            top_step = q("SELECT max(last_step) FROM step_chunks WHERE last_seq <= ?", (bound,)).fetchone()[0]
+        seq, step = seq or 0, max(step or 0, top_step or 0)
+        first = first_wall[0] if first_wall else (float(unpack_f64(*first_chunk)[0]) if first_chunk else None)
+        if chunk is not None:
+            seqs, steps, walls = unpack_i64(chunk[0], chunk[3]), unpack_i64(chunk[1], chunk[3]), unpack_f64(chunk[2], chunk[3])
+            keep = seqs <= bound
+            if keep.any():
+                seq, step = max(seq, int(seqs[keep].max())), max(step, int(steps[keep].max()))
+                last_wall = max(last_wall or 0.0, float(walls[keep].max()))
+        return seq, step, first, last_wall
+
+    @_guarded
+    def seq_at_step(self, step: int) -> int:
+        """The last seq of the events up to `step` (0 if none): where a replay that starts at `step` goes on from."""
+        with self._snapshot():
+            best = self._db.execute("SELECT max(seq) FROM events WHERE step <= ?", (step,)).fetchone()[0] or 0
+            chunks = self._db.execute(
+                "SELECT last_seq, last_step, first_step, seqs, steps, n FROM step_chunks WHERE first_step <= ?"
+                " AND last_seq > ? ORDER BY first_seq",
+                (step, best),
+            ).fetchall()
+        for last_seq, last_step, _, seqs, steps, n in chunks:
+            if last_step <= step:
+                best = max(best, last_seq)
+            else:
+                kept = unpack_i64(seqs, n)[unpack_i64(steps, n) <= step]
+                best = max(best, int(kept.max()) if len(kept) else 0)
+        return best
 
     @_guarded
     def follow(self, after_seq: int = 0, limit: int | None = 10_000) -> list[ev.Event]:
@@ -453,6 +561,9 @@ class RunReader:
             for i, v in zip(idx, unpack_f64(vals_blob, m).tolist(), strict=True):
                 scalars[i][name] = v
         return [ev.Step(seq=seqs[i], step=steps[i], wall_time=walls[i], scalars=scalars[i]) for i in range(n)]
+
+
+_NO_LIMIT = 2**62  # a seq or step bound that bounds nothing
 
 
 class _Snapshot:

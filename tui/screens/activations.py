@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+
 from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Static
@@ -25,7 +27,7 @@ class ActivationsPane(Pane):
         yield MapGrid(id="deeper")
 
     def draw(self, state: RunState, view: View) -> None:
-        layers = [name for name in state.activations if name != "input"]
+        layers = [name for name in state.capture_layers if name != "input"]
         image = state.latest_maps("input", self.step)
         self.query_one("#image", Picture).set_image(image.maps if image else None, "input")
         filters = state.filters
@@ -37,16 +39,17 @@ class ActivationsPane(Pane):
         for widget_id, layer in zip(("#first", "#deeper"), layers[:2], strict=False):
             capture = state.latest_maps(layer, self.step)
             self.query_one(widget_id, MapGrid).set_maps(capture.maps if capture else None, [layer])
-        steps = sorted({m.step for kept in state.activations.values() for m in kept})
-        shown = "-" if image is None else str(image.step)
-        self.query_one("#caption", Static).update(
-            f"captures at steps {', '.join(map(str, steps[-8:])) or '-'}; showing step {shown}"
-            " (left/right: earlier/later)"
-        )
+        steps = state.capture_steps
+        at = len(steps) if self.step is None else bisect.bisect_right(steps, self.step)
+        if at == 0:
+            caption = "no capture yet"
+        else:
+            caption = f"capture {at:,} of {len(steps):,}, showing step {steps[at - 1]:,} (left/right: earlier/later)"
+        self.query_one("#caption", Static).update(caption)
 
     def move(self, state: RunState, delta: int) -> None:
-        steps = sorted({m.step for kept in state.activations.values() for m in kept})
+        steps = state.capture_steps
         if not steps:
             return
-        current = steps.index(self.step) if self.step in steps else len(steps) - 1
+        current = bisect.bisect_right(steps, self.step) - 1 if self.step is not None else len(steps) - 1
         self.step = steps[max(0, min(len(steps) - 1, current + delta))]

@@ -5,10 +5,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 from textual.containers import Container
 
-from tui.state import RunState, ema_debiased
+from tui.state import DEFAULT_SMOOTHING, RunState
 
 
 @dataclass
@@ -16,7 +15,7 @@ class View:
     """How the user wants things drawn; changed by keys, read by panes."""
 
     smooth: bool = False
-    smoothing: float = 0.6  # EMA weight, as TensorBoard's slider
+    smoothing: float = DEFAULT_SMOOTHING  # EMA weight, as TensorBoard's slider
     log_y: bool = False
     color: bool = True
 
@@ -29,10 +28,6 @@ class Pane(Container):
 
     def draw(self, state: RunState, view: View) -> None:
         raise NotImplementedError
-
-
-def smoothed(values: np.ndarray, view: View) -> np.ndarray:
-    return ema_debiased(values, view.smoothing) if view.smooth and len(values) else values
 
 
 def fmt(value: float | None, spec: str = ".4g") -> str:

@@ -54,7 +54,8 @@ class GradientsPane(Pane):
             lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
             self.query_one("#heat", Heatmap).set_matrix(logs, lo=lo, hi=hi)
             self.query_one("#heat-title", Static).update(
-                f"log10 gradient norm, {len(names)} layers (first at the top) x {history.shape[0]} probes:"
+                f"log10 gradient norm, {len(names)} layers (first at the top) x the last {history.shape[0]:,} of"
+                f" {state.layers.count:,} probes:"
                 f" {lo:.1f} (dark) to {hi:.1f} (bright); flagged: {len(flags)}"
             )
 

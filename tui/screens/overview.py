@@ -8,7 +8,7 @@ from textual.containers import Grid
 from textual.widgets import ProgressBar, Static
 
 from engine.diagnostics import Finding
-from tui.screens.base import Pane, View, duration, fmt, smoothed
+from tui.screens.base import Pane, View, duration, fmt
 from tui.screens.diagnostics import STYLES
 from tui.state import RunState
 from tui.widgets import Chart, Line
@@ -59,20 +59,18 @@ class OverviewPane(Pane):
         bar = self.query_one("#progress", ProgressBar)
         bar.update(total=100, progress=100 * (state.progress or 0.0))
 
-        steps, loss = state.series("train/loss")
+        smooth = view.smooth
         vsteps, vloss = state.epoch_series("val_loss")
         self.query_one("#loss", Chart).set_lines(
-            [Line("train", steps, smoothed(loss, view), "cyan"), Line("val", vsteps, vloss, "orange")],
+            [Line.of("train", state.series("train/loss"), "cyan", smooth), Line("val", vsteps, vloss, "orange")],
             title="loss",
             log_y=view.log_y,
         )
-        steps, acc = state.series("train/acc")
         vsteps, vacc = state.epoch_series("val_acc")
         self.query_one("#accuracy", Chart).set_lines(
-            [Line("train", steps, smoothed(acc, view), "cyan"), Line("val", vsteps, vacc, "orange")],
+            [Line.of("train", state.series("train/acc"), "cyan", smooth), Line("val", vsteps, vacc, "orange")],
             title="accuracy",
         )
-        steps, lr = state.series("lr")
-        self.query_one("#lr", Chart).set_lines([Line("lr", steps, lr, "green")], title="learning rate")
+        self.query_one("#lr", Chart).set_lines([Line.of("lr", state.series("lr"), "green")], title="learning rate")
         worst = state.worst_diagnostics(3)
         self.query_one("#worst", Static).update(worst_text(worst))

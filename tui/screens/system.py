@@ -34,7 +34,7 @@ class SystemPane(Pane):
                 continue
             ranks = sorted(by_metric[metrics[i]])
             lines = [
-                Line(f"rank {rank}" if len(ranks) > 1 else metrics[i], *state.system[name].arrays(), COLORS[j % 4])
+                Line.of(f"rank {rank}" if len(ranks) > 1 else metrics[i], state.system[name].buckets(), COLORS[j % 4])
                 for j, (rank, name) in enumerate(ranks)
             ]
             chart.set_lines(lines, title=metrics[i] + (f" · {len(ranks)} ranks" if len(ranks) > 1 else ""))

@@ -28,12 +28,26 @@ Figure = Any  # plotext's figure object (plotext.figure); plotext exports no typ
 
 @dataclass
 class Line:
-    """One series of a chart: raw steps and values, downsampled at render time."""
+    """One series of a chart: steps and values, downsampled at render time.
+
+    `low`, `high` and `nan`, when given, are each point's extremes and NaN count: the points are
+    buckets of a longer series, and the envelope and NaN markers come from them (with smoothing,
+    the line is the EMA and the envelope the raw values).
+    """
 
     label: str
     steps: np.ndarray
     values: np.ndarray
     color: str = "cyan"  # a plotext colour: one of the 16 terminal names ("cyan", "red+", ...), 0-255, or (r, g, b)
+    low: np.ndarray | None = None
+    high: np.ndarray | None = None
+    nan: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, label: str, buckets: Any, color: str = "cyan", smooth: bool = False) -> Line:
+        """A line from a bounded series' buckets (`tui.series.Buckets`): its last values, or its EMA."""
+        values = buckets.smooth if smooth else buckets.last
+        return cls(label, buckets.step, values, color, low=buckets.min, high=buckets.max, nan=buckets.nan)
 
 
 @dataclass
@@ -69,7 +83,9 @@ def prepare(line: Line, points: int, log_y: bool) -> Plotted:
     steps = np.asarray(line.steps).ravel()
     values = np.asarray(line.values, dtype=np.float64).ravel()
     n = min(len(steps), len(values))
-    series = downsample(line.label, steps[:n], values[:n], points=points)
+    envelope = {k: None if v is None else np.asarray(v).ravel()[:n] for k, v in (("low", line.low), ("high", line.high))}
+    nan = None if line.nan is None else np.asarray(line.nan).ravel()[:n]
+    series = downsample(line.label, steps[:n], values[:n], points=points, nan=nan, **envelope)
     keep = drawable(series.last, log_y)
     band = drawable(series.min, log_y) & drawable(series.max, log_y) & (series.max > series.min)
     marks = {

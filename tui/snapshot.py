@@ -1,0 +1,72 @@
+"""Opening a run from its store: the state as of one seq, read as the screens need it, not folded event by event.
+
+A million-step run is a million Step events; folding them one by one took about a minute.
+`load` reads instead what the screens show: each scalar as arrays (a thousand column chunks)
+turned into bounded series, the epochs, diagnostics and System samples (a few thousand rows
+at most), the newest `LAYER_WINDOW` per-layer probes, the list of activation captures and the
+latest maps of each layer. All in one read transaction, so the state is exactly the run as of
+`last_seq`, and a source goes on with the events after it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from engine.diagnostics import VERSION as DIAGNOSTICS_VERSION
+from engine.store import RunReader
+from tui.state import DEFAULT_SMOOTHING, LAYER_WINDOW, RunState, Series, maps_of
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A run's state as of `last_seq`: the consumer replaces its state with it and folds what follows."""
+
+    state: RunState
+    last_seq: int
+
+
+def load(
+    reader: RunReader,
+    upto_seq: int | None = None,
+    smoothing: float = DEFAULT_SMOOTHING,
+    clock: Callable[[], float] = time.time,
+) -> Snapshot | None:
+    """The run as of `upto_seq` (everything committed if None), or None when it must be folded from the start.
+
+    None for an empty store, and for a run recorded before its writer ran the lecture's checks: the
+    app runs them itself, and they must see every event.
+    """
+    with reader.snapshot():
+        last_seq, step, first_wall, last_wall = reader.extent(upto_seq)
+        starts = reader.events_of("RunStarted", limit=1, upto_seq=last_seq)
+        if not last_seq or not starts or starts[-1].config.get("diagnostics", 0) < DIAGNOSTICS_VERSION:
+            return None
+        state = RunState(clock=clock, smoothing=smoothing)
+        state.apply(starts[-1])
+        for name, (steps, values) in reader.scalars_many(upto_seq=last_seq).items():
+            if len(steps):
+                series = state.scalars[name] = Series(smoothing)
+                series.extend(steps, values)
+        for kind in ("Epoch", "Diagnostic", "System"):  # one per epoch, per finding, per 5 s: few
+            state.apply_many(reader.events_of(kind, upto_seq=last_seq))
+        state.apply_many(reader.events_of("LayerStats", limit=LAYER_WINDOW, upto_seq=last_seq))
+        state.layers.count = reader.count_of("LayerStats", upto_seq=last_seq)
+        for _, capture_step, layer in reader.activation_index(upto_seq=last_seq):
+            state.note_capture(layer, capture_step)
+        for layer in state.captures:
+            latest = reader.activation(layer, upto_seq=last_seq)
+            if latest is not None:
+                state.keep_maps(maps_of(latest))
+        state.apply_many(reader.events_of("Filters", limit=1, upto_seq=last_seq))
+        ended = [e for e in reader.events_of("RunEnded", limit=1, upto_seq=last_seq) if e.seq > starts[-1].seq]
+        state.apply_many(ended)
+    state.last_seq, state.step, state.first_wall, state.last_wall = last_seq, step, first_wall, last_wall
+    return Snapshot(state, last_seq)
+
+
+def raw_series(reader: RunReader, upto_seq: int) -> Callable[[str], tuple]:
+    """`name -> (steps, values)` as the store holds them up to `upto_seq`: what smoothing again needs."""
+    return lambda name: reader.scalars(name, upto_seq=upto_seq)
+
