@@ -30,14 +30,16 @@ def loaded_after(module: str, watch: tuple[str, ...]) -> list[str]:
         "engine.store",
         "engine.export",
         "engine.diagnostics",
+        "engine.control",
     ],
 )
 def test_no_torch(module):
     assert loaded_after(module, ("torch", "torchvision")) == []
 
 
-def test_events_are_standard_library_only():
-    assert loaded_after("engine.events", ("numpy", "textual", "rich", "plotext", "torch")) == []
+@pytest.mark.parametrize("module", ["engine.events", "engine.control"])
+def test_standard_library_only(module):
+    assert loaded_after(module, ("numpy", "textual", "rich", "plotext", "torch")) == []
 
 
 @pytest.mark.parametrize("module", ["engine.store", "engine.export", "engine.diagnostics"])
