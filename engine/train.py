@@ -12,7 +12,6 @@ import itertools
 import math
 import os
 import platform
-import queue
 import signal
 import sys
 import time
@@ -31,6 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from engine import diagnostics, flops, models
 from engine import events as ev
 from engine.config import ConfigError, TrainConfig
+from engine.control import OWNER_ENV, Channel, ControlError
 from engine.data import Data, DataError, build_data
 from engine.diagnostics import Diagnostics
 from engine.distributed import Dist
@@ -321,12 +321,12 @@ class Trainer:
     """Runs a Setup to the end, emitting events as it goes."""
 
     def __init__(
-        self, s: Setup, emitter: Emitter, commands: Any | None = None, *, name: str, dist: Dist | None = None
+        self, s: Setup, emitter: Emitter, control: Channel | None = None, *, name: str, dist: Dist | None = None
     ) -> None:
         self.s = s
         self.c = s.config
         self.out = emitter
-        self.commands = commands
+        self.control = control  # commands from the app and other terminals; whether the parent died
         self.run_name = name
         self.dist = dist
         self.main = dist is None or dist.is_main
@@ -555,13 +555,18 @@ class Trainer:
     # -- control
 
     def poll_commands(self) -> None:
-        """Commands from the UI (stop, pause, resume, capture); checked once per interval."""
-        if self.commands is None or self.step % self.c.log_every:
+        """Commands (stop, pause, resume, capture, detach) and the parent's death; checked once per interval.
+
+        Host work only (a pipe read, a queue drain): no device sync. While paused, checked every 0.1 s.
+        """
+        if self.control is None or self.step % self.c.log_every:
             return
         while True:
-            for command in self._drain_commands():
+            for command in self.control.poll():
                 if command == "stop":
-                    self.request_stop("stopped from the app")
+                    self.request_stop("stopped by a command from the app or mirante stop")
+                elif command == "pause" and self.dist is not None:  # the other ranks would time out waiting
+                    print("mirante: pause is not available under torchrun; ignored", file=sys.stderr)
                 elif command in ("pause", "resume"):
                     self.paused = command == "pause"
                 elif command == "capture":
@@ -569,18 +574,13 @@ class Trainer:
                 elif command == "detach":  # the app has gone: stop feeding a queue nobody reads
                     self.out.send()
                     self.out.live = None
-            if not self.paused or self.stop_reason:
+            if self.control.parent_gone and self.stop_reason is None and self.pending_stop is None:
+                self.out.live = None  # nobody reads the live queue any more
+                self.request_stop(self.control.gone_reason)
+            if not self.paused or self.stop_reason is not None or self.pending_stop is not None:
                 return
             self.out.send()
             time.sleep(0.1)  # paused: wait for "resume" without spinning
-
-    def _drain_commands(self) -> list[str]:
-        commands = []
-        while True:
-            try:
-                commands.append(self.commands.get_nowait())
-            except queue.Empty:
-                return commands
 
     def request_stop(self, reason: str, status: str = "interrupted") -> None:
         """Stop at the next step; under torchrun at the end of the next logging interval, all ranks together."""
@@ -611,15 +611,20 @@ def run(
     resume: str | None = None,
     overrides: dict[str, Any] | None = None,
     dist: Dist | None = None,
+    lifeline: Any | None = None,
 ) -> int:
     """Train one run to its end. Exit code: 0 finished, 1 failed, 2 bad input, 130 interrupted.
 
     With `resume` (a run's name or store), the run's stored config is used, changed only by
     `overrides` (the options given on the command line, e.g. a larger --epochs). Under
     torchrun (`dist`), every rank trains and rank 0 alone writes the store and checkpoints.
+    The process that writes the store takes commands (`engine.control`): from the FIFO beside
+    the store, from the app's `commands` queue, and its parent's death from `lifeline` (or,
+    under torchrun, from OWNER_ENV).
     """
     main = dist is None or dist.is_main
     world = dist.world if dist is not None else 1
+    channel: Channel | None = None
     try:
         resumed = None
         if resume is not None:
@@ -629,16 +634,23 @@ def run(
                 raise ConfigError(
                     f"{resume} was trained by {trained_on} processes: resume it with as many, not {world}"
                 )
-        s = setup(config, dist)
         name = config.run_name if resumed is None else path.name.removesuffix(SUFFIX)
         if resumed is None:
             path = store_path(config, name)
-        writer = RunWriter(path, append=resumed is not None) if main else None
-    except (ConfigError, models.ModelError, DataError, StoreError, FileNotFoundError) as exc:
+        if main:  # before the slow setup: commands sent meanwhile wait in the pipe
+            channel = Channel(path, queue=commands, lifeline=lifeline, owner=os.environ.get(OWNER_ENV))
+        try:
+            s = setup(config, dist)
+            writer = RunWriter(path, append=resumed is not None) if main else None
+        except BaseException:
+            if channel is not None:
+                channel.close()
+            raise
+    except (ConfigError, ControlError, models.ModelError, DataError, StoreError, FileNotFoundError) as exc:
         print(f"mirante: error: {exc}", file=sys.stderr)
         return 2
     emitter: Any = Emitter(writer, live, diagnostics=Diagnostics()) if main else NullEmitter()
-    trainer = Trainer(s, emitter, commands, name=name, dist=dist)
+    trainer = Trainer(s, emitter, channel, name=name, dist=dist)
     previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
 
     def on_interrupt(signum: int, frame: Any) -> None:
@@ -679,6 +691,8 @@ def run(
             evidence={"traceback": traceback.format_exc()},
         )
     finally:
+        if channel is not None:
+            channel.close()  # first: a run that has ended takes no commands, and leaves no pipe behind
         emitter.finish_checks(trainer.step)
         emitter.emit(ev.RunEnded, trainer.step, status=status, reason=reason)
         emitter.close()  # before the handlers go: a SIGTERM now must not cut the store's close short

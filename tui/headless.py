@@ -25,8 +25,12 @@ def drain(live: Any, progress: Progress, timeout: float) -> bool:
 def train_headless(
     config: dict[str, Any], store: str, resume: str | None = None, overrides: dict[str, Any] | None = None
 ) -> int:
-    """Train in a child process, print progress; Ctrl-C stops at a step boundary with a checkpoint."""
-    process, live, _ = start_trainer(config, resume, overrides)
+    """Train in a child process, print progress; Ctrl-C stops at a step boundary with a checkpoint.
+
+    The child stops too if this process dies (the lifeline `child` holds closes with it).
+    """
+    child = start_trainer(config, resume, overrides)
+    process, live = child.process, child.live
     progress = Progress()
     interrupts = 0
     while True:
