@@ -160,9 +160,12 @@ def train_distributed(args: argparse.Namespace, config, store: Path) -> int:
 
     if args.nproc < 1:
         raise CliError(f"--nproc must be at least 1, got {args.nproc}")
+    from engine import control
+
     command = torchrun_command(args, config.name or store.stem)
+    env = os.environ | {control.OWNER_ENV: control.owner_token()}  # rank 0 stops the run if this process dies
     if config.headless or not sys.stdout.isatty():
-        process = subprocess.Popen(command)
+        process = subprocess.Popen(command, env=env)
         while True:
             try:
                 return process.wait()
@@ -174,12 +177,18 @@ def train_distributed(args: argparse.Namespace, config, store: Path) -> int:
     store.parent.mkdir(parents=True, exist_ok=True)
     log = store.with_suffix(".log")
     with open(log, "ab") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     MiranteApp(FollowSource(store), store=store).run()
     if process.poll() is None:
+        try:  # leaving the app leaves the run going: tell rank 0 before this process, its owner, is gone
+            control.send(store, "detach", wait=30.0)  # (rank 0 may still be starting)
+        except control.ControlError as exc:
+            if process.poll() is None:  # the ranks would stop when this process exits: wait for them instead
+                print(f"mirante: {exc}; training goes on while this waits (Ctrl-C stops it)", file=sys.stderr)
+                return process.wait()
         print(
             f"training goes on ({args.nproc} processes, log {log}); watch it: mirante watch {store}; "
-            f"stop it: kill -INT -{process.pid}",
+            f"stop it: mirante stop {store}",
             flush=True,
         )
         return 0
@@ -192,14 +201,37 @@ def train_in_app(config: dict, store: Path, resume: str | None, overrides: dict 
     from tui.app import MiranteApp
     from tui.sources import LiveSource
 
-    process, live, commands = start_trainer(config, resume, overrides, own_session=True)
-    app = MiranteApp(LiveSource(live, store, process), store=store, commands=commands)
-    app.run()
+    child = start_trainer(config, resume, overrides, own_session=True)
+    app = MiranteApp(LiveSource(child.live, store, child.process), store=store, commands=child.commands)
+    try:
+        app.run()
+    except BaseException:
+        child.lifeline.close()  # the app failed: the trainer stops at its next interval instead of running on
+        raise
     if app.detached:
-        print(f"detached: training goes on; come back with: mirante watch {store}", flush=True)
+        child.detach()  # on the lifeline: it reaches the trainer before the lifeline closes as this process exits
+        print(f"detached: training goes on; come back with: mirante watch {store}; stop it: mirante stop {store}")
+        sys.stdout.flush()
         os._exit(0)  # do not wait for the trainer, as multiprocessing would at exit
-    process.join()
-    return process.exitcode if process.exitcode is not None else 1
+    child.process.join()
+    return child.process.exitcode if child.process.exitcode is not None else 1
+
+
+# --- stop --------------------------------------------------------------------------------
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    """Stop a run training on this machine, from any terminal, and wait until it has ended."""
+    from engine import control
+
+    if args.timeout < 0:
+        raise CliError(f"--timeout cannot be negative, got {args.timeout:g}")
+    try:
+        ended = control.stop(resolve_run(args.run), timeout=args.timeout)
+    except control.ControlError as exc:
+        raise CliError(str(exc)) from None
+    print(f"{args.run}: {ended.status} at step {ended.step}")
+    return 0
 
 
 # --- lr-find -----------------------------------------------------------------------------
@@ -339,6 +371,16 @@ def build_parser() -> argparse.ArgumentParser:
     wa = sub.add_parser("watch", help="attach to a run being written (or finished)", description="Attach to a run.")
     wa.add_argument("run", nargs="?", help=f"a run store or name (default: the newest running run in {RUNS_DIR}/)")
     wa.set_defaults(func=cmd_watch)
+    st = sub.add_parser(
+        "stop",
+        help="stop a run training on this machine, from any terminal",
+        description="Ask a run that is training on this machine to stop (at its next logging interval, with a "
+        "checkpoint to --resume from) and wait until it has ended. Works from any terminal of the user who "
+        "started it, whether the run is in an app, detached, headless or under torchrun.",
+    )
+    st.add_argument("run", help=f"a run store, or the name of a run in {RUNS_DIR}/")
+    st.add_argument("--timeout", type=float, default=60.0, metavar="S", help="seconds to wait (default: 60)")
+    st.set_defaults(func=cmd_stop)
     rp = sub.add_parser("replay", help="re-animate a saved run", description="Replay a saved run at a chosen speed.")
     rp.add_argument("run", help=f"a run store, or the name of a run in {RUNS_DIR}/")
     rp.add_argument("--speed", type=float, default=10.0, help="times the recorded pace (default: 10)")
