@@ -172,6 +172,18 @@ def test_replay_keys(runs):
             if app.state.last_seq < 100:
                 break
         assert app.state.last_seq < 3000  # started again from the beginning
+        for _ in range(100):  # to the end again, and past it: the source is done, its reader has stopped
+            await pilot.pause(0.05)
+            if app.source.done and not app._reading:
+                break
+        assert app.source.done and app.state.ended is not None
+        before = app.state
+        await pilot.press("r")  # a replay that has ended restarts too
+        for _ in range(100):
+            await pilot.pause(0.05)
+            if app.state is not before and app.state.ended is not None:
+                break
+        assert app.state is not before and app.state.ended is not None  # replayed afresh, to the end
         await pilot.press("q")
 
     async def main():
@@ -435,3 +447,88 @@ def test_smoothing_a_long_run_again_reads_its_points_from_the_store(tmp_path):
         assert "smoothed 0.7" in str(app.query_one("#status").render())
 
     drive(MiranteApp(FollowSource(store), store=store), (100, 30), script)
+
+
+class Quiet:
+    """A live source that has said RunStarted and nothing since: the run is training."""
+
+    done = False
+
+    def __init__(self) -> None:
+        self.sent = False
+
+    def read(self, timeout: float = 0.1) -> list:
+        if not self.sent:
+            self.sent = True
+            return [ev.RunStarted(seq=1, wall_time=time.time(), step=0, name="live", model="m", dataset="d")]
+        time.sleep(timeout)
+        return []
+
+
+@pytest.mark.parametrize("key", ["q", "ctrl+c", "ctrl+q"])
+def test_quitting_a_run_trained_here_asks_first_and_twice_stops_it(key):
+    import queue
+
+    from tui.screens.dialogs import QuitScreen
+
+    commands: queue.Queue = queue.Queue()
+    app = MiranteApp(Quiet(), commands=commands)
+
+    async def main() -> None:
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.pause(0.3)
+            await pilot.press(key)
+            await pilot.pause(0.1)
+            assert isinstance(app.screen, QuitScreen) and app.is_running  # asked, not gone
+            await pilot.press("escape")
+            await pilot.pause(0.1)
+            assert not isinstance(app.screen, QuitScreen) and commands.empty()
+            await pilot.press(key, key)  # asked again, and answered with its default: stop
+            await pilot.pause(0.1)
+            assert commands.get_nowait() == "stop" and app.stopping and app.is_running  # leaves once it has ended
+            app.exit()
+
+    asyncio.run(main())
+
+
+def test_keys_say_when_the_run_cannot_be_commanded(runs, tmp_path):
+    """A finished run watched from here: p, c and q do not pretend."""
+    store = tmp_path / "done.mirante"
+    store.write_bytes(runs["good"].read_bytes())
+
+    async def script(app, pilot):
+        await pilot.press("p")
+        assert not app.paused and app.note == "pause: the run has ended (finished)"
+        await pilot.press("c")
+        assert app.note == "capture: the run has ended (finished)"
+        await pilot.press("r")
+        assert "not" in app.note  # r restarts replays only
+        await pilot.press("q")
+
+    drive(MiranteApp(FollowSource(store), store=store), (100, 30), script)
+
+
+def test_a_run_with_no_command_pipe_says_so(tmp_path):
+    """A run that reads as running but cannot be reached (an older writer, another machine): p says why."""
+    from engine.store import RunWriter
+
+    store = tmp_path / "far.mirante"
+    writer = RunWriter(store)  # holds the store's lock: the run reads as running; nobody made a command pipe
+    try:
+        writer.write(ev.RunStarted(seq=1, wall_time=time.time(), step=0, name="far", model="m", dataset="d"))
+        writer.flush()
+
+        async def main() -> None:
+            app = MiranteApp(FollowSource(store), store=store)
+            async with app.run_test(size=(100, 30)) as pilot:
+                for _ in range(40):
+                    await pilot.pause(0.05)
+                    if app.state.started is not None:
+                        break
+                await pilot.press("p")
+                assert not app.paused and app.note.startswith("pause: cannot reach the run: it has no command pipe")
+                app.exit()
+
+        asyncio.run(main())
+    finally:
+        writer.close()

@@ -47,3 +47,84 @@ def test_replay_in_tmux(tmp_path, no_color):
         assert done.read_text().strip() == "0"
     finally:
         tmux(socket, "kill-server")
+
+
+def wait_for(predicate, timeout: float, what: str, screen=lambda: "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}:\n{screen()}")
+
+
+def last_step(store: Path) -> int:
+    from engine.store import RunReader
+
+    with RunReader(store) as run:
+        return run.extent()[1]
+
+
+def test_train_detach_then_watch_pause_and_stop_in_tmux(tmp_path):
+    """As a user over SSH: train in the app, q then d (detach), watch from a second window, p pauses the
+    trainer (steps stop advancing in the store), q then s stops it, and watch exits 130 (interrupted)."""
+    from engine.store import RunReader
+
+    name = f"tmux-{os.getpid()}"
+    store = tmp_path / "runs" / f"{name}.mirante"
+    socket = f"mirante-test-{os.getpid()}-interactive"
+    env = f"TERM=xterm-256color PYTHONPATH={ROOT} OMP_NUM_THREADS=1"
+    train = (
+        f"cd {tmp_path} && env {env} {sys.executable} -m tui.cli train --name {name} --steps 1000000 "
+        f"--log-every 5 --batch-size 16; echo TRAIN-EXIT=$?; sleep 60"
+    )
+    watch = f"cd {tmp_path} && env {env} {sys.executable} -m tui.cli watch {name}; echo WATCH-EXIT=$?; sleep 60"
+    tmux(socket, "new-session", "-d", "-s", "main", "-x", "80", "-y", "24", train)
+    first = lambda: tmux(socket, "capture-pane", "-p", "-t", "main:0")  # noqa: E731
+    try:
+        wait_for(lambda: store.exists() and last_step(store) > 20, 90, "training to start", first)
+        wait_for(lambda: name in first() and "running" in first(), 30, "the app to show the run", first)
+        tmux(socket, "send-keys", "-t", "main:0", "q")
+        wait_for(lambda: "Training is running in this terminal" in first(), 10, "the quit question", first)
+        tmux(socket, "send-keys", "-t", "main:0", "d")
+        wait_for(lambda: "TRAIN-EXIT=0" in first(), 20, "train to exit after detaching", first)
+        assert "mirante stop" in first()  # the detach message says how to stop it
+        before = last_step(store)
+        time.sleep(1.5)
+        assert last_step(store) > before  # still training, with nobody attached
+
+        tmux(socket, "new-window", "-t", "main", watch)
+        second = lambda: tmux(socket, "capture-pane", "-p", "-t", "main:1")  # noqa: E731
+        wait_for(lambda: name in second() and "running" in second(), 30, "watch to show the run", second)
+        tmux(socket, "send-keys", "-t", "main:1", "p")
+        wait_for(lambda: "pause asked" in second(), 10, "the pause to be sent", second)
+        time.sleep(1.5)  # the trainer pauses at its next logging interval; the store commits every 250 ms
+        paused_at = last_step(store)
+        time.sleep(2.0)
+        assert last_step(store) == paused_at, "steps still advance after p"
+        with RunReader(store) as run:
+            assert run.status() == "running"
+
+        tmux(socket, "send-keys", "-t", "main:1", "q")
+        wait_for(lambda: "you are watching it" in second(), 10, "the quit question in watch", second)
+        tmux(socket, "send-keys", "-t", "main:1", "s")
+        wait_for(lambda: "WATCH-EXIT=130" in second(), 60, "watch to exit after stopping the run", second)
+        with RunReader(store) as run:
+            assert run.status() == "interrupted"
+        assert "Traceback" not in first() + second()
+    finally:
+        tmux(socket, "kill-server")
+        stop_if_running(store)  # a detached trainer outlives tmux: never leave one behind
+
+
+def stop_if_running(store: Path) -> None:
+    from engine import control
+    from engine.store import RunReader, StoreError
+
+    try:
+        with RunReader(store) as run:
+            if run.status() != "running":
+                return
+        control.stop(store, timeout=30)
+    except (StoreError, control.ControlError):
+        pass

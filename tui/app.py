@@ -19,10 +19,12 @@ from engine.store import RunReader, StoreError
 from tui.messages import EventsArrived, SourceDone, SourceFailed
 from tui.screens import PANES
 from tui.screens.base import View
+from tui.remote import Remote
 from tui.screens.dialogs import HelpScreen, QuitScreen
 from tui.snapshot import Snapshot, raw_series
 from tui.state import MapCapture, RunState, maps_of
 
+EXIT_CODES = {"finished": 0, "interrupted": 130}  # the app's exit code after the user stopped the run; else 1
 MIN_SIZE = (60, 16)  # below this the app asks for a larger terminal instead of drawing
 REDRAW_S = 0.2  # 5 redraws a second: smooth enough for curves, and half the bytes over SSH
 FOLD_SLICE_S = 0.015  # longest the app folds events before it lets keys and redraws in
@@ -35,6 +37,8 @@ class MiranteApp(App[int]):
     BINDINGS = [
         *[(pane.KEY, f"show('{pane.__name__}')", pane.TITLE) for pane in PANES],
         ("q", "quit_run", "quit"),
+        Binding("ctrl+c", "quit_run", "quit", show=False, priority=True),  # as q: never leave a trainer orphaned
+        Binding("ctrl+q", "quit_run", "quit", show=False, priority=True),
         ("p", "pause", "pause"),
         ("space", "freeze", "freeze"),
         ("s", "smooth", "smooth"),
@@ -57,7 +61,9 @@ class MiranteApp(App[int]):
         super().__init__()
         self.source = source
         self.store = Path(store) if store else None
-        self.commands = commands  # the trainer's command queue, for live runs
+        # how keys reach the run: its trainer's queue (trained in this app), its command pipe, or nothing (a replay)
+        self.remote = None if hasattr(source, "restart") else Remote(self.store, commands)
+        self.stopping = False  # the user chose to stop the run: the app leaves once it has ended
         self.view = View(color="NO_COLOR" not in os.environ)
         self._reader: RunReader | None = None  # the UI thread's own reader of the store (captures, smoothing)
         self.state = self._new_state()
@@ -71,6 +77,7 @@ class MiranteApp(App[int]):
         self._nudged = False  # an EventsArrived is on its way: the worker need not post another
         self._drawn = -1
         self._range_shown = False  # an lr-find run opens on its chart, once
+        self._reading = False  # the source worker runs (it ends when the source is done)
 
     def compose(self) -> ComposeResult:
         yield Static("enlarge the terminal (at least 60x16)", id="too-small")
@@ -89,6 +96,7 @@ class MiranteApp(App[int]):
     def read_source(self) -> None:
         """Read the source into the inbox; one nudge message at a time; wait while the inbox is full."""
         worker = get_current_worker()
+        self._reading = True
         try:
             while not worker.is_cancelled:
                 events = self.source.read()
@@ -112,6 +120,8 @@ class MiranteApp(App[int]):
                     return
         except StoreError as exc:
             self.post_message(SourceFailed(str(exc)))
+        finally:
+            self._reading = False
 
     def _reset(self) -> None:
         with self._inbox_lock:
@@ -182,6 +192,8 @@ class MiranteApp(App[int]):
         self.state.writer_gone = self.state.ended is None  # nothing more will come: without RunEnded, crashed
         self.note = "end of run" if self.state.ended else "the writer has gone"
         self.redraw(force=True)
+        if self.stopping:
+            self.exit(EXIT_CODES.get(self.state.status(), 1))
 
     def on_source_failed(self, message: SourceFailed) -> None:
         self.note = f"error: {message.error}"
@@ -244,14 +256,34 @@ class MiranteApp(App[int]):
     def action_restart(self) -> None:
         if hasattr(self.source, "restart"):
             self.source.restart()
+            self.note = "replay restarted"
+            if not self._reading:  # the replay had ended, and its worker with it
+                self.read_source()
+        else:
+            self.note = "r restarts a replay; this is not one"
+        self.redraw(force=True)
 
     def action_pause(self) -> None:
-        self.paused = not self.paused
-        if self.commands is not None:
-            self.commands.put("pause" if self.paused else "resume")
-        elif hasattr(self.source, "pause"):
+        if self.remote is None:  # a replay: pause the replay
+            self.paused = not self.paused
             (self.source.pause if self.paused else self.source.resume)()
+        else:
+            command = "resume" if self.paused else "pause"
+            error = self.command(command)
+            if error is None:
+                self.paused = not self.paused
+                self.note = f"{command} asked: the trainer answers at its next logging interval"
+            else:
+                self.note = f"{command}: {error}"
         self.redraw(force=True)
+
+    def command(self, command: str) -> str | None:
+        """Send a command to the run; None when sent, else why it could not be."""
+        if self.remote is None:
+            return "a replay cannot be commanded"
+        if self.state.ended is not None or self.source.done:
+            return f"the run has ended ({self.state.status()})"
+        return self.remote.send(command)
 
     def action_capture(self, delta: int) -> None:
         pane = self.query_one("ActivationsPane")
@@ -265,11 +297,8 @@ class MiranteApp(App[int]):
 
     def action_capture_now(self) -> None:
         """Ask the trainer for activation maps and filters now (it answers at its next logging interval)."""
-        if self.commands is None or self.source.done:
-            self.note = "capture: only while a run trains in this app"
-        else:
-            self.commands.put("capture")
-            self.note = "capture asked: maps arrive at the trainer's next logging interval"
+        error = self.command("capture")
+        self.note = f"capture: {error}" if error else "capture asked: maps arrive at the trainer's next logging interval"
         self.redraw(force=True)
 
     def action_export(self) -> None:
@@ -296,17 +325,28 @@ class MiranteApp(App[int]):
         self.push_screen(HelpScreen())
 
     def action_quit_run(self) -> None:
-        if self.commands is None or self.source.done:
+        """q, Ctrl+C, Ctrl+Q: leave; while the run trains, first ask whether to stop it or leave it going."""
+        if isinstance(self.screen, QuitScreen):  # pressed again in the question: its default answer
+            self.screen.action_choose_default()
+            return
+        if self.remote is None or self.source.done or self.state.ended is not None or self.stopping:
             self.exit(0)
+            return
+        if not self.remote.owned and self.state.status() != "running":
+            self.exit(0)  # watching a run that is not training (yet): nothing to ask
             return
 
         def chosen(choice: str | None) -> None:
             if choice == "stop":
-                self.commands.put("stop")
-                self.note = "stopping: checkpoint, then the run ends"
+                error = self.command("stop")
+                self.note = f"stop: {error}" if error else "stopping: a checkpoint, then the run ends and the app leaves"
+                self.stopping = error is None
+                self.redraw(force=True)
             elif choice == "detach":
-                self.commands.put("detach")
+                self.remote.send("detach")
                 self.detached = True
                 self.exit(0)
+            elif choice == "leave":
+                self.exit(0)
 
-        self.push_screen(QuitScreen(), chosen)
+        self.push_screen(QuitScreen(owned=self.remote.owned, paused=self.paused), chosen)

@@ -10,14 +10,14 @@ from textual.widgets import Static
 HELP = """[b]mirante[/b] keys
 
  1-6      Overview, Gradients, Model, Activations, Diagnostics, System
- q        quit (while training here: stop it, or detach and let it run)
- p        pause / resume training (live runs)
+ q        quit (Ctrl+C, Ctrl+Q too); while the run trains: stop it, or leave it going
+ p        pause / resume training (a run on this machine), or the replay
  space    freeze / unfreeze the display
  s        smoothing on / off (EMA with bias correction);  [ ]  less / more
  l        log-scale y on the loss chart
  + -      replay faster / slower;  r  restart the replay
  left right  earlier / later activation capture;  < >  model table depth
- c        capture activations now (a live run)
+ c        capture activations now (a run training on this machine)
  e        export the run to CSV next to its store
  ?        this help (esc closes)"""
 
@@ -31,22 +31,46 @@ class HelpScreen(ModalScreen[None]):
 
 
 class QuitScreen(ModalScreen[str]):
-    """Returns "stop", "detach" or "cancel"."""
+    """What q asks while the run trains: "stop", "detach" (a run trained in this app) or "leave" (one watched), or
+    "cancel". Asked again (q, Ctrl+C or Ctrl+Q once more), it takes its `default`: stop a run trained here, as
+    Ctrl-C does headless; leave a watched one, which goes on."""
 
     BINDINGS = [
         ("s", "choose('stop')", "stop training"),
         ("d", "choose('detach')", "detach"),
+        ("l", "choose('leave')", "leave"),
         ("escape,c", "choose('cancel')", "cancel"),
+        ("q", "choose_default", "default"),  # Ctrl+C and Ctrl+Q come here through the app's own binding
     ]
 
+    def __init__(self, owned: bool = True, paused: bool = False) -> None:
+        super().__init__()
+        self.owned = owned
+        self.paused = paused
+        self.default = "stop" if owned else "leave"
+
     def compose(self) -> ComposeResult:
-        with Vertical(classes="dialog"):
-            yield Static(
+        if self.owned:
+            text = (
                 "Training is running in this terminal.\n\n"
                 " [b]s[/b]  stop training (checkpoint, then end the run)\n"
                 " [b]d[/b]  detach: leave the app, training goes on (mirante watch to come back)\n"
-                " [b]esc[/b] cancel"
+                " [b]esc[/b] cancel      (q or Ctrl+C again: stop)"
             )
+        else:
+            text = (
+                "This run is training; you are watching it.\n\n"
+                " [b]s[/b]  stop training (checkpoint, then end the run)\n"
+                " [b]l[/b]  leave: training goes on" + (" [b]paused[/b] (p resumes it)" if self.paused else "") + "\n"
+                " [b]esc[/b] cancel      (q or Ctrl+C again: leave)"
+            )
+        with Vertical(classes="dialog"):
+            yield Static(text)
+
+    def action_choose_default(self) -> None:
+        self.dismiss(self.default)
 
     def action_choose(self, choice: str) -> None:
+        if choice == "detach" and not self.owned or choice == "leave" and self.owned:
+            return  # not an answer to this question
         self.dismiss(choice)
