@@ -238,3 +238,18 @@ def test_replay_start_opens_the_run_as_of_that_step_then_goes_on_at_its_pace(tmp
     clock.t = 0.05
     more = source.read()
     assert more and more[0].seq == upto[-1].seq + 1
+
+
+def test_a_run_opened_in_a_forked_reader_is_the_same_as_one_read_here(tmp_path):
+    from tui.snapshot import Opening, open_at
+
+    events = checked(make_events(steps=3000))
+    write_run(tmp_path / "r.mirante", events)
+    for step in (None, 1500):
+        there, here = Opening(tmp_path / "r.mirante", step).result(), open_at(tmp_path / "r.mirante", step)
+        assert there.last_seq == here.last_seq
+        same_state(there.state, here.state)
+    junk = tmp_path / "junk.mirante"
+    junk.write_text("not a run")
+    with pytest.raises(StoreError, match="not a mirante run store"):
+        Opening(junk).result()  # the child failed: read here, and say why

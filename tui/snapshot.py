@@ -10,9 +10,13 @@ latest maps of each layer. All in one read transaction, so the state is exactly 
 
 from __future__ import annotations
 
+import os
+import pickle
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from engine.diagnostics import VERSION as DIAGNOSTICS_VERSION
 from engine.store import RunReader
@@ -70,3 +74,56 @@ def raw_series(reader: RunReader, upto_seq: int) -> Callable[[str], tuple]:
     """`name -> (steps, values)` as the store holds them up to `upto_seq`: what smoothing again needs."""
     return lambda name: reader.scalars(name, upto_seq=upto_seq)
 
+
+
+class Opening:
+    """A run read as of `step` (everything if None) in a forked process, while this one goes on starting the app.
+
+    Reading a long run is mostly decompressing column chunks and numpy work, and starting the
+    app is mostly importing Python modules: in threads of one process they take turns at the
+    interpreter lock, in two processes they run side by side. The child hands the finished
+    state over pickled (under a megabyte at a million steps). Without fork, or if the child
+    fails, `result()` reads the run here (raising what reading it raises).
+    """
+
+    def __init__(self, path: str | Path, step: int | None = None) -> None:
+        self.path, self.step = Path(path), step
+        self._received: Snapshot | None = None
+        self._ok = False
+        self._thread: threading.Thread | None = None
+        if hasattr(os, "fork"):
+            theirs, ours = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the child: read, hand it over, leave without running anything of the parent's
+                code = 1
+                try:
+                    os.close(theirs)
+                    data = pickle.dumps(open_at(self.path, step), protocol=pickle.HIGHEST_PROTOCOL)
+                    with os.fdopen(ours, "wb") as out:
+                        out.write(data)
+                    code = 0
+                finally:
+                    os._exit(code)
+            os.close(ours)
+            self._thread = threading.Thread(target=self._receive, args=(pid, theirs), daemon=True)
+            self._thread.start()
+
+    def _receive(self, pid: int, fd: int) -> None:
+        with os.fdopen(fd, "rb") as f:
+            data = f.read()
+        _, status = os.waitpid(pid, 0)
+        if status == 0 and data:
+            self._received, self._ok = pickle.loads(data), True
+
+    def result(self) -> Snapshot | None:
+        if self._thread is not None:
+            self._thread.join()
+            if self._ok:
+                return self._received
+        return open_at(self.path, self.step)
+
+
+def open_at(path: Path, step: int | None) -> Snapshot | None:
+    """The run in the store at `path` as of `step` (everything if None)."""
+    with RunReader(path) as reader:
+        return load(reader, upto_seq=None if step is None else reader.seq_at_step(step))

@@ -11,7 +11,6 @@ runs `read` in a worker thread and posts each batch as one message.
 from __future__ import annotations
 
 import queue
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -20,35 +19,13 @@ from typing import Any
 
 from engine import events as ev
 from engine.store import RunReader, StoreError
-from tui.snapshot import Snapshot, load
+from tui.snapshot import Opening, Snapshot, load
 
 PAGE = 5_000  # events read from a store at a time
 CREATION_GRACE_S = 5.0  # a file this new that is not (yet) a run store may be one being created
 SNAPSHOT_GAP = 20_000  # a live view this far behind reopens the run from the store instead of folding the gap
 
 Item = ev.Event | Snapshot
-
-
-class _Background:
-    """A call run in a daemon thread; `result()` waits for it and returns its value or raises its exception."""
-
-    def __init__(self, func: Callable[..., Any], *args: Any) -> None:
-        self._value: Any = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(func, args), daemon=True)
-        self._thread.start()
-
-    def _run(self, func: Callable[..., Any], args: tuple) -> None:
-        try:
-            self._value = func(*args)
-        except BaseException as exc:  # handed to the caller of result()
-            self._error = exc
-
-    def result(self) -> Any:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value
 
 
 class FollowSource:
@@ -65,7 +42,7 @@ class FollowSource:
         self.done = False
         self.writer_alive: bool | None = None
         self._reader: RunReader | None = None
-        self._opening: _Background | None = None
+        self._opening: Opening | None = None
 
     def _open(self) -> RunReader | None:
         """The reader, once the store exists and is one; None while it is being created."""
@@ -83,7 +60,7 @@ class FollowSource:
     def prefetch(self) -> FollowSource:
         """Start opening the run now, in a thread, while the caller goes on (importing and starting the app)."""
         if self._open() is not None and self._opening is None:
-            self._opening = _Background(load, self._reader)
+            self._opening = Opening(self.path)
         return self
 
     def read(self, timeout: float = 0.2) -> list[Item]:
@@ -148,7 +125,7 @@ class ReplaySource:
         self._last_wall: float | None = None
         self._tick = clock()
         self._start_step = start  # first read: everything up to this step at once
-        self._opening: _Background | None = None
+        self._opening: Opening | None = None
 
     def _refill(self) -> None:
         if len(self._buffer) < self.page // 2 and not self._exhausted:
@@ -210,11 +187,8 @@ class ReplaySource:
     def prefetch(self) -> ReplaySource:
         """Start opening the run at `start` now, in a thread, while the caller goes on (starting the app)."""
         if self._start_step is not None and self._opening is None:
-            self._opening = _Background(self._open_at, self._start_step)
+            self._opening = Opening(self.reader.path, self._start_step)
         return self
-
-    def _open_at(self, step: int) -> Snapshot | None:
-        return load(self.reader, upto_seq=self.reader.seq_at_step(step))
 
     def jump(self, step: int) -> list[Item]:
         """The run as of `step`, at once (a Snapshot); the replay goes on from there at its pace.
@@ -222,7 +196,10 @@ class ReplaySource:
         A run that must be folded from the start (see `tui.snapshot.load`) gets its events up to `step` instead.
         """
         opening, self._opening = self._opening, None
-        snapshot = opening.result() if opening is not None else self._open_at(step)
+        if opening is not None and opening.step == step:
+            snapshot = opening.result()
+        else:
+            snapshot = load(self.reader, upto_seq=self.reader.seq_at_step(step))
         if snapshot is not None and snapshot.last_seq > self._after:
             self._buffer, self._after, self._exhausted = deque(), snapshot.last_seq, False
             self._last_wall, self._replay_time = snapshot.state.last_wall, 0.0
