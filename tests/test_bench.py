@@ -1,0 +1,49 @@
+"""The benchmarks the README and BENCHMARKS.md cite, run small: a benchmark that stops running is caught here."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(args: list[str], timeout: float) -> str:
+    """Run a bench script in its own session; on a timeout, kill its whole process group."""
+    proc = subprocess.Popen(
+        [sys.executable, *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, out
+    return out
+
+
+def test_the_app_benchmark_runs(tmp_path):
+    figures_path = tmp_path / "figures.json"
+    out = run(["bench/tui_bench.py", "--tiny", "--json", str(figures_path)], timeout=300)
+    figures = json.loads(figures_path.read_text())
+    for key in ("watch s", "replay s", "watch MB", "replay MB", "overview ms", "gradients ms", "live key ms"):
+        assert figures[key] and all(0 < v < 1e5 for v in figures[key]), (key, out)
+    assert figures["terminal KB/s"] > 0 and figures["live events/s"] > 0, out
+    assert not any(isinstance(v, float) and math.isnan(v) for v in figures.values())
+
+
+def test_the_store_benchmark_runs():
+    out = run(["bench/store_bench.py", "--steps", "20000"], timeout=120)
+    assert "events/s" in out and "open + read train/loss" in out
