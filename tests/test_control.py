@@ -30,9 +30,10 @@ from engine.store import RunReader, StoreError
 from tests.runs import write_run
 
 ROOT = Path(__file__).resolve().parents[1]
-# a run that is still training when the test acts on it; captures only at epoch ends (the first at step 337)
+# a run that is still training when the test acts on it: small batches, so that an interval takes well under a
+# second even on a loaded machine (a pause is seen as steps that stop advancing); captures only at epoch ends
 LONG_RUN = ["--model", "smallcnn", "--dataset", "shapes", "--device", "cpu", "--steps", "100000"]
-LONG_RUN += ["--log-every", "5", "--capture-every", "0"]
+LONG_RUN += ["--batch-size", "8", "--log-every", "5", "--capture-every", "0"]
 
 
 def env() -> dict[str, str]:
