@@ -75,7 +75,8 @@ def _send_once(store: Path, command: str) -> None:
     except FileNotFoundError:
         raise NotListening(
             f"{why}: it has no command pipe ({path.name}): it is not training (finished or crashed), "
-            "or it was started by an older mirante or on another machine"
+            "or it is written by your own loop through Monitor (which takes no commands), by an older mirante, "
+            "or on another machine"
         ) from None
     except PermissionError:
         raise ControlError(f"{why}: its command pipe belongs to another user") from None

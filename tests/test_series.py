@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tui.series import BUCKETS, PENDING, Series, ema_debiased, ema_points
+from tui.series import BUCKETS, TAIL, Series, ema_debiased, ema_points
 
 
 def raw_points(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -82,7 +82,7 @@ def test_smoothing_again_takes_older_points_from_the_store_and_the_newest_from_i
     series.extend(steps, values)
     with pytest.raises(ValueError):
         series.resmooth(0.9)  # bucketed: it needs the raw points
-    lagging = 20_000 - PENDING // 2  # the store has not committed the newest points yet
+    lagging = 20_000 - TAIL // 2  # the store has not committed the newest points yet
     series.resmooth(0.9, steps[:lagging], values[:lagging])
     check_buckets(series, steps, values, 0.9)
 

@@ -19,7 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 
 BUCKETS = 1024  # per series: four per column of the widest chart a terminal is likely to show
-PENDING = 4096  # points appended before they are folded into buckets
+# points appended before they are folded into buckets (a redraw folds what is pending, too): folding is numpy, which
+# lets go of the GIL at each call, and a busy reader thread then holds it for a switch interval: fold seldom, in bulk
+PENDING = 65_536
+TAIL = 4096  # the newest raw points kept, for smoothing again while the store lags behind (it commits every 250 ms)
+BLOCK = 4096  # longest block of the vectorised EMA
 MAX_EXPONENT = 230  # a sub-chunk of the vectorised EMA keeps weight**length above 1e-230
 EMA_CLIP = 1e70  # |values| beyond this are clipped inside the EMA so the rescaled sums cannot overflow
 
@@ -57,7 +61,7 @@ def ema_points(values: np.ndarray, weight: float, avg: float = 0.0, norm: float 
     if weight <= 0.0:
         out[finite] = x
         return out, float(x[-1]), 1.0
-    length = max(16, min(PENDING, int(MAX_EXPONENT / -math.log10(weight))))
+    length = max(16, min(BLOCK, int(MAX_EXPONENT / -math.log10(weight))))
     blocks = -(-len(x) // length)
     padded = np.zeros(blocks * length)
     padded[: len(x)] = x
@@ -177,8 +181,8 @@ class Series:
             return
         smooth, self._avg, self._norm = ema_points(values, self.weight, self._avg, self._norm)
         self._tail = (
-            np.concatenate([self._tail[0], steps[-PENDING:]])[-PENDING:],
-            np.concatenate([self._tail[1], values[-PENDING:]])[-PENDING:],
+            np.concatenate([self._tail[0], steps[-TAIL:]])[-TAIL:],
+            np.concatenate([self._tail[1], values[-TAIL:]])[-TAIL:],
         )
         self._last = float(values[-1])
         self._n += len(values)
