@@ -57,9 +57,7 @@ def fake_metrics(steps: int, layers: int, every: int) -> dict[str, np.ndarray]:
     }
 
 
-def write_run(
-    path: Path, steps: int, layers: int, every: int, config: dict | None = None
-) -> tuple[int, float, float]:
+def write_run(path: Path, steps: int, layers: int, every: int, config: dict | None = None) -> tuple[int, float, float]:
     """Write the run; `config` goes into its RunStarted (the app reads `diagnostics` and `total_steps` there)."""
     m = fake_metrics(steps, layers, every)
     scalar_names = ("train/loss", "lr", "throughput/img_s", "time/data_s", "time/compute_s")

@@ -91,7 +91,9 @@ def write_big_run(path: Path, steps: int) -> int:
             if step % 500 == 0:
                 writer.write(ev.System(**seq.header(step), metrics={"cpu/rss_gb": 1.0 + step / steps}))
             if step % 5000 == 0:
-                writer.write(ev.Activation(**seq.header(step), layer="layer0.conv", sample=0, shape=(8, 16, 16), data=maps))
+                writer.write(
+                    ev.Activation(**seq.header(step), layer="layer0.conv", sample=0, shape=(8, 16, 16), data=maps)
+                )
             if step % 10_000 == 0:
                 acc = columns["train/acc"][step - 1]
                 writer.write(ev.Epoch(**seq.header(step), epoch=step // 10_000, val_loss=1.0, val_acc=acc))
@@ -169,12 +171,26 @@ def redraw_figures(path: Path, rounds: int) -> dict[str, list[float]]:
                 await pilot.pause(0.1)
                 for i in range(rounds):
                     step = app.state.step + 1
-                    app.state.apply(ev.Step(seq=app.state.last_seq + 1, wall_time=0.0, step=step, scalars={
-                        "train/loss": 1.0, "train/acc": 0.5, "lr": 0.01}))
+                    app.state.apply(
+                        ev.Step(
+                            seq=app.state.last_seq + 1,
+                            wall_time=0.0,
+                            step=step,
+                            scalars={"train/loss": 1.0, "train/acc": 0.5, "lr": 0.01},
+                        )
+                    )
                     if key == "2":
                         g = np.full(LAYERS, 0.1 + i, np.float32)
-                        app.state.apply(ev.LayerStats(seq=app.state.last_seq + 1, wall_time=0.0, step=step,
-                                                      grad_norm=g, weight_norm=g, update_ratio=g))
+                        app.state.apply(
+                            ev.LayerStats(
+                                seq=app.state.last_seq + 1,
+                                wall_time=0.0,
+                                step=step,
+                                grad_norm=g,
+                                weight_norm=g,
+                                update_ratio=g,
+                            )
+                        )
                     t0 = time.perf_counter()
                     app.redraw()
                     for widget in app.screen.query(drawn):
@@ -223,8 +239,16 @@ def live_trainer(seconds: float, tmp: Path, steps: int) -> tuple[list[float], fl
     from engine.launch import start_trainer
     from tui.sources import LiveSource
 
-    config = TrainConfig(model="smallcnn", dataset="shapes", steps=steps, log_every=1, probe_every=1,
-                         runs_dir=str(tmp), name="live", batch_size=32)
+    config = TrainConfig(
+        model="smallcnn",
+        dataset="shapes",
+        steps=steps,
+        log_every=1,
+        probe_every=1,
+        runs_dir=str(tmp),
+        name="live",
+        batch_size=32,
+    )
     child = start_trainer(config.to_dict(), own_session=True)
     store = tmp / "live.mirante"
     app = MiranteApp(LiveSource(child.live, store, child.process), store=store, commands=child.commands)
@@ -256,8 +280,11 @@ class PacedSource:
         if self.sent == 0:
             self.sent = 1
             config = {"total_steps": 10**9, "diagnostics": DIAGNOSTICS_VERSION}
-            return [ev.RunStarted(**self.seq.header(0), name="b", model="m", dataset="d", layers=self._layers,
-                                  config=config)]
+            return [
+                ev.RunStarted(
+                    **self.seq.header(0), name="b", model="m", dataset="d", layers=self._layers, config=config
+                )
+            ]
         if self.rate is not None:
             due = self._start + self.sent / self.rate
             if due > time.perf_counter():
@@ -268,8 +295,11 @@ class PacedSource:
             self._step += 1
             out.append(ev.Step(**self.seq.header(self._step), scalars={"train/loss": 1.0 / self._step, "lr": 0.1}))
             if self._step % 10 == 0:
-                out.append(ev.LayerStats(**self.seq.header(self._step), grad_norm=self._g, weight_norm=self._g,
-                                         update_ratio=self._g))
+                out.append(
+                    ev.LayerStats(
+                        **self.seq.header(self._step), grad_norm=self._g, weight_norm=self._g, update_ratio=self._g
+                    )
+                )
         self.sent += len(out)
         return out
 
@@ -327,34 +357,51 @@ def main() -> None:
     if args.tiny:
         args.steps, args.repeat = 20_000, 1
     seconds = 2.0 if args.tiny else 8.0
-    figures: dict[str, object] = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
-                                  f"{platform.python_version()}", "steps": args.steps}
+    figures: dict[str, object] = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "steps": args.steps,
+    }
     print(f"machine: {figures['machine']}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "big.mirante"
         t0 = time.perf_counter()
         last_seq = write_big_run(path, args.steps)
-        print(f"run written: {args.steps:,} steps, {last_seq:,} events, {path.stat().st_size / 1e6:.0f} MB "
-              f"in {time.perf_counter() - t0:.0f} s", flush=True)
+        print(
+            f"run written: {args.steps:,} steps, {last_seq:,} events, {path.stat().st_size / 1e6:.0f} MB "
+            f"in {time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )
         opened = open_figures(path, last_seq, args.steps, args.repeat)
         for name in ("watch", "replay"):
-            print(f"open, `mirante {name}`, to the first complete frame: {describe(opened[f'{name} s'], 's')}; "
-                  f"resident memory then {describe(opened[f'{name} MB'], 'MB', 0)}", flush=True)
+            print(
+                f"open, `mirante {name}`, to the first complete frame: {describe(opened[f'{name} s'], 's')}; "
+                f"resident memory then {describe(opened[f'{name} MB'], 'MB', 0)}",
+                flush=True,
+            )
         redraw = redraw_figures(path, rounds=5 if args.tiny else 20)
-        print(f"redraw at {args.steps:,} steps, smoothing on: Overview {describe(redraw['overview ms'], 'ms', 1)}; "
-              f"Gradients {describe(redraw['gradients ms'], 'ms', 1)}", flush=True)
+        print(
+            f"redraw at {args.steps:,} steps, smoothing on: Overview {describe(redraw['overview ms'], 'ms', 1)}; "
+            f"Gradients {describe(redraw['gradients ms'], 'ms', 1)}",
+            flush=True,
+        )
         figures |= opened | redraw
         if not args.skip_ingest:
             latencies, folded, steps_s = live_trainer(seconds, Path(tmp), steps=2000 if args.tiny else 100_000)
-            print(f"keys while a live trainer writes at full speed (smallcnn, every step logged and probed, "
-                  f"{steps_s:,.0f} steps/s): key latency median {statistics.median(latencies):.0f} ms, "
-                  f"max {max(latencies):.0f} ms; {folded:,.0f} events/s folded", flush=True)
+            print(
+                f"keys while a live trainer writes at full speed (smallcnn, every step logged and probed, "
+                f"{steps_s:,.0f} steps/s): key latency median {statistics.median(latencies):.0f} ms, "
+                f"max {max(latencies):.0f} ms; {folded:,.0f} events/s folded",
+                flush=True,
+            )
             figures |= {"live key ms": latencies, "live events/s": folded, "live steps/s": steps_s}
             for rate in (150_000, None):
                 latencies, folded = key_latency(MiranteApp(PacedSource(rate)), seconds)
                 label = "unpaced" if rate is None else f"offered {rate:,}/s"
-                print(f"synthetic events {label}: {folded:,.0f} events/s folded; key latency median "
-                      f"{statistics.median(latencies):.0f} ms, max {max(latencies):.0f} ms", flush=True)
+                print(
+                    f"synthetic events {label}: {folded:,.0f} events/s folded; key latency median "
+                    f"{statistics.median(latencies):.0f} ms, max {max(latencies):.0f} ms",
+                    flush=True,
+                )
                 figures |= {f"synthetic {label} events/s": folded, f"synthetic {label} key ms": latencies}
         rate = terminal_bytes(2.0 if args.tiny else 10.0)
         print(f"terminal output, replay at 5x at 120x40: {rate / 1000:.1f} KB/s", flush=True)

@@ -394,15 +394,22 @@ def many_captures_run(path: Path, captures: int = 30) -> list[ev.Event]:
 
     seq = ev.Sequencer(clock=iter(1_700_000_000.0 + 0.01 * i for i in range(10**9)).__next__)
     events: list[ev.Event] = [
-        ev.RunStarted(**seq.header(0), name="captures", model="m", dataset="d", layers=LAYERS,
-                      config={"diagnostics": VERSION, "total_steps": 50 * captures})
+        ev.RunStarted(
+            **seq.header(0),
+            name="captures",
+            model="m",
+            dataset="d",
+            layers=LAYERS,
+            config={"diagnostics": VERSION, "total_steps": 50 * captures},
+        )
     ]
     for step in range(50 * captures):
         events.append(ev.Step(**seq.header(step), scalars={"train/loss": 2.0 + math.sin(step / 7), "lr": 0.1}))
         if step % 50 == 0:  # every map of capture k is k: which capture is shown can be read off it
             k = step // 50
-            events.append(ev.Activation(**seq.header(step), layer="conv1", sample=0, shape=(2, 4, 4),
-                                        data=f16([float(k)] * 32)))
+            events.append(
+                ev.Activation(**seq.header(step), layer="conv1", sample=0, shape=(2, 4, 4), data=f16([float(k)] * 32))
+            )
     events.append(ev.RunEnded(**seq.header(50 * captures), status="finished", reason=""))
     write_run(path, events)
     return events

@@ -17,9 +17,9 @@ from textual.worker import get_current_worker
 
 from engine.store import RunReader, StoreError
 from tui.messages import EventsArrived, SourceDone, SourceFailed
+from tui.remote import Remote
 from tui.screens import PANES
 from tui.screens.base import View
-from tui.remote import Remote
 from tui.screens.dialogs import HelpScreen, QuitScreen
 from tui.snapshot import Snapshot, raw_series
 from tui.state import MapCapture, RunState, maps_of
@@ -214,7 +214,11 @@ class MiranteApp(App[int]):
         pane = self.query_one(f"#{active}", TabPane).children[0] if active else None
         if pane is not None:
             pane.draw(self.state, self.view)
-        settings = (("frozen", self.frozen), ("paused", self.paused), (f"smoothed {self.view.smoothing:g}", self.view.smooth))
+        settings = (
+            ("frozen", self.frozen),
+            ("paused", self.paused),
+            (f"smoothed {self.view.smoothing:g}", self.view.smooth),
+        )
         flags = [name for name, on in settings if on]
         speed = getattr(self.source, "speed", None)
         self.query_one("#status", Static).update(
@@ -298,7 +302,9 @@ class MiranteApp(App[int]):
     def action_capture_now(self) -> None:
         """Ask the trainer for activation maps and filters now (it answers at its next logging interval)."""
         error = self.command("capture")
-        self.note = f"capture: {error}" if error else "capture asked: maps arrive at the trainer's next logging interval"
+        self.note = (
+            f"capture: {error}" if error else "capture asked: maps arrive at the trainer's next logging interval"
+        )
         self.redraw(force=True)
 
     def action_export(self) -> None:
@@ -339,7 +345,9 @@ class MiranteApp(App[int]):
         def chosen(choice: str | None) -> None:
             if choice == "stop":
                 error = self.command("stop")
-                self.note = f"stop: {error}" if error else "stopping: a checkpoint, then the run ends and the app leaves"
+                self.note = (
+                    f"stop: {error}" if error else "stopping: a checkpoint, then the run ends and the app leaves"
+                )
                 self.stopping = error is None
                 self.redraw(force=True)
             elif choice == "detach":

@@ -44,7 +44,9 @@ class Buckets:
         return len(self.step)
 
 
-def ema_points(values: np.ndarray, weight: float, avg: float = 0.0, norm: float = 0.0) -> tuple[np.ndarray, float, float]:
+def ema_points(
+    values: np.ndarray, weight: float, avg: float = 0.0, norm: float = 0.0
+) -> tuple[np.ndarray, float, float]:
     """The debiased EMA at every point (NaN where the value is not finite), and the (avg, norm) to carry on with.
 
     avg_t = w avg_{t-1} + (1 - w) x_t over the finite values only, shown as avg_t / norm_t (norm likewise with
@@ -77,8 +79,10 @@ def ema_points(values: np.ndarray, weight: float, avg: float = 0.0, norm: float 
     n = (local_n + decay * carry_n[:, None]).ravel()[: len(x)]
     out[finite] = a / n
     last = (len(x) - 1) % length + 1  # values in the last block: its state at the end is the one to carry on
-    return out, float(local_a[-1, last - 1] + decay[last - 1] * carry_a[-1]), float(
-        local_n[last - 1] + decay[last - 1] * carry_n[-1]
+    return (
+        out,
+        float(local_a[-1, last - 1] + decay[last - 1] * carry_a[-1]),
+        float(local_n[last - 1] + decay[last - 1] * carry_n[-1]),
     )
 
 
@@ -95,7 +99,18 @@ class Series:
     """One scalar over steps, bounded: `append` per point, `buckets()` when drawing."""
 
     __slots__ = (
-        "weight", "_steps", "_values", "_b", "_origin", "_width", "_avg", "_norm", "_n", "_last", "_raw", "_tail"
+        "weight",
+        "_steps",
+        "_values",
+        "_b",
+        "_origin",
+        "_width",
+        "_avg",
+        "_norm",
+        "_n",
+        "_last",
+        "_raw",
+        "_tail",
     )
 
     def __init__(self, weight: float = 0.6) -> None:

@@ -75,7 +75,6 @@ def raw_series(reader: RunReader, upto_seq: int) -> Callable[[str], tuple]:
     return lambda name: reader.scalars(name, upto_seq=upto_seq)
 
 
-
 class Opening:
     """A run read as of `step` (everything if None) in a forked process, while this one goes on starting the app.
 

@@ -387,7 +387,9 @@ class RunReader:
         if kind not in ("Activation", "Filters"):
             raise ValueError(f"not a kind of map: {kind!r}")
         bound = _NO_LIMIT if upto_seq is None else upto_seq
-        rows = self._db.execute("SELECT seq, step, tag FROM events WHERE kind=? AND seq <= ? ORDER BY seq", (kind, bound))
+        rows = self._db.execute(
+            "SELECT seq, step, tag FROM events WHERE kind=? AND seq <= ? ORDER BY seq", (kind, bound)
+        )
         return [(seq, step, tag) for seq, step, tag in rows]
 
     @_guarded
@@ -455,7 +457,11 @@ class RunReader:
         seq, step = seq or 0, max(step or 0, top_step or 0)
         first = first_wall[0] if first_wall else (float(unpack_f64(*first_chunk)[0]) if first_chunk else None)
         if chunk is not None:
-            seqs, steps, walls = unpack_i64(chunk[0], chunk[3]), unpack_i64(chunk[1], chunk[3]), unpack_f64(chunk[2], chunk[3])
+            seqs, steps, walls = (
+                unpack_i64(chunk[0], chunk[3]),
+                unpack_i64(chunk[1], chunk[3]),
+                unpack_f64(chunk[2], chunk[3]),
+            )
             keep = seqs <= bound
             if keep.any():
                 seq, step = max(seq, int(seqs[keep].max())), max(step, int(steps[keep].max()))

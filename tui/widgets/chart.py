@@ -83,7 +83,9 @@ def prepare(line: Line, points: int, log_y: bool) -> Plotted:
     steps = np.asarray(line.steps).ravel()
     values = np.asarray(line.values, dtype=np.float64).ravel()
     n = min(len(steps), len(values))
-    envelope = {k: None if v is None else np.asarray(v).ravel()[:n] for k, v in (("low", line.low), ("high", line.high))}
+    envelope = {
+        k: None if v is None else np.asarray(v).ravel()[:n] for k, v in (("low", line.low), ("high", line.high))
+    }
     nan = None if line.nan is None else np.asarray(line.nan).ravel()[:n]
     series = downsample(line.label, steps[:n], values[:n], points=points, nan=nan, **envelope)
     keep = drawable(series.last, log_y)
