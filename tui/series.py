@@ -152,11 +152,6 @@ class Series:
         b = self._b
         return Buckets(b["step"], b["min"], b["max"], b["last"], b["smooth"], b["count"], b["nan"])
 
-    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """(steps, last value) per bucket: the raw series while it fits in BUCKETS, else its buckets' last values."""
-        b = self.buckets()
-        return b.step, b.last
-
     @property
     def raw(self) -> bool:
         """Whether the buckets still hold one point each (so they are the raw series)."""

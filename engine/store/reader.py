@@ -195,8 +195,6 @@ class RunReader:
         """`with reader.snapshot():` every call inside reads the same committed state (one read transaction)."""
         return _Snapshot(self._db)
 
-    _snapshot = snapshot
-
     # -- metadata
 
     @_guarded
@@ -211,7 +209,7 @@ class RunReader:
     @_guarded
     def ended(self) -> ev.RunEnded | None:
         """The RunEnded that closes the last RunStarted, if any."""
-        with self._snapshot():
+        with self.snapshot():
             start = self._db.execute("SELECT max(seq) FROM events WHERE kind='RunStarted'").fetchone()[0] or 0
             row = self._db.execute(
                 f"SELECT {EVENT_COLUMNS} FROM events WHERE kind='RunEnded' AND seq > ? ORDER BY seq DESC LIMIT 1",
@@ -242,7 +240,7 @@ class RunReader:
 
     @_guarded
     def last_seq(self) -> int:
-        with self._snapshot():
+        with self.snapshot():
             a = self._db.execute("SELECT max(seq) FROM events").fetchone()[0] or 0
             b = self._db.execute("SELECT max(last_seq) FROM step_chunks").fetchone()[0] or 0
         return max(a, b)
@@ -250,7 +248,7 @@ class RunReader:
     @_guarded
     def summary(self) -> RunSummary:
         start = self.started()
-        with self._snapshot():
+        with self.snapshot():
             q = self._db.execute
             steps_ev = q("SELECT max(step), min(wall_time), max(wall_time) FROM events").fetchone()
             last_chunk = q("SELECT last_step, walls, n FROM step_chunks ORDER BY first_seq DESC LIMIT 1").fetchone()
@@ -296,7 +294,7 @@ class RunReader:
         names = list(ids) if names is None else names
         bound = _NO_LIMIT if upto_seq is None else upto_seq
         out = {name: (np.empty(0, np.int64), np.empty(0, np.float64)) for name in names}
-        with self._snapshot():
+        with self.snapshot():
             chunks: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}  # first_seq -> (steps, seqs if cut)
             for first, last, s0, s1, n, seqs, steps_blob, walls, crc in self._db.execute(
                 "SELECT first_seq, last_seq, first_step, last_step, n, seqs, steps, walls, crc FROM step_chunks"
@@ -415,7 +413,7 @@ class RunReader:
         """
         if field not in ("grad_norm", "weight_norm", "update_ratio"):
             raise ValueError(f"unknown LayerStats field {field!r}")
-        with self._snapshot():
+        with self.snapshot():
             seqs = [r[0] for r in self._db.execute("SELECT seq FROM events WHERE kind='LayerStats' ORDER BY step")]
             if len(seqs) > points:
                 picks = np.unique(np.linspace(0, len(seqs) - 1, points).round().astype(int))
@@ -441,7 +439,7 @@ class RunReader:
     def extent(self, upto_seq: int | None = None) -> tuple[int, int, float | None, float | None]:
         """(last seq, largest step, first wall time, last wall time) of the events with seq <= `upto_seq`."""
         bound = _NO_LIMIT if upto_seq is None else upto_seq
-        with self._snapshot():
+        with self.snapshot():
             q = self._db.execute
             seq, step, last_wall = q(
                 "SELECT max(seq), max(step), max(wall_time) FROM events WHERE seq <= ?", (bound,)
@@ -471,7 +469,7 @@ class RunReader:
     @_guarded
     def seq_at_step(self, step: int) -> int:
         """The last seq of the events up to `step` (0 if none): where a replay that starts at `step` goes on from."""
-        with self._snapshot():
+        with self.snapshot():
             best = self._db.execute("SELECT max(seq) FROM events WHERE step <= ?", (step,)).fetchone()[0] or 0
             chunks = self._db.execute(
                 "SELECT last_seq, last_step, first_step, seqs, steps, n FROM step_chunks WHERE first_step <= ?"
@@ -494,7 +492,7 @@ class RunReader:
         consistent snapshot, so nothing is skipped or repeated. Unknown kinds are skipped.
         """
         cap = limit if limit is not None else -1
-        with self._snapshot():
+        with self.snapshot():
             rows = self._db.execute(
                 f"SELECT {EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, cap)
             ).fetchall()
