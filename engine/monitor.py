@@ -101,7 +101,7 @@ class Monitor:
             model_summary=summary,
             layers=self.rec.layers,
             device={"type": device.type, "host": platform.node()},
-            versions={"python": platform.python_version(), "torch": torch.__version__},
+            versions={"python": platform.python_version(), "torch": str(torch.__version__)},
         )
 
     def step(

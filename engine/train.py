@@ -242,7 +242,7 @@ def setup(config: TrainConfig, dist: Dist | None = None) -> Setup:
         loss_fn=loss_function(c, data.spec.num_classes),
         total_steps=total,
         counts=counts,
-        versions={"python": platform.python_version(), "torch": torch.__version__, "mirante": _version()},
+        versions={"python": platform.python_version(), "torch": str(torch.__version__), "mirante": _version()},
     )
 
 
