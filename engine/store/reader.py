@@ -544,27 +544,32 @@ class RunReader:
 
     def _read_step_chunk(self, first_seq: int) -> list[ev.Step]:
         """The Step events of one column chunk, rebuilt."""
-        row = self._db.execute("SELECT * FROM step_chunks WHERE first_seq=?", (first_seq,)).fetchone()
-        if row is None:
-            raise StoreError(f"step chunk {first_seq} is missing")
-        first, last, s0, s1, n, seqs_blob, steps_blob, walls_blob, crc = row
-        if crc != chunk_crc(seqs_blob, steps_blob, walls_blob, ints=(first, last, s0, s1, n)):
-            raise StoreError(f"checksum mismatch in step chunk {first}")
-        seqs = unpack_i64(seqs_blob, n).tolist()
-        steps = unpack_i64(steps_blob, n).tolist()
-        walls = unpack_f64(walls_blob, n).tolist()
-        scalars: list[dict[str, float]] = [{} for _ in range(n)]
-        for nid, rows_blob, vals_blob, vcrc in self._db.execute(
-            "SELECT name_id, rows, vals, crc FROM series_chunks WHERE first_seq=? ORDER BY rowid", (first,)
-        ):
-            name = self._name(nid)
-            m = n if rows_blob is None else len(zlib.decompress(rows_blob)) // 8
-            if vcrc != chunk_crc(rows_blob, vals_blob, ints=(nid, first, m)):
-                raise StoreError(f"checksum mismatch in series chunk {first} of {name!r}")
-            idx = range(n) if rows_blob is None else unpack_i64(rows_blob, m).tolist()
-            for i, v in zip(idx, unpack_f64(vals_blob, m).tolist(), strict=True):
-                scalars[i][name] = v
-        return [ev.Step(seq=seqs[i], step=steps[i], wall_time=walls[i], scalars=scalars[i]) for i in range(n)]
+        return read_step_chunk(self._db, first_seq, self._name)
+
+
+def read_step_chunk(db: sqlite3.Connection, first_seq: int, name_of: Callable[[int], str]) -> list[ev.Step]:
+    """The Step events of the column chunk that starts at `first_seq`, rebuilt and checked."""
+    row = db.execute("SELECT * FROM step_chunks WHERE first_seq=?", (first_seq,)).fetchone()
+    if row is None:
+        raise StoreError(f"step chunk {first_seq} is missing")
+    first, last, s0, s1, n, seqs_blob, steps_blob, walls_blob, crc = row
+    if crc != chunk_crc(seqs_blob, steps_blob, walls_blob, ints=(first, last, s0, s1, n)):
+        raise StoreError(f"checksum mismatch in step chunk {first}")
+    seqs = unpack_i64(seqs_blob, n).tolist()
+    steps = unpack_i64(steps_blob, n).tolist()
+    walls = unpack_f64(walls_blob, n).tolist()
+    scalars: list[dict[str, float]] = [{} for _ in range(n)]
+    for nid, rows_blob, vals_blob, vcrc in db.execute(
+        "SELECT name_id, rows, vals, crc FROM series_chunks WHERE first_seq=? ORDER BY rowid", (first,)
+    ):
+        name = name_of(nid)
+        m = n if rows_blob is None else len(zlib.decompress(rows_blob)) // 8
+        if vcrc != chunk_crc(rows_blob, vals_blob, ints=(nid, first, m)):
+            raise StoreError(f"checksum mismatch in series chunk {first} of {name!r}")
+        idx = range(n) if rows_blob is None else unpack_i64(rows_blob, m).tolist()
+        for i, v in zip(idx, unpack_f64(vals_blob, m).tolist(), strict=True):
+            scalars[i][name] = v
+    return [ev.Step(seq=seqs[i], step=steps[i], wall_time=walls[i], scalars=scalars[i]) for i in range(n)]
 
 
 _NO_LIMIT = 2**62  # a seq or step bound that bounds nothing

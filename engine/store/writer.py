@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from engine import events as ev
-from engine.store.reader import RunReader
+from engine.store.reader import RunReader, read_step_chunk
 from engine.store.schema import (
     APPLICATION_ID,
     CHUNK_ROWS,
@@ -97,7 +97,13 @@ class RunWriter:
         append: bool = False,
         flush_interval: float = 0.25,
         flush_events: int = 1000,
+        keep_upto_seq: int | None = None,
     ) -> None:
+        """`keep_upto_seq=S` (with `append`): first remove every event with seq > S, so the run goes on at S + 1.
+
+        That is how `--resume` drops what was recorded after its checkpoint; `discarded` says
+        how many events went.
+        """
         self.path = Path(path)
         self.flush_interval = flush_interval
         self.flush_events = flush_events
@@ -110,6 +116,9 @@ class RunWriter:
         self._last_heartbeat = 0.0
         self._lock_file = None
         self.committed_seq = 0  # highest seq durably committed; readers can see up to it
+        self.discarded = 0  # events removed by `keep_upto_seq`
+        if keep_upto_seq is not None and (not append or type(keep_upto_seq) is not int or keep_upto_seq < 0):
+            raise ValueError(f"keep_upto_seq must be a seq >= 0 of a store opened to append, not {keep_upto_seq!r}")
 
         exists = self.path.exists()
         if exists and not append:
@@ -121,6 +130,7 @@ class RunWriter:
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock()
+        self._db = None
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             if not exists:
@@ -129,12 +139,18 @@ class RunWriter:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             if exists:
-                self._resume()
+                self._resume(keep_upto_seq)
             else:
                 self._create()
-        except sqlite3.Error as exc:
+        except BaseException as exc:
+            if self._db is not None:
+                self._db.close()
             self._unlock()
-            raise StoreError(f"{self.path}: cannot write run store: {exc}") from None
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"{self.path}: cannot write run store: {exc}") from None
+            if isinstance(exc, StoreError):
+                raise StoreError(f"{self.path}: cannot append to run store: {exc}") from None
+            raise
         self.last_seq = self.committed_seq  # highest seq accepted by write()
         self._thread = threading.Thread(target=self._run, name=f"mirante-writer:{self.path.name}", daemon=True)
         self._thread.start()
@@ -274,28 +290,63 @@ class RunWriter:
         db.execute(f"PRAGMA user_version={ev.SCHEMA_VERSION}")
         db.execute("COMMIT")
 
-    def _resume(self) -> None:
+    def _resume(self, keep_upto_seq: int | None) -> None:
         db = self._db
-        self._names = dict(db.execute("SELECT name, id FROM names").fetchall())
-        last_event = db.execute("SELECT max(seq) FROM events").fetchone()[0] or 0
-        last_chunk = db.execute("SELECT max(last_seq) FROM step_chunks").fetchone()[0] or 0
-        self.committed_seq = max(last_event, last_chunk)
-        # the last chunk may be partly filled: keep filling it, as if never closed
-        row = db.execute("SELECT first_seq FROM step_chunks ORDER BY first_seq DESC LIMIT 1").fetchone()
-        if row is not None:
-            reader = RunReader(self.path)
-            try:
-                chunk = reader._read_step_chunk(row[0])
-            finally:
-                reader.close()
-            if len(chunk) < CHUNK_ROWS:
-                for event in chunk:
-                    self._chunk.add(event)
-                self._chunk.dirty = False
-        db.execute(
-            "INSERT OR REPLACE INTO meta VALUES ('writer_pid', ?), ('writer_host', ?)",
-            (str(os.getpid()), socket.gethostname()),
-        )
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            self._names = dict(db.execute("SELECT name, id FROM names").fetchall())
+            if keep_upto_seq is not None:
+                self.discarded = self._truncate(keep_upto_seq)
+            last_event = db.execute("SELECT max(seq) FROM events").fetchone()[0] or 0
+            last_chunk = db.execute("SELECT max(last_seq) FROM step_chunks").fetchone()[0] or 0
+            self.committed_seq = max(last_event, last_chunk)
+            # the last chunk may be partly filled: keep filling it, as if never closed
+            row = db.execute("SELECT first_seq FROM step_chunks ORDER BY first_seq DESC LIMIT 1").fetchone()
+            if row is not None:
+                chunk = read_step_chunk(db, row[0], self._name_of)
+                if len(chunk) < CHUNK_ROWS:
+                    for event in chunk:
+                        self._chunk.add(event)
+                    self._chunk.dirty = False
+            db.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('writer_pid', ?), ('writer_host', ?)",
+                (str(os.getpid()), socket.gethostname()),
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _truncate(self, keep: int) -> int:
+        """Remove every event with seq > `keep` (inside the caller's transaction); how many went."""
+        db = self._db
+        gone = db.execute("SELECT count(*) FROM events WHERE seq > ?", (keep,)).fetchone()[0]
+        db.execute("DELETE FROM events WHERE seq > ?", (keep,))
+        gone += db.execute("SELECT coalesce(sum(n), 0) FROM step_chunks WHERE first_seq > ?", (keep,)).fetchone()[0]
+        db.execute("DELETE FROM series_chunks WHERE first_seq > ?", (keep,))
+        db.execute("DELETE FROM step_chunks WHERE first_seq > ?", (keep,))
+        row = db.execute(
+            "SELECT first_seq FROM step_chunks WHERE first_seq <= ? AND last_seq > ?", (keep, keep)
+        ).fetchone()
+        if row is not None:  # the chunk that straddles `keep`: rewritten with its rows up to it
+            steps = read_step_chunk(db, row[0], self._name_of)
+            kept = _OpenChunk()
+            for step in steps:
+                if step.seq <= keep:
+                    kept.add(step)
+            gone += len(steps) - len(kept)
+            db.execute("DELETE FROM series_chunks WHERE first_seq = ?", (row[0],))
+            kept.store(db, self._name_id)
+        if gone:  # scalar names no step holds any more
+            db.execute("DELETE FROM names WHERE id NOT IN (SELECT DISTINCT name_id FROM series_chunks)")
+            self._names = dict(db.execute("SELECT name, id FROM names").fetchall())
+        return gone
+
+    def _name_of(self, nid: int) -> str:
+        for name, i in self._names.items():
+            if i == nid:
+                return name
+        raise StoreError(f"scalar name id {nid} is not in the names table")
 
     def _lock(self) -> None:
         if fcntl is None:

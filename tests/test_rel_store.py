@@ -1,0 +1,160 @@
+"""Run store reliability: truncation for --resume, bad events at write(), a full disk, foreign -wal, gaps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine import events as ev
+from engine.store import CHUNK_ROWS, RunReader, RunWriter, StoreError
+from tests.runs import make_events, same, write_run
+
+# --- truncation: RunWriter(path, append=True, keep_upto_seq=S) -------------------------------
+
+EVENTS = make_events(steps=2500)  # three step chunks, the last one partly filled
+STEP_SEQS = [e.seq for e in EVENTS if type(e) is ev.Step]
+N = len(EVENTS)
+
+
+def appended(after: int, count: int = 40) -> list[ev.Event]:
+    """Events a resumed run writes after seq `after`: steps (one scalar new), a LayerStats, an Epoch, the end."""
+    step0 = max([e.step for e in EVENTS if e.seq <= after], default=0) + 1
+    seq = ev.Sequencer(after, clock=iter(1_800_000_000.0 + 0.01 * i for i in range(10**6)).__next__)
+    out: list[ev.Event] = []
+    for i in range(count):
+        out.append(ev.Step(**seq.header(step0 + i), scalars={"train/loss": 0.5 + i, "new/scalar": float(i)}))
+        if i == 3:
+            out.append(ev.LayerStats(**seq.header(step0 + i), grad_norm=[1.0, 2.0], weight_norm=[3.0], update_ratio=[]))
+    out.append(ev.Epoch(**seq.header(step0 + count), epoch=9, train_loss=0.1, train_acc=0.9, val_acc=0.99))
+    out.append(ev.RunEnded(**seq.header(step0 + count), status="finished"))
+    return out
+
+
+def observe(path) -> dict:
+    """Everything a reader tells about a run, through every method the app, export and ls use."""
+    out: dict = {}
+    with RunReader(path) as run:
+        out["follow"] = [ev.encode(e) for e in run.follow(0, limit=None)]
+        out["last_seq"] = run.last_seq()
+        out["names"] = run.scalar_names()
+        for name, (steps, values) in run.scalars_many().items():
+            out[f"scalars {name}"] = (steps.tolist(), values.tobytes())
+        for kind in ev.EVENT_TYPES:
+            if kind != "Step":
+                out[f"events {kind}"] = [ev.encode(e) for e in run.events_of(kind)]
+                out[f"last {kind}"] = [ev.encode(e) for e in run.events_of(kind, limit=1)]
+                out[f"count {kind}"] = run.count_of(kind)
+        out["index"] = run.activation_index()
+        out["filters index"] = run.activation_index("Filters")
+        act = run.activation("conv1")
+        out["activation"] = act and ev.encode(act)
+        out["extent"] = run.extent()
+        last = out["last_seq"]
+        for bound in (1, last // 3, last // 2, last - 1, last):
+            out[f"extent {bound}"] = run.extent(bound)
+            out[f"scalars <= {bound}"] = {
+                k: (s.tolist(), v.tobytes()) for k, (s, v) in run.scalars_many(upto_seq=bound).items()
+            }
+        for step in (0, 5, 1500, 2600, 10**6):
+            out[f"seq_at_step {step}"] = run.seq_at_step(step)
+        steps, matrix = run.vectors()
+        out["vectors"] = (steps.tolist(), matrix.tobytes())
+        summary = run.summary()
+        out["summary"] = (summary.status, summary.steps, summary.best_val_acc, summary.started, summary.duration)
+        out["ended"] = run.ended() and ev.encode(run.ended())
+    return out
+
+
+def cut_points() -> dict[str, int]:
+    first_chunk_end = STEP_SEQS[CHUNK_ROWS - 1]
+    return {
+        "nothing": 0,
+        "before any step": 1,
+        "inside a chunk": STEP_SEQS[1500] + 1,  # a LayerStats or a Step right after one
+        "inside a chunk, on a step": STEP_SEQS[1700],
+        "at a chunk edge": first_chunk_end,
+        "just past a chunk edge": first_chunk_end + 1,
+        "inside the last chunk": STEP_SEQS[2400],
+        "at the end": N,
+        "beyond the end": N + 10,
+    }
+
+
+@pytest.mark.parametrize("where", list(cut_points()))
+def test_truncate_then_append_reads_as_a_store_written_so(tmp_path, where):
+    keep = cut_points()[where]
+    write_run(tmp_path / "run.mirante", EVENTS)
+    with RunWriter(tmp_path / "run.mirante", append=True, keep_upto_seq=keep) as writer:
+        assert writer.discarded == max(0, N - keep)
+        assert writer.last_seq == min(keep, N)
+    prefix = [e for e in EVENTS if e.seq <= keep]
+    with RunReader(tmp_path / "run.mirante") as run:  # the kept prefix, exactly, before anything is appended
+        assert all(same(a, b) for a, b in zip(run.follow(0, limit=None), prefix, strict=True))
+        assert run.last_seq() == len(prefix)
+    more = appended(len(prefix))
+    with RunWriter(tmp_path / "run.mirante", append=True) as writer:
+        writer.write_many(more)
+    expected = prefix + more
+    assert [e.seq for e in expected] == list(range(1, len(expected) + 1))
+    write_run(tmp_path / "fresh.mirante", expected)
+    got, want = observe(tmp_path / "run.mirante"), observe(tmp_path / "fresh.mirante")
+    assert got.keys() == want.keys()
+    for key in want:
+        assert got[key] == want[key], key
+
+
+def test_truncate_in_an_open_chunk_then_write_in_the_same_session(tmp_path):
+    path = tmp_path / "run.mirante"
+    write_run(path, EVENTS[:-1])  # a crashed run: no RunEnded
+    keep = STEP_SEQS[2100]
+    with RunWriter(path, append=True, keep_upto_seq=keep, flush_interval=0.01) as writer:
+        more = appended(keep, count=CHUNK_ROWS + 5)  # fills the rewritten chunk and starts another
+        writer.write_many(more[:10])
+        writer.flush()
+        writer.write_many(more[10:])
+    with RunReader(path) as run:
+        back = run.follow(0, limit=None)
+        assert [e.seq for e in back] == list(range(1, keep + len(more) + 1))
+        assert all(same(a, b) for a, b in zip(back, EVENTS[:keep] + more, strict=True))
+        steps, _ = run.scalars("new/scalar")
+        assert len(steps) == CHUNK_ROWS + 5
+
+
+def test_keep_upto_seq_needs_append_and_a_seq(tmp_path):
+    path = tmp_path / "run.mirante"
+    with pytest.raises(ValueError, match="keep_upto_seq"):
+        RunWriter(path, keep_upto_seq=3)
+    write_run(path, EVENTS[:10])
+    for bad in (-1, 2.5, "3", True):
+        with pytest.raises(ValueError, match="keep_upto_seq"):
+            RunWriter(path, append=True, keep_upto_seq=bad)
+    with RunWriter(path, append=True, keep_upto_seq=None) as writer:
+        assert writer.discarded == 0 and writer.last_seq == 10
+
+
+def test_truncate_writes_nothing_when_nothing_is_removed(tmp_path):
+    path = tmp_path / "run.mirante"
+    write_run(path, EVENTS[:50])
+    before = observe(path)
+    with RunWriter(path, append=True, keep_upto_seq=50) as writer:
+        assert writer.discarded == 0
+    assert observe(path) == before
+
+
+def test_a_damaged_straddling_chunk_is_a_one_line_error_and_releases_the_file(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "run.mirante"
+    write_run(path, EVENTS)
+    db = sqlite3.connect(path)
+    db.execute("UPDATE step_chunks SET crc = crc + 1 WHERE first_seq = ?", (STEP_SEQS[CHUNK_ROWS],))
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="checksum mismatch") as info:
+        RunWriter(path, append=True, keep_upto_seq=STEP_SEQS[1500])
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+    with RunWriter(path, append=True, keep_upto_seq=STEP_SEQS[CHUNK_ROWS] - 1) as writer:  # the file was let go
+        assert writer.discarded == N - STEP_SEQS[CHUNK_ROWS] + 1
+    with RunReader(path) as run:
+        assert run.last_seq() == STEP_SEQS[CHUNK_ROWS] - 1
+        assert np.array_equal(run.scalars("lr")[0], np.arange(CHUNK_ROWS))
