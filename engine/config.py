@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +112,7 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Raise ConfigError for values that cannot work; returns self."""
+        self._check_finite()  # first: NaN passes every comparison below
         positive = {"batch_size": self.batch_size, "lr": self.lr, "epochs": self.epochs}
         positive |= {"log_every": self.log_every, "probe_every": self.probe_every}
         for name, value in positive.items():
@@ -151,6 +153,16 @@ class TrainConfig:
             )
         return self
 
+    def _check_finite(self) -> None:
+        """Every float option is a finite number: the command line's type says so, a checkpoint's config may not."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            values = value if isinstance(value, list) else [value]
+            for v in values:
+                if isinstance(v, float) and not math.isfinite(v):
+                    flag = "lr-find: --min-lr/--max-lr" if f.name == "range_test" else "--" + f.name.replace("_", "-")
+                    raise ConfigError(f"{flag} must be a finite number, got {v}")
+
     @property
     def run_name(self) -> str:
         return self.name or f"{self.model}-{Path(self.dataset).name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -182,9 +194,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, type=kind, default=default, help=help_text + shown, **meta)
 
 
-def _scalar_type(annotation: Any) -> type:
+def finite_float(text: str) -> float:
+    """argparse type of every float option: NaN and infinities are refused where they are typed."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def _scalar_type(annotation: Any) -> Any:
     text = str(annotation)
-    for name, kind in (("int", int), ("float", float)):
+    for name, kind in (("int", int), ("float", finite_float)):
         if text.startswith(name):
             return kind
     return str

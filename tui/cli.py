@@ -8,8 +8,9 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
-from engine.config import ConfigError
+from engine.config import ConfigError, finite_float
 from engine.store import SUFFIX, RunReader, RunSummary, StoreError, find_runs
 
 EXIT_USAGE = 2
@@ -18,6 +19,13 @@ RUNS_DIR = Path("runs")
 
 class CliError(Exception):
     """Bad input: printed as one line, exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors in one line, as every other bad input (`mirante train --help` has the usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"mirante: error: {message} (see: {self.prog} --help)\n")
 
 
 def resolve_run(run: str) -> Path:
@@ -312,7 +320,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="mirante",
         description="A terminal training monitor and profiler for PyTorch CNNs.",
     )
@@ -364,8 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_arguments(lf)
-    lf.add_argument("--min-lr", type=float, default=1e-6, help="first learning rate of the sweep (default: 1e-6)")
-    lf.add_argument("--max-lr", type=float, default=10.0, help="last learning rate of the sweep (default: 10)")
+    lf.add_argument(
+        "--min-lr", type=finite_float, default=1e-6, help="first learning rate of the sweep (default: 1e-6)"
+    )
+    lf.add_argument("--max-lr", type=finite_float, default=10.0, help="last learning rate of the sweep (default: 10)")
     lf.set_defaults(func=cmd_lr_find)
 
     wa = sub.add_parser("watch", help="attach to a run being written (or finished)", description="Attach to a run.")
@@ -379,11 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
         "started it, whether the run is in an app, detached, headless or under torchrun.",
     )
     st.add_argument("run", help=f"a run store, or the name of a run in {RUNS_DIR}/")
-    st.add_argument("--timeout", type=float, default=60.0, metavar="S", help="seconds to wait (default: 60)")
+    st.add_argument("--timeout", type=finite_float, default=60.0, metavar="S", help="seconds to wait (default: 60)")
     st.set_defaults(func=cmd_stop)
     rp = sub.add_parser("replay", help="re-animate a saved run", description="Replay a saved run at a chosen speed.")
     rp.add_argument("run", help=f"a run store, or the name of a run in {RUNS_DIR}/")
-    rp.add_argument("--speed", type=float, default=10.0, help="times the recorded pace (default: 10)")
+    rp.add_argument("--speed", type=finite_float, default=10.0, help="times the recorded pace (default: 10)")
     rp.add_argument("--start", type=int, default=None, metavar="STEP", help="jump to STEP first, then replay on")
     rp.set_defaults(func=cmd_replay)
 

@@ -17,6 +17,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from engine.config import finite_float
+
 LECTURE = (3, 128, 3, 100)  # the lecture's example: 3 -> 128 channels, 3x3 filters, a 100x100x3 image
 
 
@@ -44,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu (for --time)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="for --time")
     p.add_argument("--iters", type=int, default=10, help="timed iterations after 3 of warm-up (default: 10)")
-    p.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for MFU, if not known")
+    p.add_argument("--peak-tflops", type=finite_float, default=None, help="the device's peak, for MFU, if not known")
     p.add_argument("--json", metavar="FILE", help="write the rows and totals as JSON")
     p.add_argument("--csv", metavar="FILE", help="write the rows as CSV")
     p.add_argument(
