@@ -158,3 +158,60 @@ def test_a_damaged_straddling_chunk_is_a_one_line_error_and_releases_the_file(tm
     with RunReader(path) as run:
         assert run.last_seq() == STEP_SEQS[CHUNK_ROWS] - 1
         assert np.array_equal(run.scalars("lr")[0], np.arange(CHUNK_ROWS))
+
+
+# --- write() checks each event in the caller's thread -----------------------------------------
+
+
+class NotANumber:
+    def __float__(self) -> float:
+        raise RuntimeError("no")
+
+
+def bad_events(seq: int) -> list[ev.Event]:
+    """Events that cannot be stored, each with the seq the writer expects next."""
+    h = {"seq": seq, "wall_time": 1.0, "step": 3}
+    return [
+        ev.Step(**h, scalars={"train/loss": [1.0, 2.0]}),  # a vector loss
+        ev.Step(**h, scalars={"train/loss": "0.5"}),
+        ev.Step(**h, scalars={"train/loss": None}),
+        ev.Step(**h, scalars={"train/loss": NotANumber()}),
+        ev.Step(**h, scalars={"train/loss": 10**400}),  # no float holds it
+        ev.Step(**h, scalars={7: 1.0}),
+        ev.Step(**h, scalars=[("train/loss", 1.0)]),
+        ev.Step(seq=seq, wall_time=1.0, step=2.5, scalars={"lr": 0.1}),
+        ev.Step(seq=seq, wall_time="now", step=3, scalars={"lr": 0.1}),
+        ev.System(**h, metrics={"cpu": object()}),
+        ev.System(seq=seq, wall_time=1.0, step=None, metrics={}),
+        ev.Diagnostic(**h, level="warn", code=5, message="m", evidence={}),
+        ev.Epoch(**h, epoch=0, train_loss=1.0, train_acc=1j),
+    ]
+
+
+def test_a_bad_event_raises_in_write_and_the_run_goes_on(tmp_path):
+    path = tmp_path / "run.mirante"
+    good = make_events(steps=30)
+    with RunWriter(path, flush_interval=0.01) as writer:
+        writer.write(good[0])
+        for bad in bad_events(2) * 3:  # three rounds of misuse: the writer thread survives them all
+            with pytest.raises((ValueError, TypeError)) as info:
+                writer.write(bad)
+            assert "\n" not in str(info.value), bad
+            assert writer.last_seq == 1
+        writer.flush()
+        assert writer.committed_seq == 1
+        writer.write_many(good[1:])
+        for bad in bad_events(len(good) + 1):
+            with pytest.raises((ValueError, TypeError)):
+                writer.write(bad)
+    with RunReader(path) as run:
+        back = run.follow(0, limit=None)
+    assert len(back) == len(good) and all(same(a, b) for a, b in zip(back, good, strict=True))
+
+
+def test_write_takes_numpy_and_int_scalars(tmp_path):
+    path = tmp_path / "run.mirante"
+    with RunWriter(path) as writer:
+        writer.write(ev.Step(seq=1, wall_time=1.0, step=np.int64(0), scalars={"a": np.float32(0.5), "b": 3, "c": True}))
+    with RunReader(path) as run:
+        assert [run.scalars(n)[1].tolist() for n in "abc"] == [[0.5], [3.0], [1.0]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import numbers
 import os
 import socket
 import sqlite3
@@ -83,6 +84,68 @@ class _OpenChunk:
         self.dirty = False
 
 
+_Row = tuple[int, str, int, float, bytes, int, "str | None"]  # a row of `events`, in EVENT_COLUMNS order
+_I64 = 2**63
+
+
+def _header(event: ev.Event) -> tuple[int, float]:
+    """(step, wall_time) of `event` as the store keeps them, or ValueError/TypeError."""
+    step, wall = event.step, event.wall_time
+    if type(step) is not int:
+        if not isinstance(step, numbers.Integral) or isinstance(step, bool):
+            raise TypeError(f"{event.kind} event {event.seq}: step must be an int, not {type(step).__name__}")
+        step = int(step)
+    if not -_I64 <= step < _I64:
+        raise ValueError(f"{event.kind} event {event.seq}: step {step} is out of range")
+    if type(wall) is not float:
+        if not isinstance(wall, numbers.Real):
+            raise TypeError(f"{event.kind} event {event.seq}: wall_time must be a number, not {type(wall).__name__}")
+        wall = float(wall)
+    return step, wall
+
+
+def _checked_step(event: ev.Step) -> ev.Step:
+    """`event` if every scalar is a named real number the store can hold; ValueError/TypeError if not."""
+    step, wall = _header(event)
+    if step is not event.step or wall is not event.wall_time:  # numpy numbers in the header: the plain ones
+        event = ev.Step(seq=event.seq, step=step, wall_time=wall, scalars=event.scalars)
+    items = getattr(event.scalars, "items", None)
+    if items is None:
+        raise TypeError(f"Step event {event.seq}: scalars must be a mapping, not {type(event.scalars).__name__}")
+    for name, value in items():
+        if type(name) is not str:
+            raise TypeError(f"Step event {event.seq}: scalar name {name!r} is not a str")
+        if type(value) is not float:
+            if not isinstance(value, numbers.Real):
+                raise TypeError(
+                    f"Step event {event.seq}: scalar {name!r} must be a real number, not {type(value).__name__}"
+                )
+            try:
+                float(value)
+            except (OverflowError, ValueError) as exc:
+                raise ValueError(f"Step event {event.seq}: scalar {name!r}: {exc}") from None
+    return event
+
+
+def _encoded(event: ev.Event) -> _Row:
+    """The `events` row of `event` (not a Step): payload encoded, checksum taken; ValueError/TypeError if not."""
+    if not isinstance(event, ev.Event):
+        raise TypeError(f"not an event: {type(event).__name__}")
+    step, wall = _header(event)
+    try:
+        body = ev.encode_payload(event)
+    except ValueError as exc:  # json: a circular reference, or the like
+        raise ValueError(f"{event.kind} event {event.seq} cannot be stored: {exc}") from None
+    except Exception as exc:  # json: a value it cannot write (TypeError), or a field that fails to convert
+        raise TypeError(f"{event.kind} event {event.seq} cannot be stored: {exc}") from None
+    tag_field = TAGGED.get(event.kind)
+    tag = getattr(event, tag_field) if tag_field else None
+    if tag is not None and type(tag) is not str:
+        raise TypeError(f"{event.kind} event {event.seq}: {tag_field} must be a str, not {type(tag).__name__}")
+    crc = event_crc(event.seq, step, wall, event.kind, body, tag)
+    return (event.seq, event.kind, step, wall, body, crc, tag)
+
+
 class RunWriter:
     """Writes one run's events to its store from a background thread; `write` never blocks.
 
@@ -159,15 +222,20 @@ class RunWriter:
     # -- caller side
 
     def write(self, event: ev.Event) -> None:
-        """Queue `event` for the store. Returns at once."""
+        """Queue `event` for the store. Returns at once.
+
+        The event is checked (and encoded, unless a Step) here, in the caller's thread: one that
+        cannot be stored raises ValueError or TypeError and is not kept, so it can neither reach
+        the writer thread nor take a seq.
+        """
         if self._error is not None:
             raise StoreError(f"{self.path}: writer failed: {self._error}")
         if self._closing:
             raise StoreError(f"{self.path}: writer is closed")
-        if event.seq != self.last_seq + 1:
-            raise ValueError(f"event seq {event.seq} does not follow {self.last_seq}")
+        if event.seq != self.last_seq + 1 or type(event.seq) is not int:
+            raise ValueError(f"event seq {event.seq!r} does not follow {self.last_seq}")
+        self._queue.append(_checked_step(event) if type(event) is ev.Step else _encoded(event))
         self.last_seq = event.seq
-        self._queue.append(event)
         if len(self._queue) == self.flush_events:
             self._wake.set()
 
@@ -237,18 +305,14 @@ class RunWriter:
         db = self._db
         db.execute("BEGIN")
         try:
-            for event in batch:
-                if type(event) is ev.Step:
-                    self._chunk.add(event)
+            for item in batch:
+                if type(item) is ev.Step:
+                    self._chunk.add(item)
                     if len(self._chunk) == CHUNK_ROWS:
                         self._chunk.store(db, self._name_id)
                         self._chunk = _OpenChunk()
                 else:
-                    body = ev.encode_payload(event)
-                    tag_field = TAGGED.get(event.kind)
-                    tag = getattr(event, tag_field) if tag_field else None
-                    crc = event_crc(event.seq, event.step, event.wall_time, event.kind, body, tag)
-                    rows.append((event.seq, event.kind, event.step, event.wall_time, body, crc, tag))
+                    rows.append(item)
             if rows:
                 db.executemany(f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?)", rows)
             if self._chunk.dirty:
@@ -262,7 +326,8 @@ class RunWriter:
             db.execute("ROLLBACK")
             raise
         if batch:
-            self.committed_seq = batch[-1].seq
+            last = batch[-1]
+            self.committed_seq = last.seq if type(last) is ev.Step else last[0]
 
     def _name_id(self, name: str) -> int:
         nid = self._names.get(name)
