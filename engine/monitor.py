@@ -113,7 +113,12 @@ class Monitor:
         lr: float | None = None,
         batch_size: int | None = None,
     ) -> None:
-        """Record one optimizer step. Call after `loss.backward()`; never waits for the device."""
+        """Record one optimizer step. Call after `loss.backward()`; never waits for the device.
+
+        Every argument is checked before anything is kept: a bad call raises (one line), the
+        step is not counted, and the run goes on as if the call had not been made.
+        """
+        loss = self._loss(loss)
         if self._probed_step is not None:  # the weights have moved by one optimizer step since the probe
             self.rec.probe_update(self._probed_step)
             self._probed_step = None
@@ -130,6 +135,14 @@ class Monitor:
         size = batch_size or self.batch_size or (len(targets) if targets is not None else None)
         self.steps += 1
         self.rec.record(self.steps, loss, lr, correct=correct, batch_size=size)
+
+    def _loss(self, loss: Any) -> Tensor:
+        """`loss` as a 0-d float tensor on the monitor's device; checked by shape and dtype only (no sync)."""
+        if not isinstance(loss, Tensor):
+            raise TypeError(f"loss must be a tensor or a number, not {type(loss).__name__}")
+        if loss.numel() != 1:
+            raise ValueError(f"loss must hold one value, not a tensor of shape {tuple(loss.shape)} (reduce it first)")
+        return loss.detach().reshape(())
 
     def epoch(
         self,

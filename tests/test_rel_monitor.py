@@ -1,0 +1,59 @@
+"""Monitor misuse (issue 12 item 13): each bad call raises one line at the call, keeps nothing, and the run goes on."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine import events as ev
+from engine.monitor import Monitor
+from engine.store import RunReader
+
+
+def make(tmp_path, name="mine", **kwargs):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = Monitor(model, optimizer, run=name, runs_dir=tmp_path, log_every=4, probe_every=2, **kwargs)
+    return model, optimizer, mon
+
+
+def good_step(mon, model, optimizer):
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    optimizer.zero_grad()
+    logits = model(x)
+    loss = F.cross_entropy(logits, y)
+    loss.backward()
+    mon.step(loss, logits=logits, targets=y)
+    optimizer.step()
+    return loss
+
+
+def stored(path):
+    """(status, steps that have a train/loss, all events) of a closed store."""
+    with RunReader(path) as run:
+        events = list(run.iter_events())
+        return run.status(), [int(s) for s in run.scalars("train/loss")[0]], events
+
+
+def one_line(exc: pytest.ExceptionInfo) -> str:
+    message = str(exc.value)
+    assert message and "\n" not in message
+    return message
+
+
+def test_a_vector_loss_raises_at_the_call_and_the_run_goes_on(tmp_path):
+    model, optimizer, mon = make(tmp_path)
+    good_step(mon, model, optimizer)
+    with pytest.raises(ValueError) as exc:
+        mon.step(torch.ones(3))
+    assert "loss" in one_line(exc)
+    assert mon.steps == 1  # the step number is not used up
+    for _ in range(8):
+        good_step(mon, model, optimizer)
+    mon.close()
+    status, steps, _ = stored(tmp_path / "mine.mirante")
+    assert status == "finished" and steps == list(range(1, 10))
