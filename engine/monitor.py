@@ -19,6 +19,7 @@ the two calls: one optimizer step, whichever side of `optimizer.step()` you call
 
 from __future__ import annotations
 
+import numbers
 import platform
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,12 @@ class Monitor:
         step is not counted, and the run goes on as if the call had not been made.
         """
         loss = self._loss(loss)
+        if lr is not None:
+            lr = _number(lr, "lr", on_host=True)
+        elif self.optimizer is not None:
+            lr = _number(self.optimizer.param_groups[0]["lr"], "the optimizer's lr (pass lr=)", on_host=True)
+        else:
+            lr = float("nan")
         if self._probed_step is not None:  # the weights have moved by one optimizer step since the probe
             self.rec.probe_update(self._probed_step)
             self._probed_step = None
@@ -130,8 +137,6 @@ class Monitor:
             self.out.diagnostics.learn(num_classes=logits.shape[1])  # a shape: host metadata, no sync
         if logits is not None and targets is not None:
             correct = (logits.detach().argmax(dim=1) == targets).sum()
-        if lr is None:
-            lr = float(self.optimizer.param_groups[0]["lr"]) if self.optimizer is not None else float("nan")
         size = batch_size or self.batch_size or (len(targets) if targets is not None else None)
         self.steps += 1
         self.rec.record(self.steps, loss, lr, correct=correct, batch_size=size)
@@ -203,6 +208,24 @@ def optimizer_config(optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
         if isinstance(value, (int, float, bool)):
             out[key] = value
     return out
+
+
+def _number(value: Any, what: str, *, on_host: bool = False) -> float:
+    """`value` as a float, if it is one number: a Python or NumPy number, or a tensor of one value.
+
+    `on_host`: on a step, a tensor must be on the CPU, where reading it costs no device sync.
+    """
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{what} must be one number, not a tensor of shape {tuple(value.shape)}")
+        if value.dtype == torch.bool or value.is_complex():
+            raise TypeError(f"{what} must be a real number, not a {value.dtype} tensor")
+        if on_host and value.device.type != "cpu":
+            raise ValueError(f"{what} on {value.device} would make every step wait for the device: pass a float")
+        return float(value.item())  # a CPU tensor: no device sync; per epoch otherwise
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{what} must be a number, not {type(value).__name__}")
+    return float(value)
 
 
 def _float(value: Any) -> float | None:

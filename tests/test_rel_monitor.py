@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -57,3 +55,22 @@ def test_a_vector_loss_raises_at_the_call_and_the_run_goes_on(tmp_path):
     mon.close()
     status, steps, _ = stored(tmp_path / "mine.mirante")
     assert status == "finished" and steps == list(range(1, 10))
+
+
+@pytest.mark.parametrize("lr", ["0.1", "abc", [0.1, 0.2], torch.ones(3), True, object()])
+def test_a_bad_lr_keeps_nothing_of_the_call(tmp_path, lr):
+    model, optimizer, mon = make(tmp_path)
+    good_step(mon, model, optimizer)
+    with pytest.raises((TypeError, ValueError)) as exc:
+        mon.step(torch.tensor(1.0), lr=lr)
+    assert "lr" in one_line(exc)
+    assert mon.steps == 1
+    for _ in range(8):
+        good_step(mon, model, optimizer)
+    mon.step(torch.tensor(2.0), lr=torch.tensor(0.5))  # a one-value tensor on the host is a rate
+    mon.step(torch.tensor(2.0), lr=3)
+    mon.close()
+    status, steps, events = stored(tmp_path / "mine.mirante")
+    assert status == "finished" and steps == list(range(1, 12))
+    lrs = [e.scalars["lr"] for e in events if isinstance(e, ev.Step) and "lr" in e.scalars]
+    assert lrs == [0.1] * 9 + [0.5, 3.0]
