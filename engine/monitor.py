@@ -72,7 +72,7 @@ class Monitor:
         self.epochs = 0
         self.closed = False
         self._probed_step: int | None = None  # a probe waiting for the weights to move
-        device = next(model.parameters()).device
+        self.device = device = next(model.parameters()).device
         self.out = Emitter(RunWriter(path), live, diagnostics=Diagnostics(Settings(on_divergence="warn")))
         self.rec = Recorder(
             self.out,
@@ -142,12 +142,29 @@ class Monitor:
         self.rec.record(self.steps, loss, lr, correct=correct, batch_size=size)
 
     def _loss(self, loss: Any) -> Tensor:
-        """`loss` as a 0-d float tensor on the monitor's device; checked by shape and dtype only (no sync)."""
-        if not isinstance(loss, Tensor):
+        """`loss` as a 0-d float tensor on the monitor's device; checked by shape, dtype and device only (no sync).
+
+        A Python number becomes a tensor by a fill kernel (no copy); a tensor on another device
+        is copied without waiting, or refused where that copy would wait (accelerator to CPU).
+        """
+        if isinstance(loss, Tensor):
+            if loss.numel() != 1:
+                raise ValueError(
+                    f"loss must hold one value, not a tensor of shape {tuple(loss.shape)} (reduce it first)"
+                )
+            if loss.dtype == torch.bool or loss.is_complex():
+                raise TypeError(f"loss must be a real number, not a {loss.dtype} tensor")
+            loss = loss.detach().reshape(()).float()
+            if loss.device != self.device:
+                if self.device.type == "cpu":
+                    raise ValueError(
+                        f"loss is on {loss.device}, the model on cpu: copying it back would wait for the device"
+                    )
+                loss = loss.to(self.device, non_blocking=True)
+            return loss
+        if isinstance(loss, bool) or not isinstance(loss, numbers.Real):
             raise TypeError(f"loss must be a tensor or a number, not {type(loss).__name__}")
-        if loss.numel() != 1:
-            raise ValueError(f"loss must hold one value, not a tensor of shape {tuple(loss.shape)} (reduce it first)")
-        return loss.detach().reshape(())
+        return torch.full((), float(loss), dtype=torch.float32, device=self.device)
 
     def epoch(
         self,

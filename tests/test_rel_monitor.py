@@ -74,3 +74,21 @@ def test_a_bad_lr_keeps_nothing_of_the_call(tmp_path, lr):
     assert status == "finished" and steps == list(range(1, 12))
     lrs = [e.scalars["lr"] for e in events if isinstance(e, ev.Step) and "lr" in e.scalars]
     assert lrs == [0.1] * 9 + [0.5, 3.0]
+
+
+def test_a_number_is_a_loss_and_anything_else_is_refused_before_the_step_counts(tmp_path):
+    model, optimizer, mon = make(tmp_path)
+    mon.step(1.5)  # a Python float: the user's own .item() already happened
+    mon.step(2)
+    for bad in ("1.5", None, True, [1.0], torch.tensor(True), torch.tensor(1 + 2j)):
+        with pytest.raises(TypeError) as exc:
+            mon.step(bad)
+        assert "loss" in one_line(exc)
+    assert mon.steps == 2
+    mon.step(torch.tensor([[3.0]], dtype=torch.float16))  # one value, any shape or float dtype
+    mon.step(torch.tensor(4))
+    mon.close()
+    status, steps, events = stored(tmp_path / "mine.mirante")
+    assert status == "finished" and steps == [1, 2, 3, 4]
+    losses = [e.scalars["train/loss"] for e in events if isinstance(e, ev.Step) and "train/loss" in e.scalars]
+    assert losses == [1.5, 2.0, 3.0, 4.0]
