@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import re
+import sqlite3
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -142,8 +149,6 @@ def test_truncate_writes_nothing_when_nothing_is_removed(tmp_path):
 
 
 def test_a_damaged_straddling_chunk_is_a_one_line_error_and_releases_the_file(tmp_path):
-    import sqlite3
-
     path = tmp_path / "run.mirante"
     write_run(path, EVENTS)
     db = sqlite3.connect(path)
@@ -215,3 +220,156 @@ def test_write_takes_numpy_and_int_scalars(tmp_path):
         writer.write(ev.Step(seq=1, wall_time=1.0, step=np.int64(0), scalars={"a": np.float32(0.5), "b": 3, "c": True}))
     with RunReader(path) as run:
         assert [run.scalars(n)[1].tolist() for n in "abc"] == [[0.5], [3.0], [1.0]]
+
+
+# --- a full disk ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def small_disk(where: Path, size_kb: int):
+    """A tmpfs of `size_kb` mounted at `where`, a real disk that fills up (root only; skips elsewhere)."""
+    where.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(where)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    """Fill the disk of `directory` to the last byte with one file; remove it to free the space."""
+    filler = directory / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        for size in (65536, 4096, 1):
+            try:
+                while True:
+                    f.write(b"\0" * size)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+    return filler
+
+
+def leftovers(path: Path) -> list[str]:
+    return sorted(p.name for p in path.parent.glob(path.name + "*"))
+
+
+def run_events(count: int, after: int = 0) -> list[ev.Event]:
+    seq = ev.Sequencer(after, clock=iter(1_700_000_000.0 + i for i in range(10**6)).__next__)
+    out: list[ev.Event] = []
+    for i in range(count):
+        if i % 5 == 4:
+            out.append(ev.LayerStats(**seq.header(i), grad_norm=list(range(200)), weight_norm=[1.0], update_ratio=[]))
+        else:
+            out.append(ev.Step(**seq.header(i), scalars={"train/loss": 1.0 / (i + 1), "lr": 0.1}))
+    return out
+
+
+def test_a_full_disk_keeps_the_events_until_space_is_freed(tmp_path):
+    with small_disk(tmp_path / "disk", 1024) as disk:
+        path = disk / "run.mirante"
+        first = make_events(steps=1)[:1]
+        with RunWriter(path, flush_interval=0.01) as writer:
+            writer.write_many(first)
+            writer.flush()
+            filler = fill(disk)
+            events = run_events(400, after=1)
+            with pytest.raises(StoreError) as info:  # the first write after the failure says so, or flush does
+                writer.write_many(events)
+                writer.flush()
+            message = str(info.value)
+            assert "disk full" in message and str(path) in message and "\n" not in message
+            assert "rollback" not in message
+            assert writer.last_seq > 1  # the event that raised was kept
+            kept = writer.last_seq - 1
+            with pytest.raises(StoreError, match="disk full"):
+                writer.flush(timeout=10)
+            filler.unlink()  # as the trainer removing a partial checkpoint
+            writer.write_many(events[kept:])
+            writer.flush(timeout=10)
+        with RunReader(path) as run:
+            back = run.follow(0, limit=None)
+        assert len(back) == 401 and all(same(a, b) for a, b in zip(back, first + events, strict=True))
+
+
+def test_a_disk_that_stays_full_says_at_close_how_many_events_were_lost(tmp_path):
+    with small_disk(tmp_path / "disk", 1024) as disk:
+        path = disk / "run.mirante"
+        writer = RunWriter(path, flush_interval=0.01)
+        writer.write_many(make_events(steps=1)[:1])
+        writer.flush()
+        filler = fill(disk)
+        events = run_events(400, after=1)
+        with contextlib.suppress(StoreError):
+            writer.write_many(events)
+        writer.write_many(events[writer.last_seq - 1 :])
+        with pytest.raises(StoreError) as info:
+            writer.close()
+        message = str(info.value)
+        assert "disk full" in message and str(path) in message and "\n" not in message
+        lost = int(re.search(r"(\d+) events? could not be written", message).group(1))
+        assert 0 < lost <= 400
+        filler.unlink()
+        with RunReader(path) as run:
+            assert run.last_seq() == 401 - lost
+            assert [e.seq for e in run.follow(0, limit=None)] == list(range(1, 402 - lost))
+
+
+def test_a_store_that_cannot_be_created_leaves_nothing_behind(tmp_path):
+    with small_disk(tmp_path / "disk", 1024) as disk:
+        path = disk / "run.mirante"
+        filler = fill(disk)
+        with pytest.raises(StoreError) as info:
+            RunWriter(path)
+        assert "disk full" in str(info.value) and "\n" not in str(info.value)
+        assert leftovers(path) == []
+        filler.unlink()
+        with RunWriter(path) as writer:  # the name is free
+            writer.write_many(make_events(steps=1)[:1])
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        for target in (disk / "other.mirante", disk / "sub" / "other.mirante"):
+            with pytest.raises(StoreError) as info:
+                RunWriter(target)
+            assert "\n" not in str(info.value) and str(target) in str(info.value)
+            assert leftovers(target) == []
+
+
+class FullDisk:
+    """A connection whose COMMIT fails as SQLite's does on a full disk, while `full` is set."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.full = False
+
+    def execute(self, sql: str, *args):
+        if self.full and sql == "COMMIT":
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.db.execute(sql, *args)
+
+    def __getattr__(self, name: str):
+        return getattr(self.db, name)
+
+
+def test_a_full_disk_faked(tmp_path):
+    """The same as on a real full disk, where a tmpfs cannot be mounted."""
+    path = tmp_path / "run.mirante"
+    writer = RunWriter(path, flush_interval=0.01)
+    fake = writer._db = FullDisk(writer._db)
+    events = make_events(steps=2000)
+    writer.write_many(events[:100])
+    writer.flush()
+    fake.full = True
+    writer.write_many(events[100:1500])  # more than a chunk held while the disk is full
+    with pytest.raises(StoreError, match="disk full") as info:
+        writer.flush(timeout=10)
+    assert str(path) in str(info.value) and "rollback" not in str(info.value)
+    fake.full = False
+    writer.flush(timeout=10)
+    writer.write_many(events[1500:1900])
+    fake.full = True
+    with pytest.raises(StoreError, match=r"disk full.* 400 events could not be written"):
+        writer.close()
+    with RunReader(path) as run:
+        back = run.follow(0, limit=None)
+    assert len(back) == 1500 and all(same(a, b) for a, b in zip(back, events[:1500], strict=True))

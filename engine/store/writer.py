@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
+import errno
 import numbers
 import os
 import socket
@@ -146,6 +148,22 @@ def _encoded(event: ev.Event) -> _Row:
     return (event.seq, event.kind, step, wall, body, crc, tag)
 
 
+def _is_full(exc: BaseException) -> bool:
+    """Whether `exc` is SQLite's (or the OS's) "no space left"."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
+
+
+def _why(exc: BaseException) -> str:
+    """A failure to create or open a store, in words."""
+    if _is_full(exc):
+        return f"disk full ({exc})"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return str(exc)
+
+
 class RunWriter:
     """Writes one run's events to its store from a background thread; `write` never blocks.
 
@@ -183,6 +201,10 @@ class RunWriter:
         if keep_upto_seq is not None and (not append or type(keep_upto_seq) is not int or keep_upto_seq < 0):
             raise ValueError(f"keep_upto_seq must be a seq >= 0 of a store opened to append, not {keep_upto_seq!r}")
 
+        self._full: BaseException | None = None  # the disk-full error of the last commit, None once one succeeds
+        self._full_told = False  # whether write() or flush() raised it already
+        self._failures = 0  # commits that failed for a full disk, so far
+
         exists = self.path.exists()
         if exists and not append:
             raise StoreError(f"{self.path}: already exists (resume it, or choose another name)")
@@ -190,11 +212,13 @@ class RunWriter:
             raise StoreError(f"{self.path}: no such run store to append to")
         if exists:
             RunReader(self.path).close()  # validates: a clear error for what is not a run store
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock()
+        siblings = [self.path, *(self.path.with_name(self.path.name + s) for s in ("-wal", "-shm", "-journal"))]
+        there = {p for p in siblings if p.exists()}
         self._db = None
         try:
+            if not exists:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock()
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             if not exists:
                 # LayerStats rows are about 1 KB: 16 KB pages waste ~2% on them where 4 KB waste ~12%
@@ -209,10 +233,17 @@ class RunWriter:
             if self._db is not None:
                 self._db.close()
             self._unlock()
-            if isinstance(exc, sqlite3.Error):
-                raise StoreError(f"{self.path}: cannot write run store: {exc}") from None
+            if not exists:  # a stub left by a failed creation would block the name: remove what was made
+                for p in siblings:
+                    if p not in there:
+                        with contextlib.suppress(OSError):
+                            p.unlink()
             if isinstance(exc, StoreError):
-                raise StoreError(f"{self.path}: cannot append to run store: {exc}") from None
+                msg = str(exc)
+                raise StoreError(msg if msg.startswith(str(self.path)) else f"{self.path}: {msg}") from None
+            if isinstance(exc, (sqlite3.Error, OSError)):
+                doing = "append to" if exists else "create"
+                raise StoreError(f"{self.path}: cannot {doing} run store: {_why(exc)}") from None
             raise
         self.last_seq = self.committed_seq  # highest seq accepted by write()
         self._thread = threading.Thread(target=self._run, name=f"mirante-writer:{self.path.name}", daemon=True)
@@ -238,17 +269,24 @@ class RunWriter:
         self.last_seq = event.seq
         if len(self._queue) == self.flush_events:
             self._wake.set()
+        if self._full is not None and not self._full_told:
+            self._full_told = True
+            raise StoreError(self._full_message())
 
     def write_many(self, batch: list[ev.Event]) -> None:
         for event in batch:
             self.write(event)
 
     def flush(self, timeout: float | None = None) -> None:
-        """Block until everything written so far is committed."""
+        """Block until everything written so far is committed; StoreError ("disk full") if a try fails meanwhile."""
         target = self.last_seq
+        failures = self._failures
         deadline = None if timeout is None else time.monotonic() + timeout
         self._wake.set()
         while self.committed_seq < target and self._error is None and self._thread.is_alive():
+            if self._failures > failures:
+                self._full_told = True
+                raise StoreError(self._full_message())
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"{self.path}: flush timed out")
             time.sleep(0.002)
@@ -257,7 +295,11 @@ class RunWriter:
             raise StoreError(f"{self.path}: writer failed: {self._error}")
 
     def close(self) -> None:
-        """Commit everything queued, stop the thread, release the file."""
+        """Commit everything queued, stop the thread, release the file.
+
+        On a full disk the commit is tried once more (space may have been freed since); if it
+        still fails, StoreError says "disk full" and how many events could not be written.
+        """
         if self._closing:
             return
         self._closing = True
@@ -277,6 +319,14 @@ class RunWriter:
             self._unlock()
         if self._error is not None:
             raise StoreError(f"{self.path}: writer failed: {self._error}")
+        if self._queue:
+            raise StoreError(f"{self.path}: disk full: {len(self._queue)} events could not be written ({self._full})")
+
+    def _full_message(self) -> str:
+        return (
+            f"{self.path}: disk full, cannot write the run store ({self._full}); "
+            f"{len(self._queue)} events wait in memory and are retried"
+        )
 
     def __enter__(self) -> RunWriter:
         return self
@@ -290,17 +340,36 @@ class RunWriter:
         while True:
             self._wake.wait(self.flush_interval)
             self._wake.clear()
+            closing = self._closing  # read before taking the batch: nothing written before close() is left
             batch = [self._queue.popleft() for _ in range(len(self._queue))]
             try:
-                if batch or time.monotonic() - self._last_heartbeat > HEARTBEAT_INTERVAL:
+                if batch or self._full is not None or time.monotonic() - self._last_heartbeat > HEARTBEAT_INTERVAL:
                     self._commit(batch)
+            except sqlite3.OperationalError as exc:
+                if not _is_full(exc):
+                    self._error = exc
+                    return
+                # a full disk: keep the batch at the front of the queue and try again next interval
+                self._queue.extendleft(reversed(batch))
+                self._full = exc
+                self._failures += 1
+                try:
+                    self._load_tail()  # the open chunk and the names as committed, for the retry
+                except BaseException as exc:
+                    self._error = exc
+                    return
+                if closing:
+                    return
+                continue
             except BaseException as exc:  # kept for the caller: write() and close() raise it
                 self._error = exc
                 return
-            if self._closing and not self._queue:
+            self._full = None
+            self._full_told = False
+            if closing and not self._queue:
                 return
 
-    def _commit(self, batch: list[ev.Event]) -> None:
+    def _commit(self, batch: list[ev.Step | _Row]) -> None:
         rows = []
         db = self._db
         db.execute("BEGIN")
@@ -318,13 +387,19 @@ class RunWriter:
             if self._chunk.dirty:
                 self._chunk.store(db, self._name_id)
             now = time.monotonic()
-            if now - self._last_heartbeat > HEARTBEAT_INTERVAL:
+            beat = now - self._last_heartbeat > HEARTBEAT_INTERVAL
+            if beat:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('heartbeat', ?)", (repr(time.time()),))
-                self._last_heartbeat = now
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            # SQLite rolls back by itself on some errors (a full disk among them): then a
+            # ROLLBACK would fail with "no transaction is active" and hide the real error
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
             raise
+        if beat:
+            self._last_heartbeat = now
         if batch:
             last = batch[-1]
             self.committed_seq = last.seq if type(last) is ev.Step else last[0]
@@ -365,14 +440,7 @@ class RunWriter:
             last_event = db.execute("SELECT max(seq) FROM events").fetchone()[0] or 0
             last_chunk = db.execute("SELECT max(last_seq) FROM step_chunks").fetchone()[0] or 0
             self.committed_seq = max(last_event, last_chunk)
-            # the last chunk may be partly filled: keep filling it, as if never closed
-            row = db.execute("SELECT first_seq FROM step_chunks ORDER BY first_seq DESC LIMIT 1").fetchone()
-            if row is not None:
-                chunk = read_step_chunk(db, row[0], self._name_of)
-                if len(chunk) < CHUNK_ROWS:
-                    for event in chunk:
-                        self._chunk.add(event)
-                    self._chunk.dirty = False
+            self._load_tail()
             db.execute(
                 "INSERT OR REPLACE INTO meta VALUES ('writer_pid', ?), ('writer_host', ?)",
                 (str(os.getpid()), socket.gethostname()),
@@ -381,6 +449,20 @@ class RunWriter:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def _load_tail(self) -> None:
+        """The names and the open chunk as the store holds them: on resuming, and after a failed commit."""
+        db = self._db
+        self._names = dict(db.execute("SELECT name, id FROM names").fetchall())
+        self._chunk = _OpenChunk()
+        # the last chunk may be partly filled: keep filling it, as if never closed
+        row = db.execute("SELECT first_seq FROM step_chunks ORDER BY first_seq DESC LIMIT 1").fetchone()
+        if row is not None:
+            chunk = read_step_chunk(db, row[0], self._name_of)
+            if len(chunk) < CHUNK_ROWS:
+                for event in chunk:
+                    self._chunk.add(event)
+                self._chunk.dirty = False
 
     def _truncate(self, keep: int) -> int:
         """Remove every event with seq > `keep` (inside the caller's transaction); how many went."""
