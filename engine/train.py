@@ -37,7 +37,7 @@ from engine.distributed import Dist
 from engine.emit import Emitter, NullEmitter
 from engine.progress import PrintingQueue, Progress
 from engine.recorder import Recorder
-from engine.store import SUFFIX, RunWriter, StoreError
+from engine.store import SUFFIX, RunReader, RunWriter, StoreError
 
 # --- setup ------------------------------------------------------------------------------
 
@@ -316,6 +316,9 @@ def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
 
 # --- the loop ---------------------------------------------------------------------------
 
+# the Trainer's attributes a checkpoint keeps and --resume restores
+STATE_KEYS = ("step", "epoch", "step_in_epoch", "best_val_acc", "plateau_factor", "plateau_best", "plateau_wait")
+
 
 class Trainer:
     """Runs a Setup to the end, emitting events as it goes."""
@@ -367,12 +370,15 @@ class Trainer:
 
     def start(self, resumed: dict[str, Any] | None = None) -> None:
         s = self.s
+        writer = self.out.writer
+        discarded = writer.discarded if resumed is not None and writer is not None else 0
+        resumed_from = {"resumed_at_step": resumed["state"]["step"], "discarded_events": discarded} if resumed else {}
         if resumed is not None:
             s.eager.load_state_dict(resumed["model"])
             s.optimizer.load_state_dict(resumed["optimizer"])
             s.scaler.load_state_dict(resumed["scaler"])
-            for key, value in resumed["state"].items():
-                setattr(self, key, value)
+            for key in STATE_KEYS:
+                setattr(self, key, resumed["state"][key])
         world = self.dist.world if self.dist is not None else 1
         per_epoch = s.total_steps if self.c.overfit_batches else s.data.steps_per_epoch  # overfit: one long epoch
         plan = {"steps_per_epoch": per_epoch, "total_steps": s.total_steps, "num_classes": s.data.spec.num_classes}
@@ -385,13 +391,23 @@ class Trainer:
             name=self.run_name,
             model=self.c.model,
             dataset=s.data.spec.name,
-            config=self.c.to_dict() | plan | ({"resumed_at_step": self.step} if resumed else {}),
+            config=self.c.to_dict() | plan | resumed_from,
             model_summary=s.counts.summary()
             | {"layer_types": list(self.rec.norms.types), "peak_tflops": self.peak_tflops},
             layers=self.rec.layers,
             device=device_info(s.device) | ({"count": world} if world > 1 else {}),
             versions=s.versions,
         )
+        if discarded:  # said in the run's own record, so nothing recorded vanishes silently
+            self.out.emit(
+                ev.Diagnostic,
+                self.step,
+                level="info",
+                code="resume",
+                message=f"resumed from step {self.step}; {discarded} events recorded after that checkpoint "
+                "were discarded",
+                evidence={"step": self.step, "discarded": discarded},
+            )
 
     def fit(self) -> str:
         """Train to the end; returns the RunEnded status."""
@@ -413,13 +429,32 @@ class Trainer:
         return "finished"
 
     def state(self) -> dict[str, Any]:
-        keys = ("step", "epoch", "step_in_epoch", "best_val_acc", "plateau_factor", "plateau_best", "plateau_wait")
+        """What a checkpoint needs besides the weights; `seq`: the store's last event it accounts for."""
         world = self.dist.world if self.dist is not None else 1
-        return {k: getattr(self, k) for k in keys} | {"world_size": world}
+        return {k: getattr(self, k) for k in STATE_KEYS} | {"world_size": world, "seq": self.durable_seq()}
 
-    def save(self) -> None:
-        if not self.sanity_check and self.main:  # rank 0 writes the checkpoints; the weights are the same on all
-            save_checkpoint(self.last_path, self.s, self.state())
+    def durable_seq(self) -> int:
+        """Commit every event emitted so far to the store, and return the last one's seq.
+
+        A checkpoint relies on what the store holds at its step (the Epoch event that says the epoch
+        is done, its best accuracy): the store commits every 250 ms, so without this wait a kill in
+        that window would leave a checkpoint ahead of the record. --resume removes what the store
+        holds after this seq. A host wait on the writer thread, not on the device; once a checkpoint.
+        """
+        writer = self.out.writer
+        if writer is None:  # not the recording rank: it writes no checkpoint
+            return 0
+        writer.flush()
+        return writer.last_seq
+
+    def save(self, best: bool = False) -> None:
+        """last.pt (and best.pt when `best`); rank 0 writes them: the weights are the same on all ranks."""
+        if self.sanity_check or not self.main:
+            return
+        state = self.state()
+        save_checkpoint(self.last_path, self.s, state)
+        if best:
+            save_checkpoint(self.best_path, self.s, state)
 
     # -- one epoch
 
@@ -537,9 +572,7 @@ class Trainer:
         if not self.sanity_check:
             improved = val_acc > self.best_val_acc
             self.best_val_acc = max(self.best_val_acc, val_acc)
-            self.save()
-            if improved and self.main:
-                save_checkpoint(self.best_path, self.s, self.state())
+            self.save(best=improved)
         self.rec.flush(self.step)
 
     def update_plateau(self, val_loss: float) -> None:
@@ -641,7 +674,8 @@ def run(
             channel = Channel(path, queue=commands, lifeline=lifeline, owner=os.environ.get(OWNER_ENV))
         try:
             s = setup(config, dist)
-            writer = RunWriter(path, append=resumed is not None) if main else None
+            keep = kept_seq(path, resumed["state"]) if resumed is not None and main else None
+            writer = RunWriter(path, append=resumed is not None, keep_upto_seq=keep) if main else None
         except BaseException:
             if channel is not None:
                 channel.close()
@@ -720,6 +754,23 @@ def prepare_resume(runs_dir: str, run: str, overrides: dict[str, Any]) -> tuple[
     saved = load_checkpoint(ckpt, torch.device("cpu"))
     stored = TrainConfig.from_dict(saved["config"] | overrides | {"runs_dir": str(path.parent), "name": name})
     return stored.validate(), saved, path
+
+
+def kept_seq(path: Path, state: dict[str, Any]) -> int:
+    """The last seq of the store that the checkpoint accounts for: --resume discards the events after it.
+
+    A checkpoint carries it (`state["seq"]`); one written before it did is placed at the first
+    event of a step after the checkpoint's own, the training that the resumed run repeats.
+    """
+    if "seq" in state:
+        return state["seq"]
+    with RunReader(path) as run:
+        previous = 0
+        for event in run.iter_events():
+            if event.step > state["step"]:
+                return previous
+            previous = event.seq
+    return previous
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,168 @@
+"""The trainer when things go wrong (issue 12): resume after a crash, divergence at the end, hostile files."""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import pickle
+import subprocess
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine import events as ev
+from engine import export, train
+from engine.config import TrainConfig
+from engine.store import RunReader
+
+pytestmark = pytest.mark.usefixtures("one_thread", "few_shapes")
+
+PER_EPOCH = 13  # 240 shapes, 10% held out, batches of 16
+
+
+@pytest.fixture
+def few_shapes(monkeypatch):
+    """The built-in dataset at 240 images: 13 steps an epoch, well under a second a run."""
+    import engine.data
+
+    original = engine.data.build_data
+    monkeypatch.setattr(train, "build_data", lambda *a, **k: original(*a, **{**k, "shapes_count": 240}))
+
+
+def tiny(tmp_path: Path, **overrides) -> TrainConfig:
+    values = dict(
+        model="smallcnn",
+        dataset="shapes",
+        epochs=2,
+        batch_size=16,
+        lr=0.05,
+        runs_dir=str(tmp_path / "runs"),
+        name="tiny",
+        log_every=5,
+        probe_every=5,
+        capture_every=0,
+        device="cpu",
+        workers=0,
+    )
+    values.update(overrides)
+    return TrainConfig(**values).validate()
+
+
+def store(tmp_path: Path, name: str = "tiny") -> Path:
+    return tmp_path / "runs" / f"{name}.mirante"
+
+
+def ckpt(tmp_path: Path, which: str = "last", name: str = "tiny") -> Path:
+    return tmp_path / "runs" / f"{name}.ckpt" / f"{which}.pt"
+
+
+# --- item 2: --resume records every step once ------------------------------------------------------------
+
+
+def crash_at(monkeypatch, step: int) -> None:
+    """Make the run die at `step` (after it was recorded), as a crash mid-epoch would."""
+    original = train.Recorder.record
+
+    def record(self, at, *args, **kwargs):
+        original(self, at, *args, **kwargs)
+        if at == step:
+            raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(train.Recorder, "record", record)
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["seq-in-checkpoint", "checkpoint-without-seq"])
+def test_resume_after_a_crash_keeps_one_value_per_step(tmp_path, monkeypatch, legacy):
+    config = tiny(tmp_path)
+    with monkeypatch.context() as m:
+        crash_at(m, PER_EPOCH + 7)  # epoch 1 checkpointed at step 13; steps 14-15 reach the store, then a crash
+        assert train.run(config) == 1
+    with RunReader(store(tmp_path)) as run:
+        assert max(run.scalars("train/loss")[0]) > PER_EPOCH  # steps after the checkpoint were recorded
+    if legacy:  # a checkpoint written before checkpoints carried the store's seq
+        saved = torch.load(ckpt(tmp_path), weights_only=True)
+        assert saved["state"].pop("seq") > 0
+        torch.save(saved, ckpt(tmp_path))
+
+    assert train.run(config, resume="tiny") == 0
+    with RunReader(store(tmp_path)) as run:
+        events = run.follow(0, limit=None)
+        steps, _ = run.scalars("train/loss")
+        assert steps.tolist() == list(range(1, 2 * PER_EPOCH + 1))  # each step once, none lost
+        assert [e.epoch for e in run.epochs()] == [1, 2] and run.status() == "finished"
+        note = [e for e in run.events_of("Diagnostic") if e.code == "resume"]
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    stats = [e.step for e in events if isinstance(e, ev.LayerStats)]
+    assert len(stats) == len(set(stats))  # per-layer probes are not repeated either
+    (note,) = note
+    assert note.level == "info" and f"resumed from step {PER_EPOCH}" in note.message
+    assert "discarded" in note.message and note.evidence["discarded"] > 0
+    starts = [e for e in events if isinstance(e, ev.RunStarted)]
+    assert starts[1].config["resumed_at_step"] == PER_EPOCH and starts[1].config["discarded_events"] > 0
+    with RunReader(store(tmp_path)) as run:  # the export's view: one train/loss per step
+        out = io.StringIO()
+        export.write_csv(run, out)
+    losses = [line.split(",")[1] for line in out.getvalue().splitlines() if ",train/loss," in line]
+    assert len(losses) == len(set(losses)) == 2 * PER_EPOCH
+
+
+def test_the_epoch_record_is_committed_before_its_checkpoint(tmp_path, monkeypatch):
+    original = train.save_checkpoint
+    seen = []
+
+    def save(path, s, state):
+        with RunReader(store(tmp_path)) as run:  # what a kill right now would leave in the store
+            seen.append((state["epoch"], len(run.epochs())))
+        original(path, s, state)
+
+    monkeypatch.setattr(train, "save_checkpoint", save)
+    assert train.run(tiny(tmp_path, epochs=1)) == 0
+    assert seen and all(epoch == recorded for epoch, recorded in seen), seen
+
+
+# --- item 5: no checkpoint of broken weights; a NaN at the very end fails the run ---------------------
+
+
+def assert_diverged(tmp_path: Path, code: int) -> RunReader:
+    assert code == 1
+    with RunReader(store(tmp_path)) as run:
+        assert run.status() == "failed" and "diverged" in run.ended().reason, run.ended()
+        steps = run.scalars("train/loss")[0].tolist()
+    for which in ("last", "best"):
+        path = ckpt(tmp_path, which)
+        if path.exists():  # whatever was saved holds finite weights
+            saved = torch.load(path, weights_only=True)
+            assert all(t.isfinite().all() for t in saved["model"].values() if t.is_floating_point())
+    return steps
+
+
+def test_a_divergence_in_the_last_interval_fails_the_run(tmp_path):
+    steps = assert_diverged(tmp_path, train.run(tiny(tmp_path, lr=1e30, steps=3)))
+    assert steps == [1, 2, 3]
+    assert not ckpt(tmp_path).exists() and not ckpt(tmp_path, "best").exists()
+
+
+def test_a_divergence_at_an_epoch_end_saves_nothing_and_takes_no_more_steps(tmp_path):
+    steps = assert_diverged(tmp_path, train.run(tiny(tmp_path, lr=1e30, log_every=100)))
+    assert steps == list(range(1, PER_EPOCH + 1))  # stopped at the epoch's end, not one step later
+    assert not ckpt(tmp_path).exists()
+
+
+def test_weights_gone_non_finite_are_never_saved(tmp_path, monkeypatch):
+    """The last update broke the weights but the loss read back was still finite: the checkpoint is refused."""
+    original = train.Trainer.end_epoch
+
+    def poison(self):
+        with torch.no_grad():
+            next(self.s.eager.parameters()).fill_(float("nan"))
+        original(self)
+
+    monkeypatch.setattr(train.Trainer, "end_epoch", poison)
+    assert train.run(tiny(tmp_path, epochs=1)) == 1
+    with RunReader(store(tmp_path)) as run:
+        assert run.status() == "failed" and "NaN or inf" in run.ended().reason
+    assert not ckpt(tmp_path).exists() and not ckpt(tmp_path, "best").exists()
