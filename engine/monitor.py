@@ -65,11 +65,13 @@ class Monitor:
         check from `num_classes` or the first `logits` passed to `step`.
         """
         path = Path(run) if str(run).endswith(SUFFIX) else Path(runs_dir) / f"{run}{SUFFIX}"
+        self.name = path.name.removesuffix(SUFFIX)
         self.model = model
         self.optimizer = optimizer
         self.batch_size = batch_size
         self.steps = 0
         self.epochs = 0
+        self._epoch_start = 0  # self.steps at the last epoch()
         self.closed = False
         self._probed_step: int | None = None  # a probe waiting for the weights to move
         self.device = device = next(model.parameters()).device
@@ -95,7 +97,7 @@ class Monitor:
         self.out.emit(
             ev.RunStarted,
             0,
-            name=path.name.removesuffix(SUFFIX),
+            name=self.name,
             model=type(model).__name__,
             dataset=dataset,
             config=known | dict(config or {}),
@@ -119,6 +121,7 @@ class Monitor:
         Every argument is checked before anything is kept: a bad call raises (one line), the
         step is not counted, and the run goes on as if the call had not been made.
         """
+        self._check_open("step")
         loss = self._loss(loss)
         if lr is not None:
             lr = _number(lr, "lr", on_host=True)
@@ -126,6 +129,10 @@ class Monitor:
             lr = _number(self.optimizer.param_groups[0]["lr"], "the optimizer's lr (pass lr=)", on_host=True)
         else:
             lr = float("nan")
+        if batch_size is not None:
+            batch_size = _count(batch_size, "batch_size")
+        _check_logits(logits, targets)
+        # all checked: from here on the step is kept
         if self._probed_step is not None:  # the weights have moved by one optimizer step since the probe
             self.rec.probe_update(self._probed_step)
             self._probed_step = None
@@ -133,13 +140,28 @@ class Monitor:
             self.rec.probe_grads()
             self._probed_step = self.steps + 1
         correct = None
-        if self.steps == 0 and logits is not None and logits.dim() == 2:
+        if self.steps == 0 and logits is not None:
             self.out.diagnostics.learn(num_classes=logits.shape[1])  # a shape: host metadata, no sync
         if logits is not None and targets is not None:
-            correct = (logits.detach().argmax(dim=1) == targets).sum()
+            labels = targets.argmax(dim=1) if targets.dim() == 2 else targets  # soft labels: their top class
+            correct = self._on_device((logits.detach().argmax(dim=1) == labels).sum(), "logits")
         size = batch_size or self.batch_size or (len(targets) if targets is not None else None)
         self.steps += 1
         self.rec.record(self.steps, loss, lr, correct=correct, batch_size=size)
+
+    def _check_open(self, call: str) -> None:
+        if self.closed:
+            raise RuntimeError(f"Monitor of run {self.name!r} is closed: {call}() after close() records nothing")
+
+    def _on_device(self, value: Tensor, what: str) -> Tensor:
+        """`value` on the monitor's device: copied without waiting, or refused where the copy would wait."""
+        if value.device == self.device:
+            return value
+        if self.device.type == "cpu":
+            raise ValueError(
+                f"{what} is on {value.device}, the model on cpu: copying it back would wait for the device"
+            )
+        return value.to(self.device, non_blocking=True)
 
     def _loss(self, loss: Any) -> Tensor:
         """`loss` as a 0-d float tensor on the monitor's device; checked by shape, dtype and device only (no sync).
@@ -175,23 +197,39 @@ class Monitor:
         val_acc: float | None = None,
         **scalars: float,
     ) -> None:
-        """Close an epoch. Train loss/accuracy default to the means of the steps since the last epoch."""
+        """Close an epoch. Train loss/accuracy default to the means of the steps since the last epoch.
+
+        Each value is a number or a tensor of one value (read back here: once per epoch). All are
+        checked before anything is kept; an epoch needs at least one `step()` since the last one.
+        """
+        self._check_open("epoch")
+        named = {"train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc}
+        values = {k: None if v is None else _number(v, k) for k, v in named.items()}
+        extra = {k: _number(v, k) for k, v in scalars.items() if v is not None}
+        if self.steps == self._epoch_start:
+            raise RuntimeError(f"epoch() with no step() since {'the last epoch' if self.epochs else 'the start'}")
+        # all checked: from here on the epoch is kept
         self.rec.flush(self.steps, wait=True)
         mean_loss, mean_acc = self.rec.take_epoch()
         self.epochs += 1
+        self._epoch_start = self.steps
         self.out.emit(
             ev.Epoch,
             self.steps,
             epoch=self.epochs,
-            train_loss=_float(train_loss) if train_loss is not None else mean_loss,
-            train_acc=_float(train_acc) if train_acc is not None else mean_acc,
-            val_loss=_float(val_loss),
-            val_acc=_float(val_acc),
-            scalars={k: _float(v) for k, v in scalars.items()},
+            train_loss=values["train_loss"] if train_loss is not None else mean_loss,
+            train_acc=values["train_acc"] if train_acc is not None else mean_acc,
+            val_loss=values["val_loss"],
+            val_acc=values["val_acc"],
+            scalars=extra,
         )
 
     def close(self, status: str = "finished", reason: str = "") -> None:
-        """Deliver what is pending, end the run with `status`, close the store."""
+        """Deliver what is pending, end the run with `status` (finished, failed or interrupted), close the store."""
+        if status not in ev.RUN_STATUSES:
+            raise ValueError(f"status must be one of {', '.join(ev.RUN_STATUSES)}, not {status!r}")
+        if not isinstance(reason, str):
+            raise TypeError(f"reason must be a str, not {type(reason).__name__}")
         if self.closed:
             return
         self.closed = True
@@ -245,8 +283,36 @@ def _number(value: Any, what: str, *, on_host: bool = False) -> float:
     return float(value)
 
 
-def _float(value: Any) -> float | None:
-    """A number from a float or a tensor (a tensor is read back: called once per epoch)."""
-    if value is None:
-        return None
-    return float(value.item()) if isinstance(value, Tensor) else float(value)  # note: sync point, per epoch
+def _count(value: Any, what: str) -> int:
+    """`value` if it is a whole number >= 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{what} must be a whole number, not {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{what} must be at least 1, not {value}")
+    return int(value)
+
+
+def _check_logits(logits: Any, targets: Any) -> None:
+    """Logits [N, C] and targets [N] (class indices) or [N, C] (class probabilities): by shape and dtype, no sync."""
+    for what, value in (("logits", logits), ("targets", targets)):
+        if value is not None and not isinstance(value, Tensor):
+            raise TypeError(f"{what} must be a tensor, not {type(value).__name__}")
+    if logits is not None and (logits.dim() != 2 or logits.is_complex() or logits.dtype == torch.bool):
+        raise ValueError(
+            f"logits must be a [batch, classes] tensor of scores, not {logits.dtype} {tuple(logits.shape)}"
+        )
+    if targets is not None and targets.dim() == 0:
+        raise ValueError("targets must hold a batch of labels, not a single value")
+    if logits is None or targets is None:
+        return
+    if targets.device != logits.device:
+        raise ValueError(f"targets are on {targets.device}, logits on {logits.device}")
+    if targets.shape == logits.shape:
+        return  # class probabilities
+    if targets.dim() != 1 or targets.shape[0] != logits.shape[0]:
+        raise ValueError(
+            f"targets of shape {tuple(targets.shape)} do not fit logits of shape {tuple(logits.shape)} "
+            f"(class indices [{logits.shape[0]}] or probabilities {list(logits.shape)})"
+        )
+    if targets.dtype == torch.bool or targets.is_floating_point() or targets.is_complex():
+        raise TypeError(f"targets of class indices must be integers, not {targets.dtype}")

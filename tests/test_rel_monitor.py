@@ -92,3 +92,51 @@ def test_a_number_is_a_loss_and_anything_else_is_refused_before_the_step_counts(
     assert status == "finished" and steps == [1, 2, 3, 4]
     losses = [e.scalars["train/loss"] for e in events if isinstance(e, ev.Step) and "train/loss" in e.scalars]
     assert losses == [1.5, 2.0, 3.0, 4.0]
+
+
+def bad_calls(mon):
+    """One of every kind of misuse of a running Monitor's calls."""
+    logits, y = torch.randn(8, 3), torch.randint(0, 3, (8,))
+    return [
+        lambda: mon.step(torch.ones(3)),
+        lambda: mon.step(torch.ones(2, 2)),
+        lambda: mon.step("0.5"),
+        lambda: mon.step(torch.tensor(1.0), lr="x"),
+        lambda: mon.step(torch.tensor(1.0), lr=torch.ones(3)),
+        lambda: mon.step(torch.tensor(1.0), logits="x", targets=y),
+        lambda: mon.step(torch.tensor(1.0), logits=torch.randn(8), targets=y),
+        lambda: mon.step(torch.tensor(1.0), logits=logits, targets=y[:5]),
+        lambda: mon.step(torch.tensor(1.0), logits=logits, targets=y.float()),
+        lambda: mon.step(torch.tensor(1.0), logits=logits, targets=[0, 1]),
+        lambda: mon.step(torch.tensor(1.0), batch_size=0),
+        lambda: mon.step(torch.tensor(1.0), batch_size=2.5),
+        lambda: mon.step(torch.tensor(1.0), batch_size="8"),
+        lambda: mon.epoch(val_acc=torch.ones(3)),
+        lambda: mon.epoch(val_loss="x"),
+        lambda: mon.epoch(train_acc=[0.5]),
+        lambda: mon.epoch(val_acc=0.5, extra=torch.ones(2)),
+        lambda: mon.close("bogus"),
+        lambda: mon.close("failed", 3),
+    ]
+
+
+def test_bad_calls_of_every_kind_leave_the_store_whole(tmp_path):
+    model, optimizer, mon = make(tmp_path)
+    good_step(mon, model, optimizer)
+    calls = bad_calls(mon)
+    for i, call in enumerate(calls):
+        with pytest.raises((TypeError, ValueError)) as exc:
+            call()
+        one_line(exc)
+        assert mon.steps == 1 + i and mon.epochs == 0, f"bad call {i} changed the monitor"
+        good_step(mon, model, optimizer)
+    for call in calls:  # a second round, all at once: the writer still sees none of it
+        with pytest.raises((TypeError, ValueError)):
+            call()
+    mon.epoch(val_acc=0.5, val_loss=torch.tensor(1.0))
+    mon.close()
+    status, steps, events = stored(tmp_path / "mine.mirante")
+    assert status == "finished" and steps == list(range(1, len(calls) + 2))
+    assert isinstance(events[0], ev.RunStarted) and [e.epoch for e in events if isinstance(e, ev.Epoch)] == [1]
+    acc = [e.scalars["train/acc"] for e in events if isinstance(e, ev.Step) and "train/acc" in e.scalars]
+    assert len(acc) == len(steps) and all(0 <= a <= 1 for a in acc)
