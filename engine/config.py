@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engine import catalog
+from engine.names import RunNameError, check_name
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULES = ("none", "step", "multistep", "exponential", "cosine", "onecycle", "plateau")
@@ -21,6 +23,10 @@ DEVICES = ("auto", "cuda", "mps", "cpu")
 ACTIVATIONS = ("relu", "sigmoid", "tanh")
 DIVERGENCE_ACTIONS = ("stop", "warn")
 DATASETS = ("shapes", "mnist", "fashionmnist", "cifar10", "cifar100")  # or a path to an ImageFolder
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")  # what engine.names refuses: a folder's name is made safe with "_"
+DATASET_IN_NAME = 64  # characters of a dataset's name kept in a default run name
 
 
 class ConfigError(ValueError):
@@ -141,6 +147,11 @@ class TrainConfig:
         for failed, message in checks:
             if failed:
                 raise ConfigError(message)
+        if self.name is not None:  # the one check of a run name for `mirante train` and `lr-find`
+            try:
+                check_name(self.name)
+            except RunNameError as exc:
+                raise ConfigError(f"--name: {exc}") from None
         try:
             spec = catalog.get_spec(self.model)
             if self.image_size is not None:
@@ -165,7 +176,12 @@ class TrainConfig:
 
     @property
     def run_name(self) -> str:
-        return self.name or f"{self.model}-{Path(self.dataset).name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        return self.name or self.default_name()
+
+    def default_name(self, prefix: str = "") -> str:
+        """PREFIX MODEL-DATASET-TIME, a valid run name whatever the characters of an ImageFolder's name."""
+        data = _UNSAFE.sub("_", Path(self.dataset).name).lstrip(".")[:DATASET_IN_NAME] or "data"
+        return f"{prefix}{self.model}-{data}-{time.strftime('%Y%m%d-%H%M%S')}"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

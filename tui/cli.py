@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from engine.config import ConfigError, finite_float
+from engine.names import RunNameError, check_name
 from engine.store import SUFFIX, RunReader, RunSummary, StoreError, find_runs
 
 EXIT_USAGE = 2
@@ -129,7 +130,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume is not None:
         given = explicit_options(args.parser, args.argv) - {"resume", "headless"}
         overrides = {k: v for k, v in vars(args).items() if k in given}
-        store = resolve_run(args.resume) if Path(args.resume).exists() else Path(config.runs_dir) / args.resume
+        if Path(args.resume).exists():  # a path to a store
+            store = resolve_run(args.resume)
+        else:  # the name of a run in --runs-dir
+            try:
+                store = Path(config.runs_dir) / check_name(args.resume)
+            except RunNameError as exc:
+                raise CliError(f"--resume: {exc}") from None
         store = store if store.suffix == SUFFIX else store.with_name(store.name + SUFFIX)
     else:
         config.name = config.run_name  # fixed here, so the child and this process agree on it
@@ -205,12 +212,16 @@ def train_distributed(args: argparse.Namespace, config, store: Path) -> int:
 
 def train_in_app(config: dict, store: Path, resume: str | None, overrides: dict | None) -> int:
     """Train in a child process and watch it in the app; `q` stops it or detaches."""
-    from engine.launch import start_trainer
+    import time
+
+    from engine.launch import settle, start_trainer
     from tui.app import MiranteApp
     from tui.sources import LiveSource
 
+    since = time.time()
     child = start_trainer(config, resume, overrides, own_session=True)
-    app = MiranteApp(LiveSource(child.live, store, child.process), store=store, commands=child.commands)
+    source = LiveSource(child.live, store, child.process, since=since)  # reads the queue so that nothing blocks on it
+    app = MiranteApp(source, store=store, commands=child.commands)
     try:
         app.run()
     except BaseException:
@@ -222,7 +233,12 @@ def train_in_app(config: dict, store: Path, resume: str | None, overrides: dict 
         sys.stdout.flush()
         os._exit(0)  # do not wait for the trainer, as multiprocessing would at exit
     child.process.join()
-    return child.process.exitcode if child.process.exitcode is not None else 1
+    code = child.process.exitcode
+    died = source.died if source.done else settle(store, code, since).died  # the app left before the source ended
+    if died is not None:
+        print(f"mirante: error: {died}", file=sys.stderr)
+        return 1
+    return code if code is not None and code >= 0 else 1
 
 
 # --- stop --------------------------------------------------------------------------------
@@ -247,8 +263,6 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
     """Sweep the learning rate exponentially, stop when the loss blows up, draw it and suggest a rate."""
-    import time
-
     from engine.config import from_args
     from tui.headless import train_headless
     from tui.lrfind import report
@@ -256,7 +270,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     config = from_args(args)
     config.range_test = [args.min_lr, args.max_lr]
     config.schedule, config.warmup_steps = "none", 0
-    config.name = config.name or f"lrfind-{config.model}-{Path(config.dataset).name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    config.name = config.name or config.default_name("lrfind-")
     config.validate()
     store = Path(config.runs_dir) / f"{config.name}{SUFFIX}"
     if store.exists():
