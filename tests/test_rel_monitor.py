@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -140,3 +142,47 @@ def test_bad_calls_of_every_kind_leave_the_store_whole(tmp_path):
     assert isinstance(events[0], ev.RunStarted) and [e.epoch for e in events if isinstance(e, ev.Epoch)] == [1]
     acc = [e.scalars["train/acc"] for e in events if isinstance(e, ev.Step) and "train/acc" in e.scalars]
     assert len(acc) == len(steps) and all(0 <= a <= 1 for a in acc)
+
+
+def test_calls_after_close_raise(tmp_path):
+    model, optimizer, mon = make(tmp_path)
+    good_step(mon, model, optimizer)
+    mon.close()
+    mon.close()  # closing twice is harmless
+    for call in (lambda: mon.step(torch.tensor(1.0)), lambda: mon.epoch(val_acc=0.5)):
+        with pytest.raises(RuntimeError) as exc:
+            call()
+        assert "after close()" in one_line(exc)
+    assert mon.steps == 1 and stored(tmp_path / "mine.mirante")[:2] == ("finished", [1])
+
+
+def test_an_epoch_needs_a_step_before_it(tmp_path):
+    model, optimizer, mon = make(tmp_path)
+    with pytest.raises(RuntimeError) as exc:
+        mon.epoch(val_acc=0.5)
+    assert "no step()" in one_line(exc)
+    good_step(mon, model, optimizer)
+    mon.epoch(val_acc=0.5)
+    with pytest.raises(RuntimeError):
+        mon.epoch(val_acc=0.6)  # the same epoch twice
+    good_step(mon, model, optimizer)
+    mon.epoch(val_acc=0.7)
+    mon.close()
+    status, steps, events = stored(tmp_path / "mine.mirante")
+    epochs = [(e.epoch, e.step, e.val_acc) for e in events if isinstance(e, ev.Epoch)]
+    assert status == "finished" and steps == [1, 2] and epochs == [(1, 1, 0.5), (2, 2, 0.7)]
+
+
+def test_a_nan_loss_is_data_recorded_and_warned_about(tmp_path):
+    model, optimizer, mon = make(tmp_path)
+    for _ in range(3):
+        good_step(mon, model, optimizer)
+    mon.step(torch.tensor(math.nan))
+    mon.step(math.inf)
+    mon.close()
+    status, steps, events = stored(tmp_path / "mine.mirante")
+    assert status == "finished" and steps == [1, 2, 3, 4, 5]
+    losses = [e.scalars["train/loss"] for e in events if isinstance(e, ev.Step) and "train/loss" in e.scalars]
+    assert math.isnan(losses[3]) and losses[4] == math.inf
+    found = [e for e in events if isinstance(e, ev.Diagnostic) and e.code == "divergence"]
+    assert found and found[-1].step == 4 and found[-1].evidence["stopped"] is False  # it says so; the loop goes on
