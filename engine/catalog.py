@@ -11,6 +11,12 @@ from dataclasses import dataclass
 SMALL_INPUT_MAX = 64
 """Inputs up to this side (and not pretrained) get the CIFAR-style stems."""
 
+MAX_SIZE = 4096
+"""Largest input side accepted. One 3-channel float32 image at 4096x4096 is 201 MB and a 64-channel first
+conv's output for it 4.3 GB, so a batch at a larger side fits on no GPU; a typo (100000: 120 GB per image)
+is refused in one line instead of failing deep in the data loader. Every model's own side (at most
+inception_v3's 299) and ImageNet-style 224-1024 inputs stay well inside."""
+
 ACTIVATIONS = ("relu", "sigmoid", "tanh")
 """Activations `plainnet` can use (the lecture's sigmoid vs ReLU)."""
 
@@ -186,6 +192,11 @@ def input_size(name: str, data_size: int, requested: int | None = None) -> int:
 
 
 def check_size(spec: ModelSpec, side: int) -> None:
+    if side > MAX_SIZE:
+        raise ModelError(
+            f"--image-size {side} is too large: at most {MAX_SIZE} (one {side}x{side} RGB image alone is"
+            f" {3 * 4 * side * side / 1e9:.3g} GB in float32)"
+        )
     if side < spec.min_size:
         raise ModelError(
             f"{spec.name} cannot take {side}x{side} inputs: the smallest it takes is {spec.min_size}x{spec.min_size}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -147,6 +148,9 @@ class TrainConfig:
         for failed, message in checks:
             if failed:
                 raise ConfigError(message)
+        problem = writable_dir_problem(Path(self.runs_dir))
+        if problem:
+            raise ConfigError(f"--runs-dir {self.runs_dir}: {problem}")
         if self.name is not None:  # the one check of a run name for `mirante train` and `lr-find`
             try:
                 check_name(self.name)
@@ -208,6 +212,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         kind = meta.pop("type", None) or _scalar_type(f.type)
         shown = "" if default in (None, []) else f" (default: {default})"
         parser.add_argument(flag, type=kind, default=default, help=help_text + shown, **meta)
+
+
+def writable_dir_problem(path: Path) -> str:
+    """Why `path` cannot be a directory this process writes in (as it is, or once made), or "" if it can.
+
+    Nothing is created: the nearest existing folder on the way must be a directory this user may write in.
+    """
+    for existing in (path, *path.parents):
+        if os.path.exists(existing):  # False, not an error, where a folder on the way cannot be searched
+            break
+    else:  # a relative path's last parent is ".", which exists unless the working directory was removed
+        return "its parent folders do not exist"
+    if not os.path.isdir(existing):
+        return f"not a directory ({existing} is a file)"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        made = "" if existing == path else f" (it would be made in {existing})"
+        return f"not writable by this user{made}"
+    return ""
 
 
 def finite_float(text: str) -> float:

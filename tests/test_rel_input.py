@@ -6,6 +6,8 @@ In-process (no subprocess, no torch): every case fails before anything is spawne
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import pytest
 
@@ -133,3 +135,52 @@ def test_the_default_name_of_any_image_folder_is_a_valid_name(tmp_path, folder):
     assert check_name(name) == name and name.startswith("smallcnn-")
     config.name = name
     config.validate()  # the CLI fixes the default name, then the child validates it again
+
+
+# --- item 7 (command line): --runs-dir and --image-size ---------------------------------------
+
+
+@pytest.mark.parametrize("command", ["train", "lr-find"])
+@pytest.mark.parametrize("where", ["file", "under-a-file"])
+def test_a_runs_dir_that_cannot_be_a_directory_is_one_line(capsys, tmp_path, command, where):
+    afile = tmp_path / "afile"
+    afile.write_text("not a directory")
+    runs = afile if where == "file" else afile / "runs"
+    one_line_error(capsys, [command, "--runs-dir", str(runs)], "--runs-dir", "not a directory")
+    assert afile.read_text() == "not a directory"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to a read-only directory")
+def test_a_read_only_runs_dir_is_one_line(capsys, tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir(mode=0o555)
+    one_line_error(capsys, ["train", "--runs-dir", str(runs)], "--runs-dir", "not writable")
+    one_line_error(capsys, ["train", "--runs-dir", str(runs / "sub")], "--runs-dir", "not writable")
+
+
+@pytest.mark.parametrize("sub", ["", "new/deeper"])
+def test_a_runs_dir_this_user_cannot_write_is_one_line(capsys, tmp_path, monkeypatch, sub):
+    """As the test above, for root too: the directory (or the one it would be made in) says it is not writable."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: Path(p) != runs and real(p, mode, **kw))
+    one_line_error(capsys, ["train", "--runs-dir", str(runs / sub)], "--runs-dir", "not writable")
+
+
+def test_a_runs_dir_that_does_not_exist_yet_is_fine(tmp_path):
+    TrainConfig(runs_dir=str(tmp_path / "a" / "b")).validate()
+    assert not (tmp_path / "a").exists()  # validating creates nothing
+
+
+@pytest.mark.parametrize("size", ["100000", "5000"])
+def test_a_huge_image_size_is_one_line(capsys, tmp_path, size):
+    one_line_error(capsys, ["train", "--runs-dir", str(tmp_path), "--image-size", size], "--image-size", size)
+
+
+def test_every_models_own_size_is_allowed():
+    from engine import catalog
+
+    for spec in catalog.MODELS.values():
+        for side in (spec.min_size, spec.default_size or 224, 299, 512, catalog.MAX_SIZE):
+            catalog.check_size(spec, side)
