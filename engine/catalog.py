@@ -194,8 +194,8 @@ def input_size(name: str, data_size: int, requested: int | None = None) -> int:
 def check_size(spec: ModelSpec, side: int) -> None:
     if side > MAX_SIZE:
         raise ModelError(
-            f"--image-size {side} is too large: at most {MAX_SIZE} (one {side}x{side} RGB image alone is"
-            f" {3 * 4 * side * side / 1e9:.3g} GB in float32)"
+            f"{side}x{side} inputs are too large: at most {MAX_SIZE}x{MAX_SIZE} (one {side}x{side} RGB image alone"
+            f" is {3 * 4 * side * side / 1e9:.3g} GB in float32)"
         )
     if side < spec.min_size:
         raise ModelError(

@@ -158,10 +158,13 @@ class TrainConfig:
                 raise ConfigError(f"--name: {exc}") from None
         try:
             spec = catalog.get_spec(self.model)
-            if self.image_size is not None:
-                catalog.check_size(spec, self.image_size)
         except catalog.ModelError as exc:
             raise ConfigError(str(exc)) from None
+        if self.image_size is not None:
+            try:
+                catalog.check_size(spec, self.image_size)
+            except catalog.ModelError as exc:
+                raise ConfigError(f"--image-size {self.image_size}: {exc}") from None
         if self.dataset not in DATASETS and not Path(self.dataset).exists():
             raise ConfigError(
                 f"unknown dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}, or give an ImageFolder path"
