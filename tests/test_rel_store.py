@@ -373,3 +373,91 @@ def test_a_full_disk_faked(tmp_path):
     with RunReader(path) as run:
         back = run.follow(0, limit=None)
     assert len(back) == 1500 and all(same(a, b) for a, b in zip(back, events[:1500], strict=True))
+
+
+# --- a -wal beside a store: foreign, or the store's own in a read-only directory -------------
+
+
+def crashed_copy(
+    src_dir: Path, events: list[ev.Event], dst: Path, *, shm: bool = False, strip_id: bool = False
+) -> None:
+    """At `dst`, a store as a killed writer leaves it: its -wal (and -shm if `shm`) beside it, holding `events`."""
+    path = src_dir / dst.name
+    with RunWriter(path, flush_interval=0.01) as writer:
+        writer.write_many(events[:1])
+    if strip_id:  # as stores written before store ids
+        db = sqlite3.connect(path)
+        db.execute("DELETE FROM meta WHERE key = 'store_id'")
+        db.commit()
+        db.close()
+    writer = RunWriter(path, append=True, flush_interval=0.01)
+    writer.write_many(events[1:])
+    writer.flush()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    for suffix in ("", "-wal") + (("-shm",) if shm else ()):
+        dst.with_name(dst.name + suffix).write_bytes(path.with_name(path.name + suffix).read_bytes())
+    writer.close()
+
+
+def test_a_foreign_wal_is_refused(tmp_path):
+    ours = tmp_path / "runs" / "ours.mirante"
+    write_run(ours, make_events(steps=50))
+    crashed_copy(tmp_path / "other", make_events(steps=200, end=None), tmp_path / "theirs" / "ours.mirante")
+    (tmp_path / "theirs" / "ours.mirante-wal").rename(tmp_path / "runs" / "ours.mirante-wal")
+    with pytest.raises(StoreError) as info:
+        RunReader(ours)
+    assert str(info.value) == f"{ours}-wal belongs to another store: move it away to read {ours.name}"
+    with pytest.raises(StoreError, match="belongs to another store"):
+        RunWriter(ours, append=True)
+
+
+def test_a_crashed_store_with_its_own_wal_reads_whole(tmp_path):
+    events = make_events(steps=1500, end=None)
+    for strip_id in (False, True):
+        dst = tmp_path / f"copy{strip_id}" / "run.mirante"
+        crashed_copy(tmp_path / f"src{strip_id}", events, dst, strip_id=strip_id)
+        with RunReader(dst) as run:
+            back = run.follow(0, limit=None)
+            assert run.summary().status == "crashed"
+        assert len(back) == len(events) and all(same(a, b) for a, b in zip(back, events, strict=True))
+
+
+@pytest.mark.parametrize("shm", [False, True])
+def test_a_crashed_store_in_a_read_only_directory_reads_whole(tmp_path, shm):
+    events = make_events(steps=1500, end=None)
+    with small_disk(tmp_path / "disk", 4096) as disk:
+        path = disk / "run.mirante"
+        crashed_copy(tmp_path / "src", events, path, shm=shm)
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        with RunReader(path) as run:
+            back = run.follow(0, limit=None)
+            assert run.summary().status == "crashed"
+            assert run.last_seq() == len(events) and run.missing_events() == 0
+        assert len(back) == len(events) and all(same(a, b) for a, b in zip(back, events, strict=True))
+        names = sorted(p.name for p in disk.iterdir())
+        assert names == sorted(["run.mirante", "run.mirante-wal"] + ["run.mirante-shm"] * shm)
+
+
+# --- a gap in the sequence ----------------------------------------------------------------------
+
+
+def test_a_deleted_row_is_reported_and_the_rest_still_reads(tmp_path):
+    path = tmp_path / "run.mirante"
+    events = write_run(path, make_events(steps=2500))
+    with RunReader(path) as run:
+        assert run.missing_events() == 0 and run.summary().status == "finished"
+    db = sqlite3.connect(path)
+    gone = db.execute("SELECT seq FROM events WHERE kind = 'LayerStats' LIMIT 1 OFFSET 7").fetchone()[0]
+    db.execute("DELETE FROM events WHERE seq = ?", (gone,))
+    db.commit()
+    with RunReader(path) as run:
+        assert run.missing_events() == 1
+        summary = run.summary()
+        assert summary.status == "damaged" and summary.missing == 1 and summary.steps == 2500
+        assert [e.seq for e in run.follow(0, limit=None)] == [e.seq for e in events if e.seq != gone]
+    db.execute("DELETE FROM step_chunks WHERE first_seq = (SELECT min(first_seq) FROM step_chunks)")
+    db.commit()
+    db.close()
+    with RunReader(path) as run:
+        assert run.missing_events() == 1 + CHUNK_ROWS
+        assert run.summary().status == "damaged"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import sqlite3
 import struct
+import tempfile
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -111,6 +113,7 @@ class RunSummary:
     best_val_acc: float | None
     started: float | None  # wall time of the first event
     duration: float | None  # seconds from the first event to the last
+    missing: int = 0  # events missing from the sequence (deleted rows): status is then "damaged"
 
 
 T = TypeVar("T")
@@ -149,17 +152,60 @@ class RunReader:
             raise StoreError(f"{self.path}: is a directory, not a run store")
         if self.path.stat().st_size == 0:
             raise StoreError(f"{self.path}: empty file, not a run store")
-        try:
-            uri = f"file:{quote(str(self.path.resolve()))}?mode=ro"
-            self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: cannot open ({exc})") from None
+        self._copy: tempfile.TemporaryDirectory | None = None  # where a store is read when its own place cannot be
         self._names: dict[int, str] = {}
         try:
+            self._open(self.path)
+        except StoreError:
+            if not (_wal(self.path).exists() and not os.access(self.path.parent, os.W_OK)):
+                raise
+            # A crashed store (its -wal left) in a read-only directory: SQLite needs a -shm beside
+            # the -wal and cannot make one there. Read a copy of the two, the WAL's events included.
+            self._open(self._copied())
+
+    def _open(self, source: Path) -> None:
+        self._db = self._connect(source)
+        try:
             self._check()
+            if _wal(source).exists():
+                self._check_wal(source)
         except BaseException:
-            self._db.close()
+            self.close()
             raise
+
+    def _connect(self, source: Path) -> sqlite3.Connection:
+        try:
+            uri = f"file:{quote(str(source.resolve()))}?mode=ro"
+            return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot open ({exc})") from None
+
+    def _copied(self) -> Path:
+        self._copy = tempfile.TemporaryDirectory(prefix="mirante-")
+        copy = Path(self._copy.name) / self.path.name
+        try:
+            shutil.copyfile(self.path, copy)
+            shutil.copyfile(_wal(self.path), _wal(copy))
+        except OSError as exc:
+            self._copy.cleanup()
+            raise StoreError(f"{self.path}: cannot read a crashed run store in a read-only directory ({exc})") from None
+        return copy
+
+    @_guarded
+    def _check_wal(self, source: Path) -> None:
+        """Refuse a -wal that is another store's: the store id with the WAL applied must be the main file's.
+
+        A -wal is applied to whatever file bears its name; one left from another run makes this
+        store read as that run. Stores made before store ids had none: nothing to compare.
+        """
+        row = self._db.execute("SELECT value FROM meta WHERE key='store_id'").fetchone()
+        ours = row[0] if row else None
+        for _ in range(3):  # the main file is read without locks: a checkpoint may be writing the page
+            main = _main_file_id(source)
+            if main is _UNKNOWN or main == ours:
+                return
+            time.sleep(0.01)
+        raise StoreError(f"{_wal(self.path)} belongs to another store: move it away to read {self.path.name}")
 
     @_guarded
     def _check(self) -> None:
@@ -184,6 +230,8 @@ class RunReader:
 
     def close(self) -> None:
         self._db.close()
+        if self._copy is not None:
+            self._copy.cleanup()
 
     def __enter__(self) -> RunReader:
         return self
@@ -246,6 +294,18 @@ class RunReader:
         return max(a, b)
 
     @_guarded
+    def missing_events(self) -> int:
+        """How many seqs from 1 to the last are missing (rows deleted from the store); 0 for an undamaged run.
+
+        Every event has its seq and the seqs run 1, 2, 3, ... without gaps, so the rows held
+        must number the last seq. Negative if rows overlap, which is damage too.
+        """
+        with self.snapshot():
+            count, last = self._db.execute("SELECT count(*), max(seq) FROM events").fetchone()
+            steps, last_step = self._db.execute("SELECT sum(n), max(last_seq) FROM step_chunks").fetchone()
+        return max(last or 0, last_step or 0) - count - (steps or 0)
+
+    @_guarded
     def summary(self) -> RunSummary:
         start = self.started()
         with self.snapshot():
@@ -261,16 +321,18 @@ class RunReader:
             walls.append(float(unpack_f64(last_chunk[1], last_chunk[2])[-1]))
             walls.append(float(unpack_f64(first_chunk[0], first_chunk[1])[0]))
         accs = [e.val_acc for e in epochs if e is not None and e.val_acc is not None]
+        missing = self.missing_events()
         return RunSummary(
             path=self.path,
             name=start.name if start else self.path.stem,
             model=start.model if start else "?",
             dataset=start.dataset if start else "?",
-            status=self.status(),
+            status="damaged" if missing else self.status(),
             steps=int(last_step),
             best_val_acc=max(accs) if accs else None,
             started=min(walls) if walls else None,
             duration=max(walls) - min(walls) if walls else None,
+            missing=missing,
         )
 
     # -- scalars
@@ -591,6 +653,29 @@ class _Snapshot:
     def __exit__(self, *exc: object) -> None:
         if self._outer and self._db.in_transaction:
             self._db.execute("COMMIT")
+
+
+def _wal(path: Path) -> Path:
+    return path.with_name(path.name + "-wal")
+
+
+_UNKNOWN = object()  # the main file's store id could not be read
+
+
+def _main_file_id(path: Path) -> str | None | object:
+    """The store id in the main file itself, the -wal ignored (`immutable=1`): a few pages read."""
+    try:
+        db = sqlite3.connect(f"file:{quote(str(path.resolve()))}?immutable=1", uri=True, isolation_level=None)
+    except sqlite3.Error:
+        return _UNKNOWN
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key='store_id'").fetchone()
+    except sqlite3.Error as exc:
+        # a store created before its first checkpoint holds no tables in the main file yet
+        return None if "no such table" in str(exc) else _UNKNOWN
+    finally:
+        db.close()
+    return row[0] if row else None
 
 
 def find_runs(directory: str | os.PathLike) -> list[Path]:

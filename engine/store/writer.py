@@ -7,6 +7,7 @@ import contextlib
 import errno
 import numbers
 import os
+import secrets
 import socket
 import sqlite3
 import threading
@@ -223,12 +224,11 @@ class RunWriter:
             if not exists:
                 # LayerStats rows are about 1 KB: 16 KB pages waste ~2% on them where 4 KB waste ~12%
                 self._db.execute(f"PRAGMA page_size={PAGE_SIZE}")
+                self._create()  # before WAL mode: the schema and the store id go into the main file itself
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             if exists:
                 self._resume(keep_upto_seq)
-            else:
-                self._create()
         except BaseException as exc:
             if self._db is not None:
                 self._db.close()
@@ -420,6 +420,8 @@ class RunWriter:
             if statement.strip():
                 db.execute(statement)
         meta = {
+            # tells this store's -wal from one another store left under its name (RunReader checks)
+            "store_id": secrets.token_hex(8),
             "created": repr(time.time()),
             "writer_host": socket.gethostname(),
             "writer_pid": str(os.getpid()),
