@@ -19,8 +19,11 @@ the two calls: one optimizer step, whichever side of `optimizer.step()` you call
 
 from __future__ import annotations
 
+import contextlib
 import numbers
+import os
 import platform
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,7 @@ from engine import events as ev
 from engine import flops
 from engine.diagnostics import VERSION, Diagnostics, Settings
 from engine.emit import Emitter
+from engine.names import check_name
 from engine.recorder import Recorder
 from engine.store import SUFFIX, RunWriter
 
@@ -64,8 +68,46 @@ class Monitor:
         optimizer's settings are read from `optimizer`, and the class count for the initial-loss
         check from `num_classes` or the first `logits` passed to `step`.
         """
-        path = Path(run) if str(run).endswith(SUFFIX) else Path(runs_dir) / f"{run}{SUFFIX}"
+        path = _store_path(run, runs_dir)
         self.name = path.name.removesuffix(SUFFIX)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer or None, not {type(optimizer).__name__}")
+        first = next(model.parameters(), None)
+        if first is None:  # nothing to train, count or probe, and no device to keep the loss on
+            raise ValueError(f"model {type(model).__name__} has no parameters: Monitor records the training of one")
+        self.device = device = first.device
+        log_every, probe_every = _count(log_every, "log_every"), _count(probe_every, "probe_every")
+        capture_every = _count(capture_every, "capture_every", least=0)
+        if batch_size is not None:
+            batch_size = _count(batch_size, "batch_size")
+        if num_classes is not None:
+            num_classes = _count(num_classes, "num_classes")
+        if peak_tflops is not None and not _number(peak_tflops, "peak_tflops") > 0:
+            raise ValueError(f"peak_tflops must be a positive number, not {peak_tflops!r}")
+        if not isinstance(dataset, str):
+            raise TypeError(f"dataset must be a str, not {type(dataset).__name__}")
+        if config is not None and not isinstance(config, dict):
+            raise TypeError(f"config must be a dict, not {type(config).__name__}")
+        summary: dict[str, Any] = {"peak_tflops": peak_tflops}
+        counts = None
+        if input_shape is not None:
+            shape = tuple(input_shape) if isinstance(input_shape, (tuple, list, torch.Size)) else ()
+            if len(shape) != 3 or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape):
+                raise ValueError(f"input_shape must be (channels, height, width), not {input_shape!r}")
+            counts = _fits(lambda: flops.count(model, shape), f"input_shape {shape}")
+            summary |= counts.summary()
+        else:
+            summary["params"] = sum(p.numel() for p in model.parameters())
+        if sample is not None:
+            if not isinstance(sample, Tensor) or sample.dim() != 4 or sample.shape[0] != 1:
+                what = tuple(sample.shape) if isinstance(sample, Tensor) else type(sample).__name__
+                raise ValueError(f"sample must be one input of shape [1, C, H, W], not {what}")
+            if sample.device != device:
+                raise ValueError(f"sample is on {sample.device}, the model on {device}")
+            if capture_every:
+                _fits(lambda: _forward(model, sample), f"sample of shape {tuple(sample.shape)}")
         self.model = model
         self.optimizer = optimizer
         self.batch_size = batch_size
@@ -74,38 +116,40 @@ class Monitor:
         self._epoch_start = 0  # self.steps at the last epoch()
         self.closed = False
         self._probed_step: int | None = None  # a probe waiting for the weights to move
-        self.device = device = next(model.parameters()).device
-        self.out = Emitter(RunWriter(path), live, diagnostics=Diagnostics(Settings(on_divergence="warn")))
-        self.rec = Recorder(
-            self.out,
-            model,
-            device,
-            log_every=log_every,
-            probe_every=probe_every,
-            capture_every=capture_every,
-            sample=sample,
-        )
-        summary: dict[str, Any] = {"layer_types": list(self.rec.norms.types), "peak_tflops": peak_tflops}
-        if input_shape is not None:
-            counts = flops.count(model, input_shape)
-            summary |= counts.summary()
-            self.rec.train_flops, self.rec.peak_tflops = counts.train_flops, peak_tflops
-        else:
-            summary["params"] = sum(p.numel() for p in model.parameters())
-        known = optimizer_config(optimizer) | ({"num_classes": num_classes} if num_classes else {})
-        known["diagnostics"] = VERSION  # the checks run live, here
-        self.out.emit(
-            ev.RunStarted,
-            0,
-            name=self.name,
-            model=type(model).__name__,
-            dataset=dataset,
-            config=known | dict(config or {}),
-            model_summary=summary,
-            layers=self.rec.layers,
-            device={"type": device.type, "host": platform.node()},
-            versions={"python": platform.python_version(), "torch": str(torch.__version__)},
-        )
+        writer = RunWriter(path)  # all checked: from here on a store exists
+        try:
+            self.out = Emitter(writer, live, diagnostics=Diagnostics(Settings(on_divergence="warn")))
+            self.rec = Recorder(
+                self.out,
+                model,
+                device,
+                log_every=log_every,
+                probe_every=probe_every,
+                capture_every=capture_every,
+                sample=sample,
+            )
+            summary["layer_types"] = list(self.rec.norms.types)
+            if counts is not None:
+                self.rec.train_flops, self.rec.peak_tflops = counts.train_flops, peak_tflops
+            known = optimizer_config(optimizer) | ({"num_classes": num_classes} if num_classes else {})
+            known["diagnostics"] = VERSION  # the checks run live, here
+            self.out.emit(
+                ev.RunStarted,
+                0,
+                name=self.name,
+                model=type(model).__name__,
+                dataset=dataset,
+                config=known | dict(config or {}),
+                model_summary=summary,
+                layers=self.rec.layers,
+                device={"type": device.type, "host": platform.node()},
+                versions={"python": platform.python_version(), "torch": str(torch.__version__)},
+            )
+        except BaseException:  # a run that never started leaves no store behind to block its name
+            with contextlib.suppress(Exception):
+                writer.close()
+            path.unlink(missing_ok=True)
+            raise
 
     def step(
         self,
@@ -283,12 +327,43 @@ def _number(value: Any, what: str, *, on_host: bool = False) -> float:
     return float(value)
 
 
-def _count(value: Any, what: str) -> int:
-    """`value` if it is a whole number >= 1."""
+def _store_path(run: Any, runs_dir: Any) -> Path:
+    """`runs_dir/run.mirante`, or `run` itself when it ends in .mirante; the run's name checked either way."""
+    if not isinstance(run, (str, os.PathLike)) or not isinstance(runs_dir, (str, os.PathLike)):
+        raise TypeError(f"run and runs_dir must be str or paths, not {type(run).__name__}, {type(runs_dir).__name__}")
+    if str(run).endswith(SUFFIX):
+        path = Path(run)
+        check_name(path.name.removesuffix(SUFFIX))
+        return path
+    return Path(runs_dir) / f"{check_name(str(run))}{SUFFIX}"
+
+
+def _fits(call: Callable[[], Any], what: str) -> Any:
+    """`call()`, whose failure means `what` does not fit the model: one line saying so."""
+    try:
+        return call()
+    except Exception as exc:
+        line = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"{what} does not fit the model: {line}") from None
+
+
+def _forward(model: nn.Module, sample: Tensor) -> None:
+    """One eval-mode forward pass of `sample`, as a capture makes; the model's mode is restored."""
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(sample)
+    finally:
+        model.train(was_training)
+
+
+def _count(value: Any, what: str, least: int = 1) -> int:
+    """`value` if it is a whole number >= `least`."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{what} must be a whole number, not {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{what} must be at least 1, not {value}")
+    if value < least:
+        raise ValueError(f"{what} must be at least {least}, not {value}")
     return int(value)
 
 

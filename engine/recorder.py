@@ -80,7 +80,7 @@ class Recorder:
 
     def is_probe_step(self, step: int) -> bool:
         """Whether the update that follows `step` steps taken gets per-layer norms (on the recording rank)."""
-        return self.main and step % self.probe_every == 0
+        return self.main and bool(self.norms.params) and step % self.probe_every == 0  # no layers: nothing to probe
 
     def probe_grads(self) -> None:
         """Per-layer gradient norms, and a copy of the weights: after backward (and unscaling)."""
@@ -102,11 +102,12 @@ class Recorder:
         data_time: float = 0.0,
     ) -> None:
         """Record the step just taken (`step` counts it); emits only at interval ends."""
+        lr = float(lr)  # first: a value that cannot be kept leaves the interval's lists as they were
         self._losses.append(loss.detach())  # no copy, no conversion: converted once per interval
         if correct is not None:
             self._correct.append(correct.detach())
         self._sizes.append(batch_size or 0)
-        self._lrs.append(float(lr))
+        self._lrs.append(lr)
         self._data_time += data_time
         if self.capture_every and step % self.capture_every == 0 and self.main:
             self.capture(step)

@@ -186,3 +186,61 @@ def test_a_nan_loss_is_data_recorded_and_warned_about(tmp_path):
     assert math.isnan(losses[3]) and losses[4] == math.inf
     found = [e for e in events if isinstance(e, ev.Diagnostic) and e.code == "divergence"]
     assert found and found[-1].step == 4 and found[-1].evidence["stopped"] is False  # it says so; the loop goes on
+
+
+def test_a_model_with_no_parameters_is_refused_in_one_line(tmp_path):
+    with pytest.raises(ValueError) as exc:
+        Monitor(torch.nn.ReLU(), run="none", runs_dir=tmp_path)
+    assert "no parameters" in one_line(exc)
+    assert not list(tmp_path.iterdir())  # no store left behind
+
+
+def test_a_model_that_is_one_layer_is_recorded(tmp_path):
+    model = torch.nn.Linear(4, 3)  # its parameters are the root module's own
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Monitor(model, optimizer, run="one", runs_dir=tmp_path, log_every=2, probe_every=1) as mon:
+        for _ in range(4):
+            good_step(mon, model, optimizer)
+    assert stored(tmp_path / "one.mirante")[:2] == ("finished", [1, 2, 3, 4])
+
+
+@pytest.mark.parametrize(
+    "run", ["../escape", "/abs/x", "a/b", ".hidden", "", "tab\there", "x/.y.mirante", "bad name.mirante"]
+)
+def test_run_names_are_checked(tmp_path, run):
+    model = torch.nn.Linear(4, 3)
+    with pytest.raises(ValueError) as exc:
+        Monitor(model, run=run, runs_dir=tmp_path / "runs")
+    assert "run name" in one_line(exc)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "escape.mirante").exists()
+
+
+def test_a_store_path_ending_in_mirante_is_still_allowed(tmp_path):
+    model = torch.nn.Linear(4, 3)
+    Monitor(model, run=tmp_path / "deep" / "ok-1.2_x.mirante").close()
+    assert stored(tmp_path / "deep" / "ok-1.2_x.mirante")[0] == "finished"
+    with pytest.raises(ValueError):
+        Monitor(model, run=tmp_path / "deep" / ".mirante")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"log_every": 0},
+        {"probe_every": -1},
+        {"log_every": 2.5},
+        {"capture_every": -1},
+        {"batch_size": 0},
+        {"input_shape": (3, 8)},
+        {"input_shape": (3, 9, 9)},  # does not fit the Linear(4, 3)
+        {"sample": torch.zeros(3, 8, 8), "capture_every": 1},
+        {"optimizer": "sgd"},
+        {"model": "resnet"},
+    ],
+)
+def test_bad_settings_are_refused_before_a_store_is_made(tmp_path, kwargs):
+    kwargs = {"model": torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))} | kwargs
+    with pytest.raises((TypeError, ValueError)) as exc:
+        Monitor(run="bad", runs_dir=tmp_path, **kwargs)
+    one_line(exc)
+    assert not list(tmp_path.iterdir())
