@@ -461,3 +461,20 @@ def test_a_deleted_row_is_reported_and_the_rest_still_reads(tmp_path):
     with RunReader(path) as run:
         assert run.missing_events() == 1 + CHUNK_ROWS
         assert run.summary().status == "damaged"
+
+
+def test_a_failure_at_interpreter_exit_is_one_line(tmp_path, capsys):
+    writer = RunWriter(tmp_path / "run.mirante", flush_interval=0.01)
+    fake = writer._db = FullDisk(writer._db)
+    fake.full = True
+    writer.write_many(make_events(steps=3)[:3])
+    writer._close_at_exit()  # what atexit calls for a script that did not close its writer
+    err = capsys.readouterr().err
+    assert err.startswith("mirante: error: ") and "disk full" in err and err.count("\n") == 1
+
+
+def test_a_runs_dir_that_is_a_file_is_one_line(tmp_path):
+    (tmp_path / "runs").write_text("not a directory")
+    with pytest.raises(StoreError) as info:
+        RunWriter(tmp_path / "runs" / "x.mirante")
+    assert str(info.value) == f"{tmp_path}/runs/x.mirante: cannot create run store: {tmp_path}/runs is not a directory"

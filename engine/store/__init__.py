@@ -13,12 +13,19 @@ commits in batches (every `flush_interval` seconds or `flush_events` events, whi
 first) in WAL mode with `synchronous=NORMAL`. The chunk being filled is rewritten whole at
 each commit until it is full, so chunks stay large however slowly events arrive. The writer
 holds an exclusive `flock` on the file for its lifetime: the kernel drops it when the process
-dies, however it dies, which is how readers tell a running run from a crashed one.
+dies, however it dies, which is how readers tell a running run from a crashed one. `write`
+checks and encodes each event in the caller's thread, so a bad one raises there and never
+reaches the writer thread. On a full disk the writer keeps the failed batch and retries; the
+caller hears "disk full" from `write`, `flush` or `close`. `keep_upto_seq` cuts an appended
+run back to a seq (what `--resume` needs), in one transaction.
 
 Reading. `RunReader` opens the file read-only and reads in short transactions, each a
 consistent snapshot, so it can follow a run while another process writes it. Any problem
 with the file (missing, empty, not a run store, newer schema, truncated, corrupted) is a
-`StoreError` whose message names the file and the problem in one line.
+`StoreError` whose message names the file and the problem in one line. A `-wal` left by
+another store is refused (the store id made at creation, in the main file, must be the one the
+WAL shows); a crashed store in a read-only directory is read from a copy; a gap in the seq
+sequence (rows deleted) is reported by `missing_events` and as status "damaged".
 """
 
 from engine.store.reader import RunReader, RunSummary, Series, downsample, find_runs

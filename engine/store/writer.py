@@ -10,6 +10,7 @@ import os
 import secrets
 import socket
 import sqlite3
+import sys
 import threading
 import time
 from collections import deque
@@ -218,7 +219,12 @@ class RunWriter:
         self._db = None
         try:
             if not exists:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                except (FileExistsError, NotADirectoryError):
+                    raise StoreError(
+                        f"{self.path}: cannot create run store: {self.path.parent} is not a directory"
+                    ) from None
             self._lock()
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             if not exists:
@@ -248,7 +254,7 @@ class RunWriter:
         self.last_seq = self.committed_seq  # highest seq accepted by write()
         self._thread = threading.Thread(target=self._run, name=f"mirante-writer:{self.path.name}", daemon=True)
         self._thread.start()
-        atexit.register(self.close)  # a script that forgets close() still gets its last events stored
+        atexit.register(self._close_at_exit)  # a script that forgets close() still gets its last events stored
 
     # -- caller side
 
@@ -303,7 +309,7 @@ class RunWriter:
         if self._closing:
             return
         self._closing = True
-        atexit.unregister(self.close)
+        atexit.unregister(self._close_at_exit)
         self._wake.set()
         self._thread.join()
         try:
@@ -321,6 +327,12 @@ class RunWriter:
             raise StoreError(f"{self.path}: writer failed: {self._error}")
         if self._queue:
             raise StoreError(f"{self.path}: disk full: {len(self._queue)} events could not be written ({self._full})")
+
+    def _close_at_exit(self) -> None:
+        try:
+            self.close()
+        except StoreError as exc:  # at exit there is no caller left to tell but the terminal: one line, no traceback
+            print(f"mirante: error: {exc}", file=sys.stderr)
 
     def _full_message(self) -> str:
         return (
