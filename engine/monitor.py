@@ -19,10 +19,12 @@ the two calls: one optimizer step, whichever side of `optimizer.step()` you call
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import numbers
 import os
 import platform
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -150,6 +152,9 @@ class Monitor:
                 writer.close()
             path.unlink(missing_ok=True)
             raise
+        # A script that ends without close() still ends its run. atexit runs handlers last-in first-out,
+        # so this one, registered after the writer's own, delivers what is pending and RunEnded first.
+        atexit.register(self._at_exit)
 
     def step(
         self,
@@ -277,6 +282,7 @@ class Monitor:
         if self.closed:
             return
         self.closed = True
+        atexit.unregister(self._at_exit)
         if self._probed_step is not None:
             self.rec.probe_update(self._probed_step)
         self.rec.flush(self.steps, wait=True)
@@ -284,16 +290,31 @@ class Monitor:
         self.out.emit(ev.RunEnded, self.steps, status=status, reason=reason)
         self.out.close()
 
+    def _at_exit(self) -> None:
+        """At interpreter exit, unclosed: finished, or failed/interrupted if the script died of an exception."""
+        if self.closed:
+            return
+        # the exception that ended a script (sys.last_value is set only when it was not caught);
+        # in an interactive session it may be an old one, long handled
+        died = None if hasattr(sys, "ps1") else getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+        try:
+            self.close(*_ending(type(died), died) if died is not None else ("finished",))
+        except Exception as exc:  # atexit would print a traceback; one line says it
+            line = (str(exc).splitlines() or [""])[0]
+            print(f"mirante: error: run {self.name!r} not ended at exit: {type(exc).__name__}: {line}", file=sys.stderr)
+
     def __enter__(self) -> Monitor:
         return self
 
     def __exit__(self, kind: type | None, exc: BaseException | None, tb: Any) -> None:
-        if kind is None:
-            self.close()
-        elif issubclass(kind, KeyboardInterrupt):
-            self.close("interrupted", "KeyboardInterrupt")
-        else:
-            self.close("failed", f"{kind.__name__}: {exc}".splitlines()[0])
+        self.close(*_ending(kind, exc) if kind is not None else ("finished",))
+
+
+def _ending(kind: type, exc: BaseException | None) -> tuple[str, str]:
+    """The RunEnded status and reason of a run ended by an exception of type `kind`."""
+    if issubclass(kind, KeyboardInterrupt):
+        return "interrupted", "KeyboardInterrupt"
+    return "failed", (f"{kind.__name__}: {exc}".splitlines() or [kind.__name__])[0]
 
 
 def optimizer_config(optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:

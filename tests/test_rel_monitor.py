@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +16,8 @@ import torch.nn.functional as F
 from engine import events as ev
 from engine.monitor import Monitor
 from engine.store import RunReader
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def make(tmp_path, name="mine", **kwargs):
@@ -244,3 +251,58 @@ def test_bad_settings_are_refused_before_a_store_is_made(tmp_path, kwargs):
         Monitor(run="bad", runs_dir=tmp_path, **kwargs)
     one_line(exc)
     assert not list(tmp_path.iterdir())
+
+
+UNCLOSED = """
+import sys, torch, torch.nn.functional as F
+from engine.monitor import Monitor
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+mon = Monitor(model, optimizer, run=sys.argv[1], runs_dir=sys.argv[2], log_every=10, probe_every=3)
+for step in range(23):  # 23: the last three steps are still on their way at exit
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    logits = model(x)
+    loss = F.cross_entropy(logits, y)
+    optimizer.zero_grad()
+    loss.backward()
+    mon.step(loss, logits=logits, targets=y)
+    optimizer.step()
+    if step == 11:
+        mon.epoch(val_acc=0.5)
+"""
+
+
+def run_script(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", UNCLOSED, *args], cwd=ROOT, start_new_session=True, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_a_script_that_never_closes_its_monitor_ends_the_run_finished(tmp_path):
+    done = run_script(tmp_path, "open", str(tmp_path))
+    assert done.returncode == 0 and done.stderr == ""
+    status, steps, events = stored(tmp_path / "open.mirante")
+    assert status == "finished" and steps == list(range(1, 24))
+    assert [e.epoch for e in events if isinstance(e, ev.Epoch)] == [1]
+    assert len([e for e in events if isinstance(e, ev.LayerStats)]) == 8  # the probe of step 21 included
+
+
+def test_at_exit_a_monitor_left_open_by_an_uncaught_exception_ends_the_run_failed(tmp_path, monkeypatch):
+    """What the exit handler does after a script died of an exception (sys.last_value is set then)."""
+    model, optimizer, mon = make(tmp_path)
+    good_step(mon, model, optimizer)
+    monkeypatch.delattr(sys, "ps1", raising=False)
+    monkeypatch.setattr(sys, "last_value", RuntimeError("the user's loop broke\nsecond line"), raising=False)
+    monkeypatch.setattr(sys, "last_exc", sys.last_value, raising=False)
+    mon._at_exit()
+    status, steps, events = stored(tmp_path / "mine.mirante")
+    assert status == "failed" and steps == [1] and events[-1].reason == "RuntimeError: the user's loop broke"
