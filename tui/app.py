@@ -189,11 +189,19 @@ class MiranteApp(App[int]):
 
     def on_source_done(self, message: SourceDone) -> None:
         self.fold()
-        self.state.writer_gone = self.state.ended is None  # nothing more will come: without RunEnded, crashed
-        self.note = "end of run" if self.state.ended else "the writer has gone"
+        ended = self.state.ended
+        self.state.writer_gone = ended is None  # nothing more will come: without RunEnded, crashed
+        if ended is None:
+            self.note = "the writer has gone"
+        elif ended.status != "finished" and ended.reason:
+            self.note = f"{ended.status}: {ended.reason}"
+        else:
+            self.note = "end of run"
         self.redraw(force=True)
         if self.stopping:
             self.exit(EXIT_CODES.get(self.state.status(), 1))
+        elif isinstance(self.screen, QuitScreen):  # asked stop or detach while it ran: there is nothing to ask now
+            self.screen.run_ended(self.state.status(), ended.reason if ended else "")
 
     def on_source_failed(self, message: SourceFailed) -> None:
         self.note = f"error: {message.error}"
@@ -281,12 +289,18 @@ class MiranteApp(App[int]):
                 self.note = f"{command}: {error}"
         self.redraw(force=True)
 
+    @property
+    def ended(self) -> bool:
+        """The run will take no more commands: it has ended, its source is done, or its trainer process is gone."""
+        return self.state.ended is not None or self.source.done or getattr(self.source, "exited", False)
+
     def command(self, command: str) -> str | None:
         """Send a command to the run; None when sent, else why it could not be."""
         if self.remote is None:
             return "a replay cannot be commanded"
-        if self.state.ended is not None or self.source.done:
-            return f"the run has ended ({self.state.status()})"
+        if self.ended:
+            status = self.state.status() if self.state.ended or self.source.done else "its trainer is gone"
+            return f"the run has ended ({status})"
         return self.remote.send(command)
 
     def action_capture(self, delta: int) -> None:
@@ -335,7 +349,7 @@ class MiranteApp(App[int]):
         if isinstance(self.screen, QuitScreen):  # pressed again in the question: its default answer
             self.screen.action_choose_default()
             return
-        if self.remote is None or self.source.done or self.state.ended is not None or self.stopping:
+        if self.remote is None or self.ended or self.stopping:
             self.exit(0)
             return
         if not self.remote.owned and self.state.status() != "running":
@@ -343,7 +357,9 @@ class MiranteApp(App[int]):
             return
 
         def chosen(choice: str | None) -> None:
-            if choice == "stop":
+            if choice in ("stop", "detach") and self.ended:  # its trainer went while asked: nothing to stop or leave
+                self.exit(EXIT_CODES.get(self.state.status(), 1))
+            elif choice == "stop":
                 error = self.command("stop")
                 self.note = (
                     f"stop: {error}" if error else "stopping: a checkpoint, then the run ends and the app leaves"

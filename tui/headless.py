@@ -5,21 +5,24 @@ from __future__ import annotations
 import queue
 import signal
 import sys
+import time
 from typing import Any
 
-from engine.launch import start_trainer
+from engine.launch import LiveEvents, settle, start_trainer
 from engine.progress import Progress
 
 
-def drain(live: Any, progress: Progress, timeout: float) -> bool:
-    """Handle one batch of events from the queue; False when none came within `timeout`."""
-    try:
-        batch = live.get(timeout=timeout)
-    except queue.Empty:
-        return False
-    for event in batch:
-        progress.handle(event)
-    return True
+def follow(events: LiveEvents, progress: Progress, timeout: float = 0.1) -> None:
+    """Print from the trainer's events until it has exited and all it sent is read; never blocks on its pipe."""
+    while True:
+        try:
+            batch = events.get(timeout=timeout)
+        except queue.Empty:
+            if events.finished:
+                return
+            continue
+        for event in batch:
+            progress.handle(event)
 
 
 def train_headless(
@@ -27,18 +30,19 @@ def train_headless(
 ) -> int:
     """Train in a child process, print progress; Ctrl-C stops at a step boundary with a checkpoint.
 
-    The child stops too if this process dies (the lifeline `child` holds closes with it).
+    The child stops too if this process dies (the lifeline `child` holds closes with it). If the
+    child dies first (killed, out of memory), this process notices from its exit, ends the run in
+    the store as failed with the reason, says so in one line on stderr and returns 1.
     """
+    since = time.time()
     child = start_trainer(config, resume, overrides)
-    process, live = child.process, child.live
+    process = child.process
+    events = LiveEvents(child.live, process)
     progress = Progress()
     interrupts = 0
     while True:
         try:
-            while process.is_alive() or not live.empty():
-                drain(live, progress, timeout=0.2)
-            while drain(live, progress, timeout=0.1):
-                pass
+            follow(events, progress)
             break
         except KeyboardInterrupt:  # the child got the same SIGINT: it stops and checkpoints
             interrupts += 1
@@ -47,6 +51,14 @@ def train_headless(
             else:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
     process.join()
-    if progress.started is not None:  # a run that never started said why on stderr already
+    code = process.exitcode
+    died = None
+    if progress.ended is None:  # its RunEnded did not come on the queue (dropped there, or never written)
+        outcome = settle(store, code, since)
+        progress.ended, died = outcome.ended, outcome.died
+    if progress.started is not None:  # a run that never started said why on stderr already (or below)
         print(progress.summary(store), flush=True)
-    return process.exitcode if process.exitcode is not None else 1
+    if died is not None:
+        print(f"mirante: error: {died}", file=sys.stderr, flush=True)
+        return 1
+    return code if code is not None and code >= 0 else 1

@@ -14,10 +14,12 @@ import queue
 import time
 from collections import deque
 from collections.abc import Callable
+from multiprocessing.queues import Queue as MultiprocessingQueue
 from pathlib import Path
 from typing import Any
 
 from engine import events as ev
+from engine.launch import LiveEvents, settle
 from engine.store import RunReader, StoreError
 from tui.snapshot import Opening, Snapshot, load
 
@@ -227,14 +229,24 @@ class LiveSource:
     events after such a gap are held until the store has committed the gap (the writer commits
     every 250 ms), then the gap is read back from it and everything is delivered in order. A
     gap larger than SNAPSHOT_GAP, or one at the start (a resumed run), comes as a Snapshot.
+
+    A multiprocessing queue is read through `engine.launch.LiveEvents`, so no read blocks on a
+    trainer that died in the middle of a put. Once the trainer has exited (`exited`) and all it
+    sent is read, the rest comes from the store; a trainer that died without ending its run gets
+    its run ended as failed there (`died` says why), and that RunEnded is the last event delivered.
     """
 
-    def __init__(self, live: Any, store: str | Path, process: Any | None = None) -> None:
+    def __init__(self, live: Any, store: str | Path, process: Any | None = None, since: float | None = None) -> None:
+        if isinstance(live, MultiprocessingQueue):
+            live = LiveEvents(live, process)
         self.live = live
         self.store = Path(store)
         self.process = process
+        self.since = time.time() if since is None else since  # when the trainer started: older events are a past run's
         self.after = 0  # the last seq delivered
         self.done = False
+        self.exited = False  # the trainer is gone: nothing can be asked of it (what it sent may still be read)
+        self.died: str | None = None  # why the trainer ended without ending its run, in one line
         self.recovered = 0  # events read back from the store after a drop
         self._held: list[ev.Event] = []  # received after a gap the store has not committed yet
 
@@ -248,9 +260,9 @@ class LiveSource:
             batch = self.live.get(timeout=timeout)
         except queue.Empty:
             if self.process is not None and not self.process.is_alive():
-                if self._held:
-                    return self._fill(give_up=True)
-                self.done = True
+                self.exited = True
+                if getattr(self.live, "finished", True):
+                    return self._finish()
             return []
         newest = self._held[-1].seq if self._held else self.after
         batch = [e for e in batch if e.seq > newest]
@@ -261,6 +273,28 @@ class LiveSource:
             return self._fill()
         self.after = batch[-1].seq
         return batch
+
+    def _finish(self) -> list[Item]:
+        """The trainer has exited and what it sent is read: what the store holds beyond it, and the run's end."""
+        out = self._fill(give_up=True) if self._held else []
+        exitcode = getattr(self.process, "exitcode", None)
+        recorded = None
+        if exitcode is not None:
+            outcome = settle(self.store, exitcode, self.since)
+            self.died, recorded = outcome.died, outcome.ended
+        delivered = self.after
+        try:
+            with RunReader(self.store) as reader:
+                last = reader.last_seq()
+                if last > self.after:
+                    out += self._missing(reader, last)
+                    self.after = last
+        except StoreError:
+            pass  # never created: the trainer died before its run started
+        if recorded is not None and recorded.seq <= delivered:
+            out.append(recorded)  # the queue ran ahead of the store's last commit: the end comes after what it sent
+        self.done = True  # last: `died` is set by then
+        return out
 
     def _fill(self, give_up: bool = False) -> list[Item]:
         """The held events behind what the store has of the gap before them; [] while the store lags.
@@ -273,11 +307,7 @@ class LiveSource:
                 committed = reader.last_seq()
                 if committed < upto and not give_up:
                     return []
-                if self.after == 0 or upto - self.after > SNAPSHOT_GAP:
-                    snapshot = load(reader, upto_seq=upto)
-                    missing: list[Item] = [snapshot] if snapshot is not None else self._events(reader, upto)
-                else:
-                    missing = self._events(reader, upto)
+                missing = self._missing(reader, upto)
         except StoreError:
             if not give_up:
                 return []  # not created yet, or being created: the writer is behind
@@ -285,6 +315,14 @@ class LiveSource:
         self.recovered += upto - self.after
         out, self.after, self._held = missing + self._held, self._held[-1].seq, []
         return out
+
+    def _missing(self, reader: RunReader, upto: int) -> list[Item]:
+        """What the store has after `self.after` up to `upto`: a Snapshot when that is much, else the events."""
+        if self.after == 0 or upto - self.after > SNAPSHOT_GAP:
+            snapshot = load(reader, upto_seq=upto)
+            if snapshot is not None:
+                return [snapshot]
+        return self._events(reader, upto)
 
     def _events(self, reader: RunReader, upto: int) -> list[Item]:
         """The events after `self.after` up to `upto`, as committed."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.screen import ModalScreen
@@ -48,6 +49,7 @@ class QuitScreen(ModalScreen[str]):
         self.owned = owned
         self.paused = paused
         self.default = "stop" if owned else "leave"
+        self.gone = False  # the run ended while this was asked: see `run_ended`
 
     def compose(self) -> ComposeResult:
         if self.owned:
@@ -67,10 +69,22 @@ class QuitScreen(ModalScreen[str]):
         with Vertical(classes="dialog"):
             yield Static(text)
 
+    def run_ended(self, status: str, reason: str = "") -> None:
+        """The run ended while asked (its trainer may have died): nothing is left to stop; every answer leaves."""
+        self.gone = True
+        self.default = "leave"
+        said = escape(f"{status}: {reason}" if reason else status)
+        self.query_one(Static).update(
+            f"The run has ended ({said}).\n\n [b]q[/b]  leave (s, d and l too)\n [b]esc[/b] stay and look at it"
+        )
+
     def action_choose_default(self) -> None:
         self.dismiss(self.default)
 
     def action_choose(self, choice: str) -> None:
+        if self.gone:
+            self.dismiss("cancel" if choice == "cancel" else "leave")
+            return
         if choice == "detach" and not self.owned or choice == "leave" and self.owned:
             return  # not an answer to this question
         self.dismiss(choice)
