@@ -1,9 +1,12 @@
-"""Export a run store to CSV (every number, one per row) or JSONL (every event, one per line)."""
+"""Export a run store to CSV (every number, one per row) or JSONL (every event, one per line), and its strings
+made safe to print (`printable`).
+"""
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import Iterator
 from typing import IO
 
@@ -12,6 +15,25 @@ from engine.store import RunReader
 
 CSV_COLUMNS = ("seq", "step", "wall_time", "kind", "name", "value")
 FORMATS = ("csv", "jsonl")
+
+# What a terminal acts on instead of showing: C0 controls (ESC starts a title change or a screen clear), DEL,
+# C1 controls (0x9b is a one-byte CSI to some terminals), and the bidirectional overrides that reorder text.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """`text` with every control character shown as its escape (ESC as \\x1b, a newline as \\n).
+
+    Every string read from a store (names, dataset, layer names, messages) goes through this before it
+    reaches a terminal: a store is a file anyone may have written.
+    """
+    if not isinstance(text, str):
+        text = str(text)
+    return _CONTROL.sub(_escape, text) if _CONTROL.search(text) else text
+
+
+def _escape(match: re.Match[str]) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")
 
 
 def numbers(event: ev.Event, layers: tuple[str, ...]) -> Iterator[tuple[str, float]]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from engine.config import ConfigError, finite_float
+from engine.export import printable
 from engine.names import RunNameError, check_name
 from engine.store import SUFFIX, RunReader, RunSummary, StoreError, find_runs
 
@@ -55,7 +56,8 @@ def _duration(seconds: float | None) -> str:
 def _ls_row(s: RunSummary) -> tuple[str, ...]:
     started = "-" if s.started is None else dt.datetime.fromtimestamp(s.started).strftime("%Y-%m-%d %H:%M")
     acc = "-" if s.best_val_acc is None else f"{100 * s.best_val_acc:.2f}%"
-    return (s.path.stem, s.model, s.dataset, s.status, f"{s.steps:,}", acc, _duration(s.duration), started)
+    cells = (s.path.stem, s.model, s.dataset, s.status, f"{s.steps:,}", acc, _duration(s.duration), started)
+    return tuple(printable(c) for c in cells)  # a store's strings may hold escape sequences: shown, not obeyed
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -83,8 +85,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
             with RunReader(path) as run:
                 rows.append(_ls_row(run.summary()))
         except StoreError as exc:
-            print(f"mirante: {exc}", file=sys.stderr)
-            rows.append((path.stem, "-", "-", "unreadable", "-", "-", "-", "-"))
+            print(f"mirante: {printable(str(exc))}", file=sys.stderr)
+            rows.append((printable(path.stem), "-", "-", "unreadable", "-", "-", "-", "-"))
     print(format_table(LS_COLUMNS, rows))
     return 0
 
@@ -254,7 +256,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
         ended = control.stop(resolve_run(args.run), timeout=args.timeout)
     except control.ControlError as exc:
         raise CliError(str(exc)) from None
-    print(f"{args.run}: {ended.status} at step {ended.step}")
+    print(printable(f"{args.run}: {ended.status} at step {ended.step}"))
     return 0
 
 
@@ -431,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except (CliError, StoreError, ConfigError) as exc:
-        print(f"mirante: error: {exc}", file=sys.stderr)
+        print(f"mirante: error: {printable(str(exc))}", file=sys.stderr)  # may quote a store's strings
         return EXIT_USAGE
     except BrokenPipeError:  # `mirante export run | head`: the reader left, nothing is wrong
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit

@@ -12,6 +12,7 @@ import numpy as np
 from rich.text import Text
 
 from engine.diagnostics import RangeTest
+from engine.export import printable
 from engine.store import RunReader
 from tui.widgets.chart import Line, log_x_steps, render_chart
 
@@ -52,7 +53,7 @@ def report(store: str | Path, width: int = 80, height: int = 20, color: bool = F
     chart = render_range_test(test, suggestion, width, height, color)
     text = chart.plain if not color else _ansi(chart)
     if verdicts:
-        line = f"{verdicts[-1].level}: {verdicts[-1].message}"
+        line = printable(f"{verdicts[-1].level}: {verdicts[-1].message}")  # the store's words, not its escapes
     elif suggestion:
         line = f"suggested learning rate {suggestion['suggested_lr']:.2g}"
     else:

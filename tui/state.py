@@ -131,7 +131,7 @@ class RunState:
         # a run whose writer ran these checks (or newer ones) stored their findings: running them again is waste
         if self.checks.start(e):
             self.diagnostics_version += 1
-        self.check_here = e.config.get("diagnostics", 0) < DIAGNOSTICS_VERSION
+        self.check_here = (_number(e.config.get("diagnostics")) or 0) < DIAGNOSTICS_VERSION
 
     def _step(self, e: ev.Step) -> None:
         for name, value in e.scalars.items():
@@ -226,13 +226,22 @@ class RunState:
             return "waiting"
         return "crashed" if self.writer_gone else "running"
 
+    def config_number(self, key: str) -> float | None:
+        """A number of the run's config; None when missing or not a finite number (a store may hold anything)."""
+        return _number(self.config.get(key))
+
     @property
     def total_steps(self) -> int | None:
-        return self.config.get("total_steps")
+        return _whole(self.config_number("total_steps"))
 
     @property
     def steps_per_epoch(self) -> int | None:
-        return self.config.get("steps_per_epoch")
+        return _whole(self.config_number("steps_per_epoch"))
+
+    @property
+    def world_size(self) -> int:
+        """Processes that trained the run (torchrun's world size); 1 when not said."""
+        return _whole(self.config_number("world_size")) or 1
 
     @property
     def planned_epochs(self) -> int | None:
@@ -240,7 +249,7 @@ class RunState:
         total, per_epoch = self.total_steps, self.steps_per_epoch
         if total and per_epoch:
             return -(-total // per_epoch)
-        return self.config.get("epochs")
+        return _whole(self.config_number("epochs"))
 
     @property
     def epoch(self) -> int:
@@ -263,7 +272,7 @@ class RunState:
     def steps_per_second(self) -> float | None:
         """Recent training speed, from the loss series' steps and the Step events' wall times."""
         tput = self.scalars.get("throughput/img_s")
-        batch = self.config.get("batch_size")
+        batch = self.config_number("batch_size")
         if tput is not None and tput.last and batch:
             return tput.last / batch if math.isfinite(tput.last) else None
         if self.elapsed > 0 and self.step:
@@ -390,6 +399,18 @@ def _f16(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
     if values.size != expected:  # a damaged or mismatched capture: show nothing rather than raise
         return np.zeros((0,) * max(1, len(shape)), np.float32)
     return values.reshape(shape)
+
+
+def _number(value: Any) -> float | None:
+    """`value` if it is a finite int or float (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return value
+
+
+def _whole(value: float | None) -> int | None:
+    """A positive count, or None."""
+    return int(value) if value is not None and value >= 1 else None
 
 
 def _nan(value: float | None) -> float:

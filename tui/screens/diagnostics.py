@@ -15,13 +15,13 @@ from engine.diagnostics import Finding, g
 from tui.lrfind import range_lines
 from tui.screens.base import Pane, View
 from tui.state import RunState
-from tui.widgets import Chart
+from tui.widgets import Chart, literal
 
 STYLES = {"fail": "bold red", "warn": "bold yellow", "ok": "green", "waiting": "dim", "not seen": "dim"}
 
 
 def level_text(level: str) -> Text:
-    return Text(level, style=STYLES.get(level, ""))
+    return literal(level, STYLES.get(level, ""))
 
 
 def value_text(value: Any, limit: int = 8) -> str:
@@ -40,16 +40,18 @@ def value_text(value: Any, limit: int = 8) -> str:
 
 
 def detail_text(title: str, finding: Finding | None) -> Text:
+    """The highlighted check: its state, what was seen, and the evidence (a store's strings, shown as written)."""
     if finding is None:
-        return Text(f"{title}: waiting for what it needs to see", style="dim")
+        return literal(f"{title}: waiting for what it needs to see", "dim")
     out = Text()
-    out.append(f"{finding.level} ", style=STYLES.get(finding.level, ""))
-    out.append(f"{title} (step {finding.step}): ", style="bold")
-    out.append(finding.message)
+    out.append_text(literal(f"{finding.level} ", STYLES.get(finding.level, "")))
+    out.append_text(literal(f"{title} (step {finding.step}): ", "bold"))
+    out.append_text(literal(finding.message))
     for key, value in finding.evidence.items():
         if key != "traceback":
-            out.append(f"\n  {key}: ", style="dim")
-            out.append(value_text(value))
+            out.append("\n")
+            out.append_text(literal(f"  {key}: ", "dim"))
+            out.append_text(literal(value_text(value)))
     return out
 
 
@@ -77,7 +79,7 @@ class DiagnosticsPane(Pane):
             found = state.check_states().get("lr-find")
             test = state.range_test()
             suggestion = found.evidence if found else test.suggestion()
-            title = "learning-rate range test" + (f": {found.message}" if found else "")
+            title = "learning-rate range test" + (f": {found.message}" if found else "")  # the chart escapes it
             self.query_one("#range", Chart).set_lines(range_lines(test, suggestion), title=title)
         if state.diagnostics_version == self._version:
             return
@@ -90,16 +92,16 @@ class DiagnosticsPane(Pane):
         idle = "waiting" if state.ended is None and not state.writer_gone else "not seen"
         for code, title, f in self._rows:
             if f is None:
-                table.add_row(level_text(idle), title, "", Text(idle, style="dim"), key=code)
-            else:
-                table.add_row(level_text(f.level), title, str(f.step), f.message, key=code)
+                table.add_row(level_text(idle), literal(title), "", Text(idle, style="dim"), key=code)
+            else:  # Text cells: a str cell would be read as markup
+                table.add_row(level_text(f.level), literal(title), str(f.step), literal(f.message), key=code)
         if self._rows:
             table.move_cursor(row=min(max(cursor, 0), len(self._rows) - 1))
         self.show_detail(table.cursor_row)
         log = self.query_one("#diagnostics", DataTable)
         log.clear()
         for f in state.diagnostic_history():
-            log.add_row(str(f.step), level_text(f.level), f.code, f.message)
+            log.add_row(str(f.step), level_text(f.level), literal(f.code), literal(f.message))
 
     def first_row(self, state: RunState) -> int:
         """Where the cursor starts: on the worst check, or on the mode's own (lr-find, overfit)."""

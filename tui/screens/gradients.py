@@ -9,7 +9,7 @@ from textual.widgets import DataTable, Static
 
 from tui.screens.base import Pane, View, fmt
 from tui.state import RunState
-from tui.widgets import Heatmap, sparkline
+from tui.widgets import Heatmap, literal, sparkline
 
 COLUMNS = ("layer", "grad norm", "history", "weight norm", "update/weight", "")
 
@@ -39,7 +39,7 @@ class GradientsPane(Pane):
                 flag = flags.get(name, "")
                 style = "bold red" if flag == "exploding" else ("bold yellow" if flag == "vanishing" else "")
                 table.add_row(
-                    Text(name, style=style),
+                    literal(name, style),
                     fmt(float(latest[i]), ".3g"),
                     sparkline(history[-40:, i], width=20, log=True),
                     fmt(_at(state.layers.weight, i), ".3g"),

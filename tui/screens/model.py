@@ -7,6 +7,7 @@ from textual.widgets import DataTable, Static
 
 from tui.screens.base import Pane, View
 from tui.state import RunState
+from tui.widgets import literal
 
 
 def si(n: float) -> str:
@@ -31,7 +32,7 @@ class ModelPane(Pane):
 
     def draw(self, state: RunState, view: View) -> None:
         s = state.started
-        summary = dict(s.model_summary) if s else {}
+        summary = {k: v for k, v in (s.model_summary if s else {}).items() if k == "layers" or _count(v) is not None}
         key = (state.last_seq if s is None else s.seq, self.depth)
         if key == self._drawn:
             return  # the model does not change during a run
@@ -46,9 +47,30 @@ class ModelPane(Pane):
         table.clear()
         if s is not None and "layers" not in summary:
             table.add_row("(this run was recorded without its per-layer table)", "", "", "", "", "")
-        for name, kind, depth, shape, params, layer_macs in summary.get("layers", []):
+        for row in summary.get("layers", []):
+            if not _layer_row(row):
+                continue  # a damaged or foreign row: left out rather than take the pane down
+            name, kind, depth, shape, params, layer_macs = row
             if depth > self.depth:
                 continue
             share = f"{100 * layer_macs / macs:.1f}%" if macs else "-"
-            label = "  " * (depth - 1) + name.rsplit(".", 1)[-1]
-            table.add_row(label, kind, "x".join(map(str, shape)) or "-", f"{params:,}", si(layer_macs), share)
+            label = "  " * (depth - 1) + str(name).rsplit(".", 1)[-1]
+            shown = "x".join(map(str, shape)) or "-"
+            table.add_row(literal(label), literal(kind), literal(shown), f"{params:,}", si(layer_macs), share)
+
+
+def _count(value: object) -> int | float | None:
+    """A number of the model summary, or None (a store may hold anything)."""
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _layer_row(row: object) -> bool:
+    """A row as the profiler writes it: name, type, depth, output shape, params, MACs."""
+    if not isinstance(row, (list, tuple)) or len(row) != 6:
+        return False
+    _, _, depth, shape, params, macs = row
+    return (
+        isinstance(depth, int)
+        and isinstance(shape, (list, tuple))
+        and all(_count(v) is not None for v in (params, macs))
+    )

@@ -11,7 +11,7 @@ from engine.diagnostics import Finding
 from tui.screens.base import Pane, View, duration, fmt
 from tui.screens.diagnostics import STYLES
 from tui.state import RunState
-from tui.widgets import Chart, Line
+from tui.widgets import Chart, Line, literal
 
 
 def worst_text(worst: list[Finding]) -> Text:
@@ -21,9 +21,31 @@ def worst_text(worst: list[Finding]) -> Text:
         out.append("\nno check has spoken yet", style="dim")
     for f in worst:
         out.append("\n")
-        out.append(f"{f.level:4} ", style=STYLES.get(f.level, ""))
-        out.append(f"{f.code}: ", style="bold")
-        out.append(f.message)
+        out.append_text(literal(f"{f.level:4} ", STYLES.get(f.level, "")))
+        out.append_text(literal(f"{f.code}: ", "bold"))
+        out.append_text(literal(f.message))
+    return out
+
+
+def info_text(state: RunState) -> Text:
+    """Who and where, progress, speed: three lines, the store's strings shown as written (Text, not markup)."""
+    s = state.started
+    device = s.device.get("name", s.device.get("type", "?")) if s else "?"
+    epochs = state.planned_epochs
+    mfu = state.latest("perf/mfu")
+    world = state.world_size
+    ranks = f" x {world} ranks ({state.config.get('backend')})" if world > 1 else ""
+    out = Text()
+    out.append_text(literal(state.name, "bold"))
+    out.append_text(literal(f"  {s.model if s else '?'} on {s.dataset if s else '?'}  ·  {device}{ranks}"))
+    out.append("\n")
+    out.append_text(literal(f"{state.status()}  ·  epoch {state.epoch}/{epochs or '?'}  ·  step {state.step:,}/"))
+    out.append(f"{state.total_steps or '?'}  ·  elapsed {duration(state.elapsed)}  ·  ETA {duration(state.eta)}\n")
+    out.append(
+        f"{fmt(state.latest('throughput/img_s'), ',.0f')} img/s  ·  MFU "
+        f"{'-' if mfu is None else fmt(100 * mfu, '.1f') + '%'}  ·  lr {fmt(state.latest('lr'), '.3g')}"
+        f"  ·  loss {fmt(state.latest('train/loss'))}"
+    )
     return out
 
 
@@ -41,21 +63,7 @@ class OverviewPane(Pane):
             yield Static(id="worst")
 
     def draw(self, state: RunState, view: View) -> None:
-        s = state.started
-        device = s.device.get("name", s.device.get("type", "?")) if s else "?"
-        epochs = state.planned_epochs
-        mfu = state.latest("perf/mfu")
-        world = state.config.get("world_size", 1)
-        ranks = f" x {world} ranks ({state.config.get('backend')})" if world > 1 else ""
-        lines = [
-            f"[b]{state.name}[/b]  {s.model if s else '?'} on {s.dataset if s else '?'}  ·  {device}{ranks}",
-            f"{state.status()}  ·  epoch {state.epoch}/{epochs or '?'}  ·  step {state.step:,}/"
-            f"{state.total_steps or '?'}  ·  elapsed {duration(state.elapsed)}  ·  ETA {duration(state.eta)}",
-            f"{fmt(state.latest('throughput/img_s'), ',.0f')} img/s  ·  MFU "
-            f"{'-' if mfu is None else fmt(100 * mfu, '.1f') + '%'}  ·  lr {fmt(state.latest('lr'), '.3g')}"
-            f"  ·  loss {fmt(state.latest('train/loss'))}",
-        ]
-        self.query_one("#info", Static).update("\n".join(lines))
+        self.query_one("#info", Static).update(info_text(state))
         bar = self.query_one("#progress", ProgressBar)
         bar.update(total=100, progress=100 * (state.progress or 0.0))
 

@@ -8,6 +8,13 @@ from rich.text import Text
 from textual.strip import Strip
 from textual.widget import Widget
 
+from engine.export import printable
+
+
+def literal(value: object, style: str | Style = "") -> Text:
+    """A string from a store as Text: no markup is read in it, and its control characters show as escapes."""
+    return Text(printable(value), style=style)
+
 
 def as_style(style: str | Style) -> Style:
     return Style.parse(style) if isinstance(style, str) else style

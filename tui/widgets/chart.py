@@ -13,6 +13,7 @@ import numpy as np
 import plotext as plt
 from rich.text import Text
 
+from engine.export import printable
 from engine.store import downsample
 from tui.widgets.base import CachedLines
 
@@ -162,6 +163,7 @@ def format_step(step: float) -> str:
 def box_message(message: str, width: int, height: int, title: str = "") -> Text:
     """A width x height box with `title` in its top border and `message` on its middle row."""
     inner = width - 2
+    title, message = printable(title), printable(message)  # a chart's title may be a store's string
     top = f"─ {title} " if title else ""
     lines = ["┌" + (top[:inner]).ljust(inner, "─") + "┐"]
     lines += ["│" + " " * inner + "│" for _ in range(height - 2)]
@@ -185,14 +187,14 @@ def empty_message(plotted: list[Plotted], lines: list[Line], log_y: bool) -> str
 
 
 def header(title: str, lines: list[Line], color: bool) -> Text:
-    """Title and legend on one row: `title  ━ train  ━ val`."""
-    text = Text(title, style="bold" if color else "")
+    """Title and legend on one row: `title  ━ train  ━ val` (titles and labels may be a store's strings)."""
+    text = Text(printable(title), style="bold" if color else "")
     for line in lines:
         if line.label:
             text.append("  " if text.plain else "")
             sample = plt.colorize("━", pixel=plt.pixel(line.color)).string() if color else "━"
             text.append_text(Text.from_ansi(sample))
-            text.append(f" {line.label}")
+            text.append(f" {printable(line.label)}")
     return text
 
 

@@ -12,6 +12,7 @@ from rich.color import Color
 from rich.style import Style
 from rich.text import Span, Text
 
+from engine.export import printable
 from tui.widgets.base import CachedLines
 
 HALF_BLOCK = "▀"  # foreground paints the upper pixel, background the lower one
@@ -237,8 +238,9 @@ def render_maps(
 
 
 def title_row(names: list[str], map_w: int, color: bool) -> Text:
-    """Titles cut or padded to the map width, one blank column apart."""
-    text = Text(" ".join(name[:map_w].ljust(map_w) for name in names), end="")
+    """Titles (a store's layer names: control characters escaped) cut or padded to the map width, one blank column
+    apart."""
+    text = Text(" ".join(printable(name)[:map_w].ljust(map_w) for name in names), end="")
     if color:
         text.stylize("dim")
     return text
@@ -297,8 +299,8 @@ class Picture(CachedLines):
 
     def draw(self, width: int, height: int, color: bool) -> list[Text]:
         if self._image is None or self._image.ndim != 3 or height < 2:
-            return [Text(self._title or "no image yet")]
+            return [Text(printable(self._title) or "no image yet")]
         image = self._image
         rows, cols = max(1, 2 * (height - 1)), max(1, width)
         step = max(1, -(-image.shape[1] // rows), -(-image.shape[2] // cols))  # ceil: nearest-pixel shrink
-        return [Text(self._title, style="bold")] + render_image(image[:, ::step, ::step], color=color)
+        return [Text(printable(self._title), style="bold")] + render_image(image[:, ::step, ::step], color=color)
