@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import io
 import multiprocessing as mp
 import os
+import pickle
 import queue
 import signal
 import struct
@@ -217,6 +219,40 @@ def test_headless_progress_arrives_live_without_torch_and_a_killed_trainer_ends_
     assert ended.status == "failed" and ended.reason == reason, ended
     assert err == f"mirante: error: {reason}\n", err
     assert lines[-2][1].startswith("failed: ") and reason in lines[-2][1], lines
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_nothing_the_trainer_sends_needs_torch_to_unpickle(tmp_path, monkeypatch):
+    """Every event kind a run puts on the live queue unpickles from engine.events alone: no torch, no numpy."""
+    import engine.data
+    from engine import train
+    from engine.config import TrainConfig
+
+    original = engine.data.build_data
+    monkeypatch.setattr(train, "build_data", lambda *a, **k: original(*a, **{**k, "shapes_count": 256}))
+    sent: list[list[ev.Event]] = []
+
+    class Live:
+        def put_nowait(self, batch: list[ev.Event]) -> None:
+            sent.append(batch)
+
+    config = TrainConfig(
+        model="smallcnn", dataset="shapes", epochs=1, batch_size=32, runs_dir=str(tmp_path), name="pickled",
+        log_every=2, probe_every=2, capture_every=4, device="cpu",
+    ).validate()  # fmt: skip
+    assert train.run(config, live=Live()) == 0
+    kinds = {e.kind for batch in sent for e in batch}
+    assert kinds >= {"RunStarted", "Step", "LayerStats", "Epoch", "Activation", "Filters", "System", "RunEnded"}
+    modules: set[str] = set()
+
+    class Unpickler(pickle.Unpickler):  # what the parent's unpickling of each batch imports
+        def find_class(self, module: str, name: str):
+            modules.add(module)
+            return super().find_class(module, name)
+
+    for batch in sent:
+        Unpickler(io.BytesIO(pickle.dumps(batch))).load()
+    assert "engine.events" in modules and modules <= {"engine.events", "array", "builtins", "copyreg"}, modules
 
 
 # --- the app: the screen says the run failed and why; every key leaves ---------------------
