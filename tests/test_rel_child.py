@@ -321,3 +321,28 @@ def test_the_app_says_the_run_failed_when_its_trainer_dies(tmp_path, keys):
     run_app(source, source.store, script)
     with RunReader(source.store) as run:
         assert run.status() == "failed"
+
+
+def test_the_status_line_shows_a_run_name_and_a_reason_as_written(tmp_path):
+    """The status line carries the store's run name and, once it ends, its reason: text, never markup."""
+    from tui.app import MiranteApp
+    from tui.sources import FollowSource
+
+    store = tmp_path / "marked.mirante"
+    events = make_events(steps=20, end=None)
+    events[0] = dataclasses.replace(events[0], name="a[/]b[bold]")
+    seq = events[-1].seq
+    events.append(ev.RunEnded(seq=seq + 1, wall_time=events[-1].wall_time, step=20, status="failed", reason="x[/]y"))
+    with RunWriter(store) as writer:
+        writer.write_many(events)
+    app = MiranteApp(FollowSource(store), store=store)
+
+    async def main() -> None:
+        async with app.run_test(size=(100, 30)) as pilot:
+            await until(pilot, lambda: app.source.done and app.state.ended is not None)
+            await pilot.pause(0.3)
+            status = str(app.query_one("#status").render())
+            assert "a[/]b[bold]" in status and "failed: x[/]y" in status, status
+            app.exit()
+
+    asyncio.run(asyncio.wait_for(main(), timeout=30))

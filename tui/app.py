@@ -23,6 +23,7 @@ from tui.screens.base import View
 from tui.screens.dialogs import HelpScreen, QuitScreen
 from tui.snapshot import Snapshot, raw_series
 from tui.state import MapCapture, RunState, maps_of
+from tui.widgets import literal
 
 EXIT_CODES = {"finished": 0, "interrupted": 130}  # the app's exit code after the user stopped the run; else 1
 MIN_SIZE = (60, 16)  # below this the app asks for a larger terminal instead of drawing
@@ -229,11 +230,13 @@ class MiranteApp(App[int]):
         )
         flags = [name for name, on in settings if on]
         speed = getattr(self.source, "speed", None)
-        self.query_one("#status", Static).update(
-            f" {self.state.name} · {self.state.status()} · seq {self.state.last_seq:,}"
-            + (f" · replay {speed:g}x" if speed else "")
-            + "".join(f" · {f}" for f in flags)
-            + (f" · {self.note}" if self.note else "")
+        self.query_one("#status", Static).update(  # literal: the run's name and an ending's reason come from a store
+            literal(
+                f" {self.state.name} · {self.state.status()} · seq {self.state.last_seq:,}"
+                + (f" · replay {speed:g}x" if speed else "")
+                + "".join(f" · {f}" for f in flags)
+                + (f" · {self.note}" if self.note else "")
+            )
         )
 
     # -- actions: each changes a setting and asks for a redraw
