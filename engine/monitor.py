@@ -15,6 +15,11 @@
 steps; per-layer gradient norms are taken every `probe_every` steps. The update/weight ratio
 of a probe step is measured at the next `step()` call, as the change of the weights between
 the two calls: one optimizer step, whichever side of `optimizer.step()` you call it on.
+
+Every call is checked before anything of it is kept (by shapes, dtypes and devices: host
+metadata, no sync): a misuse raises one line at the call, the step is not counted, and the
+run goes on. The loss may be a tensor of one value or a Python number. After `close()` a
+call raises; a script that never calls `close()` has its run ended at interpreter exit.
 """
 
 from __future__ import annotations
@@ -225,14 +230,7 @@ class Monitor:
                 )
             if loss.dtype == torch.bool or loss.is_complex():
                 raise TypeError(f"loss must be a real number, not a {loss.dtype} tensor")
-            loss = loss.detach().reshape(()).float()
-            if loss.device != self.device:
-                if self.device.type == "cpu":
-                    raise ValueError(
-                        f"loss is on {loss.device}, the model on cpu: copying it back would wait for the device"
-                    )
-                loss = loss.to(self.device, non_blocking=True)
-            return loss
+            return self._on_device(loss.detach().reshape(()).float(), "loss")
         if isinstance(loss, bool) or not isinstance(loss, numbers.Real):
             raise TypeError(f"loss must be a tensor or a number, not {type(loss).__name__}")
         return torch.full((), float(loss), dtype=torch.float32, device=self.device)

@@ -306,3 +306,39 @@ def test_at_exit_a_monitor_left_open_by_an_uncaught_exception_ends_the_run_faile
     mon._at_exit()
     status, steps, events = stored(tmp_path / "mine.mirante")
     assert status == "failed" and steps == [1] and events[-1].reason == "RuntimeError: the user's loop broke"
+
+
+def test_checking_a_step_reads_no_value_from_the_device(tmp_path, monkeypatch):
+    """The checks use shapes, dtypes and devices only: every host-sync method fails outside interval ends."""
+    from engine import recorder
+
+    model, optimizer, mon = make(tmp_path)
+    allowed = {"depth": 0}
+
+    def forbid(name, original):
+        def guarded(*args, **kwargs):
+            assert allowed["depth"], f"{name} called on a step that does not log"
+            return original(*args, **kwargs)
+
+        return guarded
+
+    def permit(*args, **kwargs):
+        allowed["depth"] += 1
+        try:
+            return flush(*args, **kwargs)
+        finally:
+            allowed["depth"] -= 1
+
+    flush = recorder.Recorder.flush
+    for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, forbid(name, getattr(torch.Tensor, name)))
+    monkeypatch.setattr(recorder.Recorder, "flush", permit)
+    for _ in range(5):
+        good_step(mon, model, optimizer)
+        mon.step(0.5, logits=torch.randn(8, 3), targets=torch.softmax(torch.randn(8, 3), 1), batch_size=8)
+    for call in bad_calls(mon)[:13]:  # the step() misuses: refused by metadata too
+        with pytest.raises((TypeError, ValueError)):
+            call()
+    monkeypatch.undo()
+    mon.close()
+    assert stored(tmp_path / "mine.mirante")[:2] == ("finished", list(range(1, 11)))
