@@ -310,6 +310,12 @@ def save_checkpoint(path: Path, s: Setup, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def all_finite(model: nn.Module) -> bool:
+    """Whether every weight and buffer of `model` is finite: a checkpoint of NaN or inf is never written."""
+    tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
+    return not tensors or bool(torch.stack([t.isfinite().all() for t in tensors]).all())
+
+
 def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
     return torch.load(path, map_location=device, weights_only=True)
 
@@ -419,6 +425,7 @@ class Trainer:
                 break  # stopped mid-epoch: no validation of a partial epoch
             self.end_epoch()
         self.rec.flush(self.step, wait=True)
+        self.check_stop()  # a divergence in the last values read back fails the run: it did not finish
         if self.stop_reason is not None:
             if self.stop_status == "interrupted" and not self.sanity_check:
                 self.save()  # to resume from; a diverged run's weights are not worth keeping
@@ -449,7 +456,12 @@ class Trainer:
 
     def save(self, best: bool = False) -> None:
         """last.pt (and best.pt when `best`); rank 0 writes them: the weights are the same on all ranks."""
-        if self.sanity_check or not self.main:
+        if self.sanity_check or not self.main or self.failing():
+            return
+        if not all_finite(self.s.eager):  # note: a CPU-GPU sync point, once per checkpoint
+            self.request_stop(
+                f"diverged: the weights hold NaN or inf at step {self.step}; no checkpoint written", "failed"
+            )
             return
         state = self.state()
         save_checkpoint(self.last_path, self.s, state)
@@ -503,8 +515,7 @@ class Trainer:
             correct = (logits.detach().argmax(dim=1) == y).sum()
             rec.record(self.step, loss, lr, correct=correct, batch_size=len(y), data_time=data_time)
             self.poll_commands()
-            if self.out.diagnostics is not None and self.out.diagnostics.stop is not None:
-                self.stop_for(self.out.diagnostics.stop)
+            self.check_stop()
             if self.dist is not None and rec.any_stop and self.stop_reason is None:  # agreed at the last interval
                 reason, self.stop_status = self.pending_stop or ("stopped on another rank", "interrupted")
                 self.stop_reason = reason
@@ -517,6 +528,17 @@ class Trainer:
         if self.subset is None:
             self.subset = list(itertools.islice(data.train_batches(0), self.c.overfit_batches))
         return itertools.cycle(self.subset)
+
+    def check_stop(self) -> None:
+        """Stop if a check asked to, as of the values read back so far (host state: no sync)."""
+        if self.out.diagnostics is not None and self.out.diagnostics.stop is not None:
+            self.stop_for(self.out.diagnostics.stop)
+
+    def failing(self) -> bool:
+        """Whether the run has been decided to fail (a divergence): its weights are not worth a checkpoint."""
+        if self.stop_reason is not None:
+            return self.stop_status == "failed"
+        return self.pending_stop is not None and self.pending_stop[1] == "failed"
 
     def stop_for(self, finding: Any) -> None:
         """A check asked the run to stop: lr-find once the loss blew up (its end), divergence (a failure)."""
@@ -548,6 +570,9 @@ class Trainer:
 
     def end_epoch(self) -> None:
         self.rec.flush(self.step, wait=True)
+        self.check_stop()  # the epoch's last values are in: a divergence among them ends the run here
+        if self.stop_reason is not None and self.failing():
+            return  # no validation of broken weights, no checkpoint of them
         val_loss: float | None = None
         val_acc: float | None = None
         if not self.sanity_check:
