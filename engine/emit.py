@@ -36,8 +36,13 @@ class Emitter:
         self._last_send = time.monotonic()
 
     def emit(self, kind: type[ev.Event], step: int, **fields: Any) -> ev.Event:
-        event = kind(**self.sequencer.header(step), **fields)
-        self.writer.write(event)
+        header = self.sequencer.header(step)
+        try:
+            event = kind(**header, **fields)
+            self.writer.write(event)
+        except (TypeError, ValueError):
+            self.sequencer.last_seq -= 1  # not made or refused, so not kept: its seq goes to the next event
+            raise
         if self.live is not None:
             self._batch.append(event)
             if len(self._batch) >= QUEUE_BATCH_EVENTS or time.monotonic() - self._last_send > QUEUE_BATCH_SECONDS:

@@ -342,3 +342,27 @@ def test_checking_a_step_reads_no_value_from_the_device(tmp_path, monkeypatch):
     monkeypatch.undo()
     mon.close()
     assert stored(tmp_path / "mine.mirante")[:2] == ("finished", list(range(1, 11)))
+
+
+def test_an_event_the_store_refuses_takes_no_seq(tmp_path):
+    """The writer refuses a bad event in the caller's thread; the next event still follows the last kept one."""
+    from engine.emit import Emitter
+    from engine.store import RunWriter
+
+    out = Emitter(RunWriter(tmp_path / "e.mirante"))
+    out.emit(ev.Step, 1, scalars={"train/loss": 1.0})
+    with pytest.raises((TypeError, ValueError)):
+        out.emit(ev.Step, 2, scalars={"train/loss": "not a number"})
+    out.emit(ev.Epoch, 1, epoch=1, scalars={"x": 2.0})
+    out.emit(ev.RunEnded, 1, status="finished")
+    out.close()
+    status, steps, events = stored(tmp_path / "e.mirante")
+    assert status == "finished" and [e.seq for e in events] == [1, 2, 3] and events[1].scalars == {"x": 2.0}
+
+
+def test_a_config_the_store_cannot_keep_leaves_no_store(tmp_path):
+    with pytest.raises((TypeError, ValueError)) as exc:
+        Monitor(torch.nn.Linear(4, 3), run="cfg", runs_dir=tmp_path, config={"weights": object()})
+    one_line(exc)
+    assert not list(tmp_path.iterdir())
+    Monitor(torch.nn.Linear(4, 3), run="cfg", runs_dir=tmp_path, config={"weights": "ok"}).close()  # the name is free
