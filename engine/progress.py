@@ -1,4 +1,4 @@
-"""`Progress`: the lines a person reads in a training log, made from events. Standard library only."""
+"""`Progress`: the lines a person reads in a training log, made from events."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import time
 from typing import TextIO
 
 from engine import events as ev
+from engine.export import printable
 
 PRINT_EVERY_S = 2.0
 
@@ -41,7 +42,7 @@ class Progress:
         self._t0 = clock()
 
     def print(self, line: str) -> None:
-        print(line, file=self.out, flush=True)
+        print(printable(line), file=self.out, flush=True)  # names and messages come from files anyone may write
 
     def handle(self, event: ev.Event) -> None:
         if isinstance(event, ev.RunStarted):

@@ -174,3 +174,31 @@ def test_every_pane_shows_a_hostile_store_literally(store, kind):
     assert f"message{SHOWN}" in seen["detail"] and f"key{SHOWN}" in seen["detail"]
     assert "cpu/[/][bold]" in seen["sys0"]
     assert f"run{SHOWN}" in seen["status 1"] and f"reason{SHOWN}" in seen["status 1"]  # tui/app.py's status line
+
+
+def test_ls_says_on_stderr_which_store_is_missing_events(tmp_path, capsys):
+    import sqlite3
+
+    from tui.cli import main
+
+    path = tmp_path / "gap.mirante"
+    write_run(path, make_events(steps=50))
+    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM events WHERE seq = (SELECT seq FROM events WHERE kind = 'LayerStats' LIMIT 1)")
+    assert main(["ls", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert "damaged" in out.splitlines()[1]
+    assert err.strip() == f"mirante: {path}: damaged run store: 1 event missing from the sequence"
+
+
+def test_the_headless_log_escapes_strings_from_the_run(capsys):
+    import io
+
+    from engine.progress import Progress
+
+    out = io.StringIO()
+    progress = Progress(out=out)
+    for event in hostile_events():
+        progress.handle(event)
+    assert_escaped(out.getvalue())
+    assert SHOWN in out.getvalue()

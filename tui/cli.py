@@ -83,7 +83,15 @@ def cmd_ls(args: argparse.Namespace) -> int:
     for path in paths:
         try:
             with RunReader(path) as run:
-                rows.append(_ls_row(run.summary()))
+                summary = run.summary()
+            rows.append(_ls_row(summary))
+            if summary.missing:
+                events = "event" if summary.missing == 1 else "events"
+                print(
+                    f"mirante: {printable(str(path))}: damaged run store: {summary.missing} {events} missing "
+                    "from the sequence",
+                    file=sys.stderr,
+                )
         except StoreError as exc:
             print(f"mirante: {printable(str(exc))}", file=sys.stderr)
             rows.append((printable(path.stem), "-", "-", "unreadable", "-", "-", "-", "-"))
