@@ -92,8 +92,24 @@ class Settings:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
         """Settings of a run: `on_divergence` (and any threshold) may come with its config."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in config.items() if k in names and k != "initial_band"})
+        defaults = {f.name: f.default for f in fields(cls) if f.name != "initial_band"}
+        return cls(**{k: v for k, v in config.items() if k in defaults and _same_kind(v, defaults[k])})
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    """Whether a config's `value` may stand for `default`: a store may hold anything."""
+    if isinstance(default, str):
+        return isinstance(value, str)
+    if isinstance(default, int):
+        return number(value) is not None and value == int(value)
+    return number(value) is not None
+
+
+def number(value: Any) -> float | None:
+    """`value` if it is a finite int or float (not a bool), else None: a run's config comes from a file."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return value
 
 
 @dataclass(frozen=True)
@@ -133,19 +149,23 @@ class RunInfo:
     def recent_loss(self) -> float | None:
         return statistics.median(self.recent_losses) if self.recent_losses else None
 
+    def number(self, key: str) -> float | None:
+        """A number of the run's config; None when missing or not a finite number."""
+        return number(self.config.get(key))
+
     @classmethod
     def of(cls, e: ev.RunStarted) -> RunInfo:
         c = dict(e.config)
         types = tuple(e.model_summary.get("layer_types") or ())
-        classes = c.get("num_classes")
+        classes = number(c.get("num_classes"))
         return cls(
             config=c,
             layers=tuple(e.layers),
             layer_types=types if len(types) == len(e.layers) else (),
-            num_classes=int(classes) if classes else None,
+            num_classes=int(classes) if classes and classes >= 1 else None,
             loss=str(c.get("loss", "ce")),
-            resumed=bool(c.get("resumed_at_step")),
-            overfit_batches=int(c.get("overfit_batches") or 0),
+            resumed=bool(number(c.get("resumed_at_step"))),
+            overfit_batches=int(number(c.get("overfit_batches")) or 0),
             range_test=bool(c.get("range_test")),
         )
 
@@ -371,10 +391,10 @@ class Optimizer(Check):
     def on_start(self) -> Verdict | None:
         c = self.run.config
         name = str(c.get("optimizer", "")).lower()
-        lr = c.get("lr")
+        lr = self.run.number("lr")
         if not name or lr is None or self.run.range_test:
             return None
-        momentum = float(c.get("momentum") or 0.0)
+        momentum = float(self.run.number("momentum") or 0.0)
         depth = len(self.run.weight_layers())
         evidence = {"optimizer": name, "lr": lr, "momentum": momentum, "weight_layers": depth}
         if name.startswith("adam") and lr >= self.s.adam_max_lr:
@@ -423,7 +443,7 @@ class Validation(Check):
                 "training data (not the test set) and evaluate on it every epoch",
                 {"epoch": e.epoch},
             )
-        share = self.run.config.get("val_fraction")
+        share = self.run.number("val_fraction")
         held = f" ({g(100 * share)}% of the training data held out)" if share else ""
         return "ok", f"the loss is watched on a validation split{held}", {"epoch": e.epoch, "val_loss": e.val_loss}
 
@@ -533,7 +553,7 @@ class Divergence(Check):
         run.recent_losses = self.window
 
     def advice(self) -> str:
-        lr = self.run.lr if math.isfinite(self.run.lr) else self.run.config.get("lr")
+        lr = self.run.lr if math.isfinite(self.run.lr) else self.run.number("lr")
         lower = f"try --lr {g(lr / 10)} or lower" if lr else "lower the learning rate"
         return f"the learning rate{f' {g(lr)}' if lr else ''} is too high: {lower}, or clip the gradients (--clip-grad)"
 

@@ -202,3 +202,52 @@ def test_the_headless_log_escapes_strings_from_the_run(capsys):
         progress.handle(event)
     assert_escaped(out.getvalue())
     assert SHOWN in out.getvalue()
+
+
+def strings_for_numbers() -> list[ev.Event]:
+    """A run whose config holds strings (and a NaN) wherever numbers belong."""
+    out = []
+    for e in make_events(steps=600, end="finished"):
+        if isinstance(e, ev.RunStarted):
+            config = {key: "[/]" for key in e.config} | {"diagnostics": "[/]", "lr": "[/]", "grow_fail": "x"}
+            e = dataclasses.replace(e, config=config | {"momentum": float("nan"), "val_fraction": [1]})
+        out.append(e)
+    return out
+
+
+def test_the_checks_take_only_numbers_from_a_config():
+    from engine.diagnostics import Diagnostics
+
+    checks = Diagnostics()
+    for event in strings_for_numbers():
+        checks.observe(event)
+    checks.finish(600)
+
+
+@pytest.mark.parametrize("kind", ["follow", "replay"])
+def test_the_app_opens_a_run_whose_config_holds_strings_for_numbers(tmp_path, kind):
+    from engine.store import RunReader
+    from tui.app import MiranteApp
+    from tui.snapshot import load
+    from tui.sources import FollowSource, ReplaySource
+
+    path = tmp_path / "s.mirante"
+    write_run(path, events=strings_for_numbers())
+    with RunReader(path) as reader:
+        assert load(reader) is None  # the writer's checks cannot be trusted: the app runs its own
+    source = FollowSource(path) if kind == "follow" else ReplaySource(path, speed=1e6)
+    app = MiranteApp(source, store=path)
+
+    async def main() -> None:
+        async with app.run_test(size=(100, 30)) as pilot:
+            for _ in range(100):
+                await pilot.pause(0.05)
+                if app.source.done and app.state.ended is not None:
+                    break
+            for key in "123456":
+                await pilot.press(key)
+                await pilot.pause(0.1)
+            await pilot.press("q")
+
+    asyncio.run(main())
+    assert app.state.ended is not None and app.state.ended.status == "finished"

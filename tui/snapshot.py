@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.diagnostics import VERSION as DIAGNOSTICS_VERSION
+from engine.diagnostics import number
 from engine.store import RunReader
 from tui.state import DEFAULT_SMOOTHING, LAYER_WINDOW, RunState, Series, maps_of
 
@@ -45,7 +46,7 @@ def load(
     with reader.snapshot():
         last_seq, step, first_wall, last_wall = reader.extent(upto_seq)
         starts = reader.events_of("RunStarted", limit=1, upto_seq=last_seq)
-        if not last_seq or not starts or starts[-1].config.get("diagnostics", 0) < DIAGNOSTICS_VERSION:
+        if not last_seq or not starts or (number(starts[-1].config.get("diagnostics")) or 0) < DIAGNOSTICS_VERSION:
             return None
         state = RunState(clock=clock, smoothing=smoothing)
         state.apply(starts[-1])

@@ -24,7 +24,7 @@ import numpy as np
 
 from engine import events as ev
 from engine.diagnostics import VERSION as DIAGNOSTICS_VERSION
-from engine.diagnostics import Diagnostics, Finding, RangeTest, Settings, ordered
+from engine.diagnostics import Diagnostics, Finding, RangeTest, Settings, number, ordered
 from tui.series import Buckets, Series, ema_debiased
 
 __all__ = ["Buckets", "LayerHistory", "MapCapture", "RunState", "Series", "ema_debiased"]
@@ -131,7 +131,7 @@ class RunState:
         # a run whose writer ran these checks (or newer ones) stored their findings: running them again is waste
         if self.checks.start(e):
             self.diagnostics_version += 1
-        self.check_here = (_number(e.config.get("diagnostics")) or 0) < DIAGNOSTICS_VERSION
+        self.check_here = (number(e.config.get("diagnostics")) or 0) < DIAGNOSTICS_VERSION
 
     def _step(self, e: ev.Step) -> None:
         for name, value in e.scalars.items():
@@ -228,7 +228,7 @@ class RunState:
 
     def config_number(self, key: str) -> float | None:
         """A number of the run's config; None when missing or not a finite number (a store may hold anything)."""
-        return _number(self.config.get(key))
+        return number(self.config.get(key))
 
     @property
     def total_steps(self) -> int | None:
@@ -399,13 +399,6 @@ def _f16(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
     if values.size != expected:  # a damaged or mismatched capture: show nothing rather than raise
         return np.zeros((0,) * max(1, len(shape)), np.float32)
     return values.reshape(shape)
-
-
-def _number(value: Any) -> float | None:
-    """`value` if it is a finite int or float (not a bool), else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return value
 
 
 def _whole(value: float | None) -> int | None:
