@@ -23,6 +23,21 @@ class DataError(ValueError):
     """A dataset that cannot be loaded as asked; the message is one line for the user."""
 
 
+class ImageError(DataError):
+    """An image file of an ImageFolder that cannot be decoded; the message names the file.
+
+    Raised where the file is read, a DataLoader worker included: the DataLoader then raises it
+    again in the trainer as `ImageError(text)`, the text being the worker's whole traceback.
+    The message is taken back from that traceback's last line, so it stays one line.
+    """
+
+    def __init__(self, message: str) -> None:
+        mark = f"{type(self).__module__}.{type(self).__qualname__}: "
+        if "\n" in message and mark in message:  # re-raised from a worker: its traceback, this message at its end
+            message = message.rsplit(mark, 1)[1].strip().splitlines()[0]
+        super().__init__(message)
+
+
 SHAPES_CLASSES: tuple[str, ...] = (
     "circle",
     "square",
@@ -536,9 +551,26 @@ def _folder_roots(root: Path, with_test: bool) -> tuple[Path, Path | None]:
 def _image_folder(datasets, root: Path):
     """torchvision's ImageFolder of `root`, or DataError."""
     try:
-        return datasets.ImageFolder(root)
+        return datasets.ImageFolder(root, loader=_load_image)
     except OSError:  # FileNotFoundError: no class folder, or no image in them
         raise DataError(f"{root}: no images found (an ImageFolder holds one sub-folder of images per class)") from None
+
+
+def _load_image(path: str):
+    """torchvision's own loader (an RGB PIL image), with a file it cannot decode named: ImageError.
+
+    A module-level function, so the ImageFolder that holds it pickles for DataLoader workers.
+    """
+    from PIL import UnidentifiedImageError
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return default_loader(path)
+    except UnidentifiedImageError:  # its message repeats the path, as a file object's repr
+        raise ImageError(f"cannot read image {path}: not an image file PIL can decode") from None
+    except Exception as exc:  # truncated, broken chunks (PIL says SyntaxError), too large, unreadable
+        why = (exc.strerror if isinstance(exc, OSError) else None) or str(exc).split("\n")[0] or type(exc).__name__
+        raise ImageError(f"cannot read image {path}: {why}") from None
 
 
 def _chunked(items: list[int], n: int) -> list[list[int]]:

@@ -9,7 +9,10 @@ any model's output into `(logits, aux_logits)`.
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
+from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from torch import Tensor, nn
@@ -195,15 +198,31 @@ def _set_in_channels(model: nn.Module, in_channels: int) -> None:
 
 
 def _pretrained(name: str, num_classes: int, aux_logits: bool, image_size: int) -> nn.Module:
-    """torchvision's ImageNet net and weights, ImageNet stem kept, with a new classifier for `num_classes`."""
+    """torchvision's ImageNet net and weights, ImageNet stem kept, with a new classifier for `num_classes`.
+
+    The weights come from torch's hub cache, downloaded there if missing; ModelError if they cannot
+    be downloaded or loaded.
+    """
     weights = models.get_model_weights(name).DEFAULT
     side = weights.meta["min_size"][0]  # the ImageNet stem can need more than our small one (googlenet: 15)
     if image_size < side:
         raise ModelError(
             f"pretrained {name} cannot take {image_size}x{image_size} inputs: the smallest it takes is {side}x{side}"
         )
-    # torchvision refuses aux_logits=False with weights; it loads the heads and then drops googlenet's itself.
-    model = models.get_model(name, weights=weights, **({"aux_logits": True} if aux_logits else {}))
+    cached = hub_file(weights.url)
+    try:
+        # torchvision refuses aux_logits=False with weights; it loads the heads, then drops googlenet's itself.
+        model = models.get_model(name, weights=weights, **({"aux_logits": True} if aux_logits else {}))
+    except Exception as exc:  # torchvision downloads, checks and loads in one call: the cache tells which step failed
+        if cached.exists():
+            raise ModelError(
+                f"{cached}: not the weights of pretrained {name} (damaged?); delete it to download it again"
+            ) from None
+        reason = str(getattr(exc, "reason", None) or exc).splitlines()[0]  # urllib's URLError keeps the cause apart
+        raise ModelError(
+            f"pretrained {name}: the weights could not be downloaded from {weights.url} ({reason}); "
+            f"without network, put that file at {cached}"
+        ) from None
     if name == "inception_v3" and not aux_logits:
         model.aux_logits, model.AuxLogits = False, None
     if num_classes != 1000:
@@ -212,6 +231,11 @@ def _pretrained(name: str, num_classes: int, aux_logits: bool, image_size: int) 
             if isinstance(module, nn.Linear) and module.out_features == 1000:
                 _set_submodule(model, path, nn.Linear(module.in_features, num_classes))
     return model
+
+
+def hub_file(url: str) -> Path:
+    """Where torch's hub keeps the download of `url` ($TORCH_HOME/hub/checkpoints/, as torch.hub names it)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
 
 
 def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:

@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from engine import diagnostics, flops, models
+from engine import diagnostics, flops, models, probes
 from engine import events as ev
 from engine.config import ConfigError, TrainConfig
 from engine.control import OWNER_ENV, Channel, ControlError
@@ -158,6 +159,7 @@ class Setup:
     total_steps: int
     counts: flops.Counts
     versions: dict[str, str] = field(default_factory=dict)
+    sample: Tensor | None = None  # validation image 0, for activation maps: read here, so a bad file fails setup
 
     def autocast(self) -> Any:
         if self.amp_dtype is None:
@@ -211,6 +213,8 @@ def setup(config: TrainConfig, dist: Dist | None = None) -> Setup:
         pretrained=c.pretrained,
         aux_logits=c.aux_logits,
     )
+    if c.capture_layer is not None:
+        check_capture_layer(eager, spec.name, c.capture_layer)
     if not c.pretrained:
         init_weights(eager, c.init, c.init_std)
     counts = flops.count(eager, (data.spec.channels, size, size))
@@ -243,7 +247,19 @@ def setup(config: TrainConfig, dist: Dist | None = None) -> Setup:
         total_steps=total,
         counts=counts,
         versions={"python": platform.python_version(), "torch": str(torch.__version__), "mirante": _version()},
+        sample=data.fixed_sample(0)[0],
     )
+
+
+def check_capture_layer(model: nn.Module, model_name: str, layer: str) -> None:
+    """ConfigError unless `model` has a module named `layer` (--capture-layer): said before a store exists."""
+    names = [name for name, _ in model.named_modules() if name]
+    if layer in names:
+        return
+    convs = [name for name, _ in probes.conv_layers(model)]
+    kind, shown = ("conv layers", convs) if convs else ("layers", names)
+    listed = ", ".join(shown[:8]) + (f", ... ({len(shown)} in all)" if len(shown) > 8 else "")
+    raise ConfigError(f"--capture-layer {layer!r}: {model_name} has no layer of that name; its {kind}: {listed}")
 
 
 def _version() -> str:
@@ -316,8 +332,37 @@ def all_finite(model: nn.Module) -> bool:
     return not tensors or bool(torch.stack([t.isfinite().all() for t in tensors]).all())
 
 
+CHECKPOINT_KEYS = ("model", "optimizer", "scaler", "config", "state")
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be read or written; the message is one line that names the file."""
+
+
 def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
-    return torch.load(path, map_location=device, weights_only=True)
+    """What `save_checkpoint` wrote, as plain weights only (weights_only=True: a file that would run code is refused).
+
+    CheckpointError for a file that cannot be read, is damaged, is not mirante's, or holds code.
+    """
+    try:
+        with warnings.catch_warnings():  # a refused file is said in one line, not after torch's warning about it
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            saved = torch.load(path, map_location=device, weights_only=True)
+    except OSError as exc:  # not there, not readable: not the file's content
+        raise CheckpointError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    except Exception:  # torch says why in many words, and in many ways: damaged, truncated, empty, refused
+        saved = None
+    if not (
+        isinstance(saved, dict)
+        and all(key in saved for key in CHECKPOINT_KEYS)
+        and isinstance(saved["config"], dict)
+        and isinstance(saved["state"], dict)
+        and all(key in saved["state"] for key in STATE_KEYS)
+    ):
+        raise CheckpointError(
+            f"{path}: not a checkpoint mirante can read (damaged, or refused because it holds code, not plain weights)"
+        )
+    return saved
 
 
 # --- the loop ---------------------------------------------------------------------------
@@ -339,7 +384,7 @@ class Trainer:
         self.run_name = name
         self.dist = dist
         self.main = dist is None or dist.is_main
-        sample, _ = s.data.fixed_sample(0)
+        sample = s.sample if s.sample is not None else s.data.fixed_sample(0)[0]
         self.peak_tflops = self.c.peak_tflops or device_peak(s.device, s.amp_dtype)
         self.rec = Recorder(
             emitter,
@@ -705,7 +750,7 @@ def run(
             if channel is not None:
                 channel.close()
             raise
-    except (ConfigError, ControlError, models.ModelError, DataError, StoreError, FileNotFoundError) as exc:
+    except (ConfigError, ControlError, models.ModelError, DataError, StoreError, CheckpointError, OSError) as exc:
         print(f"mirante: error: {exc}", file=sys.stderr)
         return 2
     emitter: Any = Emitter(writer, live, diagnostics=Diagnostics()) if main else NullEmitter()
@@ -736,7 +781,8 @@ def run(
     except KeyboardInterrupt:
         status, reason, code = "interrupted", "interrupted (second Ctrl-C): no checkpoint", 130
     except Exception as exc:  # the run failed: say why in one line, keep the traceback in the store
-        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        said = isinstance(exc, (DataError, StoreError, CheckpointError))  # their messages speak for themselves
+        reason = (str(exc) if said else f"{type(exc).__name__}: {exc}").splitlines()[0]
         if dist is not None and main:  # say which rank failed, as the rank itself said or as its process is gone
             reason = dist.failure() or f"rank 0: {reason}"
         elif dist is not None and not isinstance(exc, Terminated):

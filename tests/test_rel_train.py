@@ -6,6 +6,7 @@ import errno
 import io
 import os
 import pickle
+import re
 import subprocess
 import zipfile
 from pathlib import Path
@@ -166,3 +167,114 @@ def test_weights_gone_non_finite_are_never_saved(tmp_path, monkeypatch):
     with RunReader(store(tmp_path)) as run:
         assert run.status() == "failed" and "NaN or inf" in run.ended().reason
     assert not ckpt(tmp_path).exists() and not ckpt(tmp_path, "best").exists()
+
+
+# --- item 7: bad input found at the start is one line and exit 2; a bad file found later fails the run ---------
+
+
+def one_error_line(capsys) -> str:
+    """What the run said on stderr: exactly one line, no traceback."""
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_a_capture_layer_the_model_lacks_is_one_line_and_leaves_no_store(tmp_path, capsys):
+    assert train.run(tiny(tmp_path, capture_layer="nosuch")) == 2
+    err = one_error_line(capsys)
+    assert err.startswith("mirante: error: --capture-layer") and "'nosuch'" in err
+    assert "conv1" in err and "conv5" in err  # some of the names it could be
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+
+
+def test_pretrained_weights_that_cannot_be_downloaded_are_one_line(tmp_path, monkeypatch, capsys):
+    import urllib.error
+
+    def offline(url, dst, *args, **kwargs):
+        raise urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    assert train.run(tiny(tmp_path, model="resnet18", pretrained=True, steps=1)) == 2
+    err = one_error_line(capsys)
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    assert err.startswith("mirante: error: ") and "could not be downloaded" in err and "refused" in err
+    assert "https://download.pytorch.org/models/resnet18" in err and str(cache) in err
+    assert not store(tmp_path).exists()
+
+
+class Foreign:
+    """A class torch.load(weights_only=True) refuses to rebuild."""
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda p: p.write_bytes(np.random.default_rng(0).bytes(4096)),
+        lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),
+        lambda p: p.write_bytes(b""),
+        lambda p: p.write_bytes(pickle.dumps({"model": Foreign()})),
+        lambda p: torch.save({"model": {}}, p),  # plain weights, but not a checkpoint of mirante's
+    ],
+    ids=["garbage", "truncated", "empty", "refused-by-weights-only", "no-config"],
+)
+def test_a_checkpoint_that_cannot_be_read_is_one_line_and_leaves_the_store_as_it_was(tmp_path, capsys, damage):
+    assert train.run(tiny(tmp_path, epochs=1)) == 0
+    damage(ckpt(tmp_path))
+    before = store(tmp_path).read_bytes()
+    capsys.readouterr()
+    assert train.run(tiny(tmp_path, epochs=2), resume="tiny") == 2
+    err = one_error_line(capsys)
+    assert err.startswith(f"mirante: error: {ckpt(tmp_path)}: ") and "not a checkpoint mirante can read" in err
+    assert store(tmp_path).read_bytes() == before  # nothing appended, nothing cut
+    assert sorted(p.name for p in store(tmp_path).parent.iterdir()) == ["tiny.ckpt", "tiny.mirante"]
+
+
+def image_folder(root: Path, per_class: int = 12) -> Path:
+    """A tiny ImageFolder of two classes, 8x8 PNGs."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(("bright", "dark")):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 100, (8, 8, 3), dtype=np.uint8) + (150 if label == 0 else 0)
+            Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{i:03d}.png")
+    return root
+
+
+def break_images(folder: Path) -> None:
+    """Every PNG in `folder`: PNG magic and noise, what a damaged download or a file misnamed leaves."""
+    rng = np.random.default_rng(1)
+    for path in folder.glob("*.png"):
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + rng.bytes(300))
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_image_that_cannot_be_read_at_the_start_is_one_line_naming_it(tmp_path, capsys, workers):
+    """The normalisation statistics read the training images during setup: exit 2, no store."""
+    data = image_folder(tmp_path / "data")
+    break_images(data / "dark")
+    assert train.run(tiny(tmp_path, dataset=str(data), batch_size=4, workers=workers)) == 2
+    err = one_error_line(capsys)
+    assert re.match(rf"mirante: error: cannot read image {re.escape(str(data))}/dark/0\d\d\.png: \S", err), err
+    assert not store(tmp_path).exists()
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_image_that_cannot_be_read_during_training_fails_the_run_naming_it(tmp_path, capsys, monkeypatch, workers):
+    data = image_folder(tmp_path / "data")
+    original = train.setup
+
+    def setup(*args, **kwargs):  # the images go bad once the run has started
+        s = original(*args, **kwargs)
+        break_images(data / "dark")
+        return s
+
+    monkeypatch.setattr(train, "setup", setup)
+    assert train.run(tiny(tmp_path, dataset=str(data), batch_size=4, workers=workers)) == 1
+    err = one_error_line(capsys)
+    named = re.match(rf"mirante: run failed: (cannot read image ({re.escape(str(data))}/dark/0\d\d\.png): \S.*)", err)
+    assert named, err
+    with RunReader(store(tmp_path)) as run:
+        assert run.status() == "failed" and run.ended().reason == named.group(1)
