@@ -9,8 +9,11 @@ any model's output into `(logits, aux_logits)`.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -200,8 +203,8 @@ def _set_in_channels(model: nn.Module, in_channels: int) -> None:
 def _pretrained(name: str, num_classes: int, aux_logits: bool, image_size: int) -> nn.Module:
     """torchvision's ImageNet net and weights, ImageNet stem kept, with a new classifier for `num_classes`.
 
-    The weights come from torch's hub cache, downloaded there if missing; ModelError if they cannot
-    be downloaded or loaded.
+    The weights come from torch's hub cache, downloaded there if missing, and are loaded as plain
+    weights only: a file there that would run code is refused (ModelError), as is a damaged one.
     """
     weights = models.get_model_weights(name).DEFAULT
     side = weights.meta["min_size"][0]  # the ImageNet stem can need more than our small one (googlenet: 15)
@@ -211,12 +214,14 @@ def _pretrained(name: str, num_classes: int, aux_logits: bool, image_size: int) 
         )
     cached = hub_file(weights.url)
     try:
-        # torchvision refuses aux_logits=False with weights; it loads the heads, then drops googlenet's itself.
-        model = models.get_model(name, weights=weights, **({"aux_logits": True} if aux_logits else {}))
+        with _weights_only():
+            # torchvision refuses aux_logits=False with weights; it loads the heads, then drops googlenet's itself.
+            model = models.get_model(name, weights=weights, **({"aux_logits": True} if aux_logits else {}))
     except Exception as exc:  # torchvision downloads, checks and loads in one call: the cache tells which step failed
         if cached.exists():
             raise ModelError(
-                f"{cached}: not the weights of pretrained {name} (damaged?); delete it to download it again"
+                f"{cached}: refused: it is not plain weights of pretrained {name} (damaged, or it would run code); "
+                f"delete it to download it again"
             ) from None
         reason = str(getattr(exc, "reason", None) or exc).splitlines()[0]  # urllib's URLError keeps the cause apart
         raise ModelError(
@@ -236,6 +241,34 @@ def _pretrained(name: str, num_classes: int, aux_logits: bool, image_size: int) 
 def hub_file(url: str) -> Path:
     """Where torch's hub keeps the download of `url` ($TORCH_HOME/hub/checkpoints/, as torch.hub names it)."""
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+
+
+_FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+_FORCE_NO_WEIGHTS_ONLY = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+
+
+@contextlib.contextmanager
+def _weights_only() -> Iterator[None]:
+    """Every torch.load inside loads plain weights only (weights_only=True), even one that asks for less.
+
+    torchvision loads hub weights through torch.hub.load_state_dict_from_url with its default,
+    weights_only=False: a pickle planted in the hub cache would run. torch's own switch
+    (TORCH_FORCE_WEIGHTS_ONLY_LOAD, since torch 2.4) overrides that for the loads made in here;
+    the environment is restored after, so the user's own scripts are not changed.
+    """
+    saved = {key: os.environ.get(key) for key in (_FORCE_WEIGHTS_ONLY, _FORCE_NO_WEIGHTS_ONLY)}
+    os.environ[_FORCE_WEIGHTS_ONLY] = "1"
+    os.environ.pop(_FORCE_NO_WEIGHTS_ONLY, None)  # both set is an error in torch.load
+    try:
+        with warnings.catch_warnings():  # a refused file is said in one line, not after torch's warning about it
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:

@@ -278,3 +278,53 @@ def test_an_image_that_cannot_be_read_during_training_fails_the_run_naming_it(tm
     assert named, err
     with RunReader(store(tmp_path)) as run:
         assert run.status() == "failed" and run.ended().reason == named.group(1)
+
+
+# --- item 9: --pretrained never runs code from the hub cache ------------------------------------------------
+
+
+class Planted:
+    """Unpickling this runs a shell command that creates a marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_hub_cache_file_that_would_run_code_is_refused(tmp_path, monkeypatch, capsys):
+    from torchvision.models import ResNet18_Weights
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("the cached file is there: nothing to download")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / ResNet18_Weights.DEFAULT.url.rsplit("/", 1)[1]
+    cached.parent.mkdir(parents=True)
+    marker = tmp_path / "PWNED"
+    cached.write_bytes(pickle.dumps(Planted(marker)))
+    assert train.run(tiny(tmp_path, model="resnet18", pretrained=True, steps=1)) == 2
+    assert not marker.exists()
+    err = one_error_line(capsys)
+    assert err.startswith(f"mirante: error: {cached}: refused: it is not plain weights") and "delete it" in err
+    assert not store(tmp_path).exists()
+    assert "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ  # torch's switch is put back as it was
+
+
+def test_pretrained_weights_load_as_plain_weights(tmp_path, monkeypatch):
+    """A real (small) weights file in the cache loads: the switch refuses code, not tensors."""
+    from torchvision import models as tv_models
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    weights = tv_models.get_model_weights("mobilenet_v3_small").DEFAULT
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / weights.url.rsplit("/", 1)[1]
+    cached.parent.mkdir(parents=True)
+    reference = tv_models.get_model("mobilenet_v3_small", weights=None)
+    torch.save(reference.state_dict(), cached)
+    from engine.models import build_model
+
+    model = build_model("mobilenet_v3_small", pretrained=True, image_size=32, num_classes=5)
+    assert torch.equal(model.features[0][0].weight, reference.features[0][0].weight)
+    assert model.classifier[-1].out_features == 5
