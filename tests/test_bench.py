@@ -47,3 +47,12 @@ def test_the_app_benchmark_runs(tmp_path):
 def test_the_store_benchmark_runs():
     out = run(["bench/store_bench.py", "--steps", "20000"], timeout=120)
     assert "events/s" in out and "open + read train/loss" in out
+
+
+def test_the_reliability_matrix_runs(tmp_path):
+    """One trial of each area of bench/reliability.py (crashes, full disks, hostile files, misuse), each passing."""
+    results_path = tmp_path / "reliability.json"
+    out = run(["bench/reliability.py", "--tiny", "--json", str(results_path)], timeout=400)
+    results = json.loads(results_path.read_text())["results"]
+    assert len({r["area"] for r in results}) == 9, out
+    assert all(r["passed"] for r in results), out
