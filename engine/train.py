@@ -8,6 +8,7 @@ marked `# note: ... sync point` and happen once per interval, evaluation or run.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import math
 import os
@@ -18,7 +19,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -310,20 +311,45 @@ def checkpoint_dir(runs_dir: str | Path, name: str) -> Path:
 
 
 def save_checkpoint(path: Path, s: Setup, state: dict[str, Any]) -> None:
-    """Write atomically: a crash while saving leaves the previous checkpoint intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write atomically: a crash while saving leaves the previous checkpoint intact.
+
+    CheckpointError if it cannot be written ("disk full: ..." on a full disk); the partial file is
+    removed, so the space it took is there again for the store to record the failure.
+    """
     tmp = path.with_suffix(".tmp")
-    torch.save(
-        {
-            "model": s.eager.state_dict(),
-            "optimizer": s.optimizer.state_dict(),
-            "scaler": s.scaler.state_dict(),
-            "config": s.config.to_dict(),
-            "state": state,
-        },
-        tmp,
-    )
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # a file, not a path: torch's own writer says only "enforce fail at inline_container.cc" on a full disk,
+        # a Python file raises OSError with its errno
+        with open(tmp, "wb") as f:
+            torch.save(
+                {
+                    "model": s.eager.state_dict(),
+                    "optimizer": s.optimizer.state_dict(),
+                    "scaler": s.scaler.state_dict(),
+                    "config": s.config.to_dict(),
+                    "state": state,
+                },
+                f,
+            )
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with suppress(OSError):
+            tmp.unlink()
+        cause = os_error(exc)
+        if cause is None:
+            raise
+        if cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise CheckpointError(f"disk full: cannot write checkpoint {path}") from None
+        raise CheckpointError(f"cannot write checkpoint {path}: {cause.strerror or cause}") from None
+
+
+def os_error(exc: BaseException | None) -> OSError | None:
+    """The OSError `exc` is or arose from: torch's zip writer, closing after a failed write, raises a RuntimeError
+    of its own ("unexpected pos") while the write's OSError, the one with the errno, is only its context."""
+    while exc is not None and not isinstance(exc, OSError):
+        exc = exc.__cause__ or exc.__context__
+    return exc
 
 
 def all_finite(model: nn.Module) -> bool:
@@ -768,6 +794,7 @@ def run(
 
     signal.signal(signal.SIGINT, on_interrupt)
     signal.signal(signal.SIGTERM, on_terminate)
+    room = reserve_room(checkpoint_dir(path.parent, name)) if main else None
     status, reason, code = "failed", "", 1
     try:
         trainer.start(resumed)
@@ -787,28 +814,86 @@ def run(
             reason = dist.failure() or f"rank 0: {reason}"
         elif dist is not None and not isinstance(exc, Terminated):
             dist.note_failure(reason)
-        emitter.emit(
-            ev.Diagnostic,
-            trainer.step,
-            level="fail",
-            code="exception",
-            message=reason,
-            evidence={"traceback": traceback.format_exc()},
-        )
+        with suppress(StoreError):  # a full store: its end is tried below, and said on stderr anyway
+            emitter.emit(
+                ev.Diagnostic,
+                trainer.step,
+                level="fail",
+                code="exception",
+                message=reason,
+                evidence={"traceback": traceback.format_exc()},
+            )
     finally:
         if channel is not None:
             channel.close()  # first: a run that has ended takes no commands, and leaves no pipe behind
-        emitter.finish_checks(trainer.step)
-        emitter.emit(ev.RunEnded, trainer.step, status=status, reason=reason)
-        emitter.close()  # before the handlers go: a SIGTERM now must not cut the store's close short
+        # before the handlers go: a SIGTERM now must not cut the store's close short
+        unrecorded = end_run(emitter, trainer.step, status, reason, room)
         signal.signal(signal.SIGINT, previous[0])
         signal.signal(signal.SIGTERM, previous[1])
+    if unrecorded is not None:  # the store could not take the run's end: whatever the run did, it failed
+        status, reason, code = "failed", unrecorded, 1
     if status == "failed":
         who = f"rank {dist.rank}: " if dist is not None and not main else ""
         print(f"mirante: {who}run failed: {reason}", file=sys.stderr)
     if dist is not None and status != "failed":
         dist.close()
     return code
+
+
+RESERVE_BYTES = 256 * 1024  # disk kept for the store's last commits, should the disk fill during the run
+
+
+def reserve_room(directory: Path) -> Path | None:
+    """Take RESERVE_BYTES of the disk that holds the store, as a file in `directory`; None if even that does not fit.
+
+    `end_run` deletes it before the store's last commits: on a disk that filled up during the run,
+    that room is what lets the store record how the run ended.
+    """
+    path = directory / "reserve"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(os.urandom(RESERVE_BYTES))  # not zeros: a compressing file system would keep no room for them
+        return path
+    except OSError:
+        release_room(path)
+        return None
+
+
+def release_room(path: Path) -> None:
+    with suppress(OSError):
+        path.unlink()
+    with suppress(OSError):
+        path.parent.rmdir()  # the checkpoint folder, when the run left nothing else in it
+
+
+def end_run(emitter: Any, step: int, status: str, reason: str, room: Path | None = None) -> str | None:
+    """Emit RunEnded and close the store. None, or when the store could not take it (a full disk) why the run failed.
+
+    `room` (`reserve_room`) is given back first. On a full disk the writer keeps what it could not
+    commit and tries once more at close, in that room. If that fails too, the run has failed (its
+    record is incomplete) and its end alone is written by a fresh writer (a small commit may fit where
+    the events held did not), so the store says "failed" and why, rather than reading as crashed.
+    """
+    try:
+        emitter.finish_checks(step)
+        emitter.emit(ev.RunEnded, step, status=status, reason=reason)
+    except StoreError:  # the disk is full: the event is kept and tried again by close()
+        pass
+    if room is not None:
+        release_room(room)
+    try:
+        emitter.close()
+        return None
+    except StoreError as exc:
+        lost = str(exc)
+    path = emitter.writer.path
+    if status == "failed" and not reason.startswith(f"{path}: "):  # (a store error was the cause: `lost` says it)
+        lost = f"{reason}; {lost}"
+    with suppress(StoreError), RunWriter(path, append=True) as writer:
+        end = ev.RunEnded(seq=writer.last_seq + 1, wall_time=time.time(), step=step, status="failed", reason=lost)
+        writer.write(end)
+    return lost
 
 
 def prepare_resume(runs_dir: str, run: str, overrides: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any], Path]:
