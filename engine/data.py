@@ -9,6 +9,7 @@ workers and augmented the same way once its batch reaches the device.
 from __future__ import annotations
 
 import dataclasses
+import traceback
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -508,12 +509,27 @@ class _FolderData(Data):
         loader = torch.utils.data.DataLoader(
             self._pool, batch_sampler=_chunked(indices, self._settings.batch_size), num_workers=self._settings.workers
         )
-        return (x for x, _ in loader)
+        return (x for x, _ in _batches(loader))
 
     def _to_device(self, loader) -> Iterator[tuple[Tensor, Tensor]]:
         device = self._settings.device
-        for x, y in loader:
+        for x, y in _batches(loader):
             yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def _batches(loader: torch.utils.data.DataLoader) -> Iterator:
+    """`loader`'s batches; an error in one is raised with the frames it passed through cleared.
+
+    The DataLoader raises a worker's error again from a frame that holds it: a reference cycle that
+    keeps the loader's iterator, and so its worker processes, until the garbage collector runs, whose
+    finalisers then leave each worker 5 s to exit. With the frames cleared they go as the error does
+    (a persistent loader's workers, held by the Data itself, still go with it).
+    """
+    try:
+        yield from loader
+    except Exception as exc:
+        traceback.clear_frames(exc.__traceback__)
+        raise
 
 
 def _open_folders(root: Path, settings: _Settings):

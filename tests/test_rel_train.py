@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import io
+import multiprocessing
 import os
 import pickle
 import re
@@ -259,6 +260,7 @@ def test_an_image_that_cannot_be_read_at_the_start_is_one_line_naming_it(tmp_pat
     err = one_error_line(capsys)
     assert re.match(rf"mirante: error: cannot read image {re.escape(str(data))}/dark/0\d\d\.png: \S", err), err
     assert not store(tmp_path).exists()
+    assert not multiprocessing.active_children()  # the loader's workers are gone, not kept until the next gc
 
 
 @pytest.mark.parametrize("workers", [0, 1])
