@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing as mp
 import os
@@ -11,6 +12,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from engine import events as ev
@@ -162,6 +164,24 @@ def how_it_ended(exitcode: int | None) -> str:
     return f"exit code {exitcode}"
 
 
+def remove_stub(store: str | os.PathLike, since: float, empty: bool) -> None:
+    """Remove a store that a trainer killed while creating it left with no event: it would block the name.
+
+    Only one made since `since` (this trainer's), and with `empty` only a file of 0 bytes (nothing
+    was written to it): a store that holds anything, or that was there before, is never touched.
+    """
+    path = Path(store)
+    try:
+        stat = path.stat()
+    except OSError:
+        return
+    if stat.st_mtime < since - 1 or (empty and stat.st_size):
+        return
+    for name in ("", "-wal", "-shm", "-journal"):
+        with contextlib.suppress(OSError):
+            path.with_name(path.name + name).unlink()
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What became of a run whose trainer has exited, as `settle` found (and left) its store."""
@@ -191,7 +211,12 @@ def settle(
     before = f"{died} before the run started" if exitcode is None or exitcode < 0 else None
     try:
         reader = RunReader(store)
-    except StoreError:  # not created (or damaged before anything was in it)
+    except StoreError:  # not created, or cut short before SQLite wrote anything (the writer's lock comes first)
+        remove_stub(store, since, empty=True)
+        return Outcome(None, before)
+    if reader.last_seq() == 0 and not reader.writer_alive():  # killed before its first commit
+        reader.close()
+        remove_stub(store, since, empty=False)
         return Outcome(None, before)
     with reader:
         started, ended = reader.started(), reader.ended()

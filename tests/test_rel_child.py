@@ -125,6 +125,30 @@ def test_a_trainer_killed_before_its_store_exists_is_said_in_one_line(tmp_path):
     assert settle(tmp_path / "never.mirante", 2, since=time.time()).died is None  # it said why itself
 
 
+@pytest.mark.parametrize("made", ["locked only", "schema, no event"])
+def test_a_store_cut_short_by_the_kill_is_removed_so_it_blocks_no_name(tmp_path, made):
+    """The trainer was killed while creating its store: nothing was recorded, and the name stays free."""
+    since = time.time() - 1
+    store = tmp_path / "cut.mirante"
+    if made == "locked only":  # the writer's lock file comes first: killed before SQLite wrote the schema
+        store.write_bytes(b"")
+    else:
+        RunWriter(store).close()
+    outcome = settle(store, -signal.SIGKILL, since=since)
+    assert (
+        outcome.ended is None and outcome.died == "the trainer process died (killed by SIGKILL) before the run started"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_store_older_than_the_trainer_is_never_removed(tmp_path):
+    store = tmp_path / "old.mirante"
+    RunWriter(store).close()  # an empty store, but not this trainer's
+    os.utime(store, (time.time() - 60, time.time() - 60))
+    settle(store, -signal.SIGKILL, since=time.time())
+    assert store.exists()
+
+
 def test_a_resumed_run_whose_trainer_died_before_starting_again_keeps_its_ending(tmp_path):
     store = tmp_path / "r.mirante"
     events = make_events(steps=20, end="interrupted")
