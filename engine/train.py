@@ -450,10 +450,7 @@ class Trainer:
         writer = self.out.writer
         discarded = writer.discarded if resumed is not None and writer is not None else 0
         resumed_from = {"resumed_at_step": resumed["state"]["step"], "discarded_events": discarded} if resumed else {}
-        if resumed is not None:
-            s.eager.load_state_dict(resumed["model"])
-            s.optimizer.load_state_dict(resumed["optimizer"])
-            s.scaler.load_state_dict(resumed["scaler"])
+        if resumed is not None:  # (the weights and the optimizer's state were restored by `restore`)
             for key in STATE_KEYS:
                 setattr(self, key, resumed["state"][key])
         world = self.dist.world if self.dist is not None else 1
@@ -770,6 +767,10 @@ def run(
             channel = Channel(path, queue=commands, lifeline=lifeline, owner=os.environ.get(OWNER_ENV))
         try:
             s = setup(config, dist)
+            if (
+                resumed is not None
+            ):  # before the store is cut back to the checkpoint: one that does not fit changes nothing
+                restore(s, resumed, checkpoint_dir(path.parent, name) / "last.pt")
             keep = kept_seq(path, resumed["state"]) if resumed is not None and main else None
             writer = RunWriter(path, append=resumed is not None, keep_upto_seq=keep) if main else None
         except BaseException:
@@ -910,6 +911,18 @@ def prepare_resume(runs_dir: str, run: str, overrides: dict[str, Any]) -> tuple[
     saved = load_checkpoint(ckpt, torch.device("cpu"))
     stored = TrainConfig.from_dict(saved["config"] | overrides | {"runs_dir": str(path.parent), "name": name})
     return stored.validate(), saved, path
+
+
+def restore(s: Setup, saved: dict[str, Any], path: Path) -> None:
+    """Load a checkpoint's weights, optimizer and scaler state into `s`; CheckpointError if they do not fit."""
+    try:
+        s.eager.load_state_dict(saved["model"])
+        s.optimizer.load_state_dict(saved["optimizer"])
+        s.scaler.load_state_dict(saved["scaler"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        why = str(exc).strip().splitlines()
+        detail = next((line.strip() for line in why[1:] if line.strip()), why[0] if why else type(exc).__name__)
+        raise CheckpointError(f"{path}: does not fit the run's model {s.config.model}: {detail}") from None
 
 
 def kept_seq(path: Path, state: dict[str, Any]) -> int:

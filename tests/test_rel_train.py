@@ -231,6 +231,22 @@ def test_a_checkpoint_that_cannot_be_read_is_one_line_and_leaves_the_store_as_it
     assert sorted(p.name for p in store(tmp_path).parent.iterdir()) == ["tiny.ckpt", "tiny.mirante"]
 
 
+def test_a_checkpoint_of_another_model_is_refused_before_the_store_is_cut(tmp_path, capsys):
+    """Weights that do not fit the run's model: one line, and the events after the checkpoint stay."""
+    assert train.run(tiny(tmp_path, epochs=1)) == 0
+    saved = torch.load(ckpt(tmp_path), weights_only=True)
+    first = next(iter(saved["model"]))
+    saved["model"][first] = torch.zeros(3, 3)  # another model's tensor under the same name
+    saved["state"]["seq"] = 5  # a resume that went on would cut the store back to seq 5
+    torch.save(saved, ckpt(tmp_path))
+    before = store(tmp_path).read_bytes()
+    capsys.readouterr()
+    assert train.run(tiny(tmp_path, epochs=2), resume="tiny") == 2
+    err = one_error_line(capsys)
+    assert err.startswith(f"mirante: error: {ckpt(tmp_path)}: ") and "does not fit" in err, err
+    assert store(tmp_path).read_bytes() == before
+
+
 def image_folder(root: Path, per_class: int = 12) -> Path:
     """A tiny ImageFolder of two classes, 8x8 PNGs."""
     from PIL import Image
