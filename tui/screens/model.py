@@ -21,10 +21,14 @@ class ModelPane(Pane):
     TITLE = "Model"
     KEY = "3"
     depth = 2
+    DEFAULT_CSS = "ModelPane #table { height: 1fr; }"  # the table scrolls inside the pane: its last rows can be reached
 
     def compose(self) -> ComposeResult:
         yield Static(id="totals")
         yield DataTable(id="table", zebra_stripes=True, cursor_type="row")
+
+    def on_show(self) -> None:
+        self.query_one("#table", DataTable).focus()  # up/down/page keys scroll it as soon as the pane shows
 
     def on_mount(self) -> None:
         self.query_one("#table", DataTable).add_columns("layer", "type", "output", "params", "MACs", "share")

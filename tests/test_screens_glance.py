@@ -1,0 +1,58 @@
+"""The first glance at the other screens (issue 13): what Model, Diagnostics, System, Activations and Gradients
+show at 80x24 on the sample runs, and the CLI's order of runs."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from textual.widgets import TabbedContent
+
+from tui.app import MiranteApp
+from tui.sources import FollowSource
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "sample_runs"
+
+
+def lines_of(widget) -> list[str]:
+    """The lines a widget shows on screen now, as plain text."""
+    return [widget.render_line(y).text for y in range(widget.size.height)]
+
+
+def drive(store: Path, size: tuple[int, int], script) -> None:
+    """Open a finished store in the app, wait for all of it, then run `script(app, pilot)`."""
+    app = MiranteApp(FollowSource(store), store=store)
+
+    async def main() -> None:
+        async with app.run_test(size=size) as pilot:
+            for _ in range(200):
+                await pilot.pause(0.05)
+                if app.source.done and app.state.ended is not None:
+                    break
+            await pilot.pause(0.2)
+            await script(app, pilot)
+
+    asyncio.run(main())
+
+
+# -- 1. Model: the last layers can be reached at 80x24
+
+
+def test_the_model_tables_last_row_can_be_reached_at_80x24():
+    async def script(app, pilot):
+        await pilot.press("3")
+        await pilot.pause(0.2)
+        table = app.query_one("#table")
+        last = str(table.get_row_at(table.row_count - 1)[0]).strip()
+        assert last == "fc"
+        assert not any(line.strip().startswith(last) for line in lines_of(table))
+        await pilot.press("pagedown", "pagedown")  # the table has the keys as soon as the pane shows
+        await pilot.pause(0.2)
+        assert table.region.bottom <= app.query_one("#status").region.y  # the table is on screen, not cut off
+        assert any(line.strip().startswith("fc ") for line in lines_of(table))
+        await pilot.press("1")  # the focused table does not keep its pane in front
+        await pilot.pause(0.1)
+        assert app.query_one(TabbedContent).active == "OverviewPane"
+
+    drive(SAMPLES / "smallcnn-shapes.mirante", (80, 24), script)
