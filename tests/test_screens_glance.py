@@ -56,3 +56,31 @@ def test_the_model_tables_last_row_can_be_reached_at_80x24():
         assert app.query_one(TabbedContent).active == "OverviewPane"
 
     drive(SAMPLES / "smallcnn-shapes.mirante", (80, 24), script)
+
+
+# -- 2. Diagnostics: Up/Down move in the list at once; the pane keys still switch panes
+
+
+def test_the_diagnostics_list_takes_up_and_down_at_once_and_pane_keys_switch():
+    async def script(app, pilot):
+        await pilot.press("5")
+        await pilot.pause(0.2)
+        checks = app.query_one("#checks")
+        detail = app.query_one("#detail")
+        first = str(detail.render())
+        row = checks.cursor_row
+        await pilot.press("down")
+        await pilot.pause(0.1)
+        assert checks.cursor_row == row + 1
+        assert str(detail.render()) != first  # the detail follows the cursor
+        await pilot.press("1")
+        await pilot.pause(0.1)
+        assert app.query_one(TabbedContent).active == "OverviewPane"
+        await pilot.press("5")
+        await pilot.pause(0.1)
+        assert checks.has_focus
+        await pilot.press("6")
+        await pilot.pause(0.1)
+        assert app.query_one(TabbedContent).active == "SystemPane"
+
+    drive(SAMPLES / "smallcnn-shapes.mirante", (80, 24), script)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.text import Text
+from textual import events
 from textual.app import ComposeResult
 from textual.widgets import DataTable, Static
 
@@ -64,6 +65,14 @@ class DiagnosticsPane(Pane):
         yield Static(id="detail")
         yield DataTable(id="diagnostics", zebra_stripes=True, cursor_type="row")
         yield Chart(id="range", x_label="learning rate", log_x=True)
+
+    def on_show(self) -> None:
+        self.query_one("#checks", DataTable).focus()  # up/down move in the list as soon as the pane shows
+
+    def on_descendant_focus(self, event: events.DescendantFocus) -> None:
+        if not self.parent.display:  # Textual moves the focus to the next list of a pane being hidden, whose tab
+            event.stop()  # would then come back to the front: a pane key would not leave this pane
+            self.screen.set_focus(None)
 
     def on_mount(self) -> None:
         self.query_one("#checks", DataTable).add_columns("state", "check", "step", "what was seen")
