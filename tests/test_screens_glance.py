@@ -84,3 +84,40 @@ def test_the_diagnostics_list_takes_up_and_down_at_once_and_pane_keys_switch():
         assert app.query_one(TabbedContent).active == "SystemPane"
 
     drive(SAMPLES / "smallcnn-shapes.mirante", (80, 24), script)
+
+
+# -- 3. `mirante ls` and a bare `mirante watch`: runs in the order they started, whatever their files' times
+
+
+def two_runs_touched_out_of_order(directory: Path, end: str | None) -> None:
+    """Run "early" started first but its file was written last; "late" started 1000 s later, its file is older."""
+    import dataclasses
+    import os
+
+    from engine import events as ev
+    from tests.runs import make_events, write_run
+
+    for name, shift, mtime in (("early", 0.0, 2_000_000_000), ("late", 1000.0, 1_900_000_000)):
+        events = [dataclasses.replace(e, wall_time=e.wall_time + shift) for e in make_events(steps=20, end=end)]
+        events[0] = dataclasses.replace(events[0], name=name)
+        assert isinstance(events[0], ev.RunStarted)
+        write_run(directory / f"{name}.mirante", events=events)
+        os.utime(directory / f"{name}.mirante", (mtime, mtime))
+
+
+def test_ls_lists_runs_newest_start_first(tmp_path, capsys):
+    from tui.cli import main
+
+    two_runs_touched_out_of_order(tmp_path, end="finished")
+    assert main(["ls", str(tmp_path)]) == 0
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert [row.split()[0] for row in rows] == ["late", "early"]
+
+
+def test_a_bare_watch_picks_the_run_that_started_last(tmp_path, monkeypatch):
+    from engine.store import RunReader
+    from tui.cli import newest_running
+
+    two_runs_touched_out_of_order(tmp_path, end=None)
+    monkeypatch.setattr(RunReader, "writer_alive", lambda self: True)  # both still being written
+    assert newest_running(tmp_path).name == "late.mirante"

@@ -679,10 +679,21 @@ def _main_file_id(path: Path) -> str | None | object:
 
 
 def find_runs(directory: str | os.PathLike) -> list[Path]:
-    """Run stores in `directory`, newest first."""
+    """Run stores in `directory`, the one that started last first."""
     d = Path(directory)
     if not d.exists():
         raise StoreError(f"{d}: no such directory")
     if not d.is_dir():
         raise StoreError(f"{d}: not a directory")
-    return sorted(d.glob(f"*{SUFFIX}"), key=lambda p: p.stat().st_mtime, reverse=True)
+    return sorted(d.glob(f"*{SUFFIX}"), key=start_time, reverse=True)
+
+
+def start_time(path: Path) -> float:
+    """When the run in the store started (its first RunStarted's wall time); the file's modification time when
+    that cannot be read. Not the modification time first: copying, replaying or resuming a store changes it."""
+    try:
+        with RunReader(path) as run:
+            row = run._db.execute("SELECT min(wall_time) FROM events WHERE kind='RunStarted'").fetchone()
+    except (StoreError, sqlite3.Error):
+        row = None
+    return float(row[0]) if row and row[0] is not None else path.stat().st_mtime
