@@ -256,6 +256,22 @@ class RunState:
         """Epochs completed."""
         return self.epochs[-1].epoch if self.epochs else 0
 
+    def best_epoch(self, field_name: str, lowest: bool = False) -> ev.Epoch | None:
+        """The epoch with the best finite value of an Epoch field (the highest; the lowest for a loss), or None."""
+        scored = [e for e in self.epochs if _finite(getattr(e, field_name))]
+        if not scored:
+            return None
+        pick = min if lowest else max
+        return pick(scored, key=lambda e: getattr(e, field_name))
+
+    @property
+    def epoch_seconds(self) -> float | None:
+        """How long the last epoch took, by the run's own clock (the wall times its events carry)."""
+        if not self.epochs:
+            return None
+        before = self.epochs[-2].wall_time if len(self.epochs) > 1 else self.first_wall
+        return None if before is None else max(0.0, self.epochs[-1].wall_time - before)
+
     @property
     def progress(self) -> float | None:
         total = self.total_steps
@@ -404,6 +420,10 @@ def _f16(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
 def _whole(value: float | None) -> int | None:
     """A positive count, or None."""
     return int(value) if value is not None and value >= 1 else None
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _nan(value: float | None) -> float:

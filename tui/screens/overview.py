@@ -1,11 +1,11 @@
-"""Overview: who and where, progress, loss/accuracy/learning-rate charts, speed, the worst diagnostics."""
+"""Overview: who and where, progress, the validation numbers, loss/accuracy/lr charts, the worst diagnostics."""
 
 from __future__ import annotations
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Grid
-from textual.widgets import ProgressBar, Static
+from textual.widgets import Static
 
 from engine.diagnostics import Finding
 from tui.screens.base import Pane, View, duration, fmt
@@ -27,25 +27,92 @@ def worst_text(worst: list[Finding]) -> Text:
     return out
 
 
-def info_text(state: RunState) -> Text:
-    """Who and where, progress, speed: three lines, the store's strings shown as written (Text, not markup)."""
+SEP = " · "
+BAR_MIN = 10  # the progress bar's least width; narrower, it is left out
+
+
+def pct(value: float | None) -> str:
+    return "-" if value is None else fmt(100 * value, ".1f") + "%"
+
+
+def fit(parts: list[Text], width: int) -> Text:
+    """Parts joined by SEP, the first always, the others while they fit in `width`: the first ones matter most."""
+    out = Text()
+    for i, part in enumerate(parts):
+        if i and out.cell_len + len(SEP) + part.cell_len > width:
+            break
+        if i:
+            out.append(SEP)
+        out.append_text(part)
+    return out
+
+
+def numbers(state: RunState, width: int) -> Text:
+    """Validation accuracy and loss, latest and best with the epoch of the best: the line a user looks for first."""
+    last = state.epochs[-1] if state.epochs else None
+    if last is None:
+        return Text("validation: no epoch has ended yet", style="dim")
+    if last.val_acc is None and last.val_loss is None:
+        return Text("validation: none (the run has no validation split)", style="dim")
+    parts = []
+    for name, field, show, lowest in (("val acc", "val_acc", pct, False), ("val loss", "val_loss", fmt, True)):
+        best = state.best_epoch(field, lowest)
+        part = Text(f"{name} ")
+        part.append(show(getattr(last, field)), style="bold")
+        if best is not None:
+            part.append(f" best {show(getattr(best, field))} (epoch {best.epoch})")
+        parts.append(part)
+    return fit(parts, width)
+
+
+def training(state: RunState, width: int) -> Text:
+    """Train accuracy, the last loss, the epoch's time, speed, learning rate: as many as fit."""
+    last = state.epochs[-1] if state.epochs else None
+    mfu = state.latest("perf/mfu")
+    seconds = state.epoch_seconds
+    parts = [
+        Text(f"train acc {pct(last.train_acc if last else None)}"),
+        Text(f"loss {fmt(state.latest('train/loss'))}"),
+        Text(f"epoch time {'-' if seconds is None else fmt(seconds, '.1f') + ' s'}"),
+        Text(f"{fmt(state.latest('throughput/img_s'), ',.0f')} img/s"),
+        Text(f"lr {fmt(state.latest('lr'), '.3g')}"),
+    ]
+    if mfu is not None:
+        parts.append(Text(f"MFU {pct(mfu)}"))
+    return fit(parts, width)
+
+
+def where(state: RunState, width: int) -> Text:
+    """Status, epoch, step, elapsed and ETA, then a progress bar in what is left of the line."""
+    parts = [
+        literal(state.status(), "bold"),
+        Text(f"epoch {state.epoch}/{state.planned_epochs or '?'}"),
+        Text(f"step {state.step:,}/{state.total_steps or '?'}"),
+        Text(f"elapsed {duration(state.elapsed)}"),
+        Text(f"ETA {duration(state.eta)}"),
+    ]
+    out = fit(parts, width)
+    room = width - out.cell_len - 6  # " " + bar + " 100%"
+    if state.progress is not None and room >= BAR_MIN:
+        done = round(room * state.progress)
+        out.append(" ")
+        out.append("━" * done, style="bold cyan")
+        out.append("━" * (room - done), style="grey37")
+        out.append(f" {100 * state.progress:3.0f}%")
+    return out
+
+
+def info_text(state: RunState, width: int = 80) -> Text:
+    """Who and where, progress, the validation numbers, training speed: four lines, each of at most `width` cells
+    but the first (a name too long is cut there), the store's strings shown as written (Text, not markup)."""
     s = state.started
     device = s.device.get("name", s.device.get("type", "?")) if s else "?"
-    epochs = state.planned_epochs
-    mfu = state.latest("perf/mfu")
     world = state.world_size
     ranks = f" x {world} ranks ({state.config.get('backend')})" if world > 1 else ""
-    out = Text()
-    out.append_text(literal(state.name, "bold"))
-    out.append_text(literal(f"  {s.model if s else '?'} on {s.dataset if s else '?'}  ·  {device}{ranks}"))
-    out.append("\n")
-    out.append_text(literal(f"{state.status()}  ·  epoch {state.epoch}/{epochs or '?'}  ·  step {state.step:,}/"))
-    out.append(f"{state.total_steps or '?'}  ·  elapsed {duration(state.elapsed)}  ·  ETA {duration(state.eta)}\n")
-    out.append(
-        f"{fmt(state.latest('throughput/img_s'), ',.0f')} img/s  ·  MFU "
-        f"{'-' if mfu is None else fmt(100 * mfu, '.1f') + '%'}  ·  lr {fmt(state.latest('lr'), '.3g')}"
-        f"  ·  loss {fmt(state.latest('train/loss'))}"
-    )
+    head = literal(state.name, "bold")
+    head.append_text(literal(f"{SEP}{s.model if s else '?'} on {s.dataset if s else '?'}{SEP}{device}{ranks}"))
+    out = Text("\n").join([head, where(state, width), numbers(state, width), training(state, width)])
+    out.no_wrap, out.overflow = True, "ellipsis"  # a long name is cut on its own line, never pushes the others
     return out
 
 
@@ -55,7 +122,6 @@ class OverviewPane(Pane):
 
     def compose(self) -> ComposeResult:
         yield Static(id="info")
-        yield ProgressBar(total=100, show_eta=False, id="progress")
         with Grid(id="charts"):
             yield Chart(id="loss")
             yield Chart(id="accuracy")
@@ -63,9 +129,8 @@ class OverviewPane(Pane):
             yield Static(id="worst")
 
     def draw(self, state: RunState, view: View) -> None:
-        self.query_one("#info", Static).update(info_text(state))
-        bar = self.query_one("#progress", ProgressBar)
-        bar.update(total=100, progress=100 * (state.progress or 0.0))
+        info = self.query_one("#info", Static)
+        info.update(info_text(state, info.size.width or self.app.size.width))
 
         smooth = view.smooth
         vsteps, vloss = state.epoch_series("val_loss")

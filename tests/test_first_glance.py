@@ -1,0 +1,61 @@
+"""Issue 13, the first glance: the numbers a user looks for are on the first screen at 80x24, the clocks tick,
+the keys say what they do."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from engine.store import RunReader
+from tui.app import MiranteApp
+from tui.sources import FollowSource
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALLCNN = ROOT / "sample_runs" / "smallcnn-shapes.mirante"
+
+
+def text_of(widget) -> str:
+    """What a widget shows, as plain text."""
+    if hasattr(widget, "strips"):
+        return "\n".join(strip.text for strip in widget.strips())
+    return str(widget.render())
+
+
+def drive(app: MiranteApp, size: tuple[int, int], script, wait_end: bool = True) -> None:
+    async def main() -> None:
+        async with app.run_test(size=size) as pilot:
+            for _ in range(100):  # let the source worker deliver everything
+                await pilot.pause(0.05)
+                if not wait_end or app.source.done and app.state.ended is not None:
+                    break
+            await pilot.pause(0.2)
+            await script(app, pilot)
+
+    asyncio.run(main())
+
+
+def visible(app, selector: str, size: tuple[int, int]) -> list[str]:
+    """A widget's lines, after checking they are all on the screen and none is wider than it."""
+    widget = app.query_one(selector)
+    lines = text_of(widget).splitlines()
+    region = widget.region
+    assert region.bottom <= size[1] and region.height >= len(lines), (region, lines)
+    assert all(len(line) <= size[0] for line in lines), lines
+    return lines
+
+
+def test_overview_leads_with_validation_accuracy_and_loss_at_80x24():
+    summary = RunReader(SMALLCNN).summary()
+
+    async def script(app, pilot):
+        info = "\n".join(visible(app, "#info", (80, 24)))
+        assert f"best {100 * summary.best_val_acc:.1f}%" in info
+        best = max(app.state.epochs, key=lambda e: e.val_acc)
+        last = app.state.epochs[-1]
+        assert f"val acc {100 * last.val_acc:.1f}%" in info
+        assert f"(epoch {best.epoch})" in info
+        assert f"val loss {last.val_loss:.4g}" in info
+        assert f"train acc {100 * last.train_acc:.1f}%" in info
+        assert "epoch time" in info
+
+    drive(MiranteApp(FollowSource(SMALLCNN), store=SMALLCNN), (80, 24), script)
