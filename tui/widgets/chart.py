@@ -122,41 +122,22 @@ def padded_range(values: np.ndarray) -> tuple[float, float]:
     return lo, hi
 
 
-def nice_ticks(lo: float, hi: float, count: int) -> np.ndarray:
-    """About `count` round tick positions (1, 2, 2.5 or 5 times a power of ten apart) inside [lo, hi]."""
-    raw = (hi - lo) / max(count - 1, 1)
-    magnitude = 10.0 ** math.floor(math.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
-    first = math.ceil(lo / step) * step
-    ticks = np.arange(first, hi + step * 1e-6, step)
-    return np.round(ticks / step) * step
-
-
-def decade_ticks(lo: float, hi: float, count: int) -> np.ndarray:
-    """Ticks for a log10 axis: whole decades (thinned to about `count`), round ticks when under two decades."""
-    first, last = math.ceil(lo), math.floor(hi)
-    if last - first < 1:
-        return nice_ticks(lo, hi, count)
-    stride = max(1, math.ceil((last - first + 1) / count))
-    return np.arange(first, last + 1, stride, dtype=np.float64)
-
-
-def format_value(value: float) -> str:
-    """A short tick label: 3 significant digits, an exponent outside 1e-3..1e5 (1e6, 2.5e-4)."""
-    text = f"{value:.3g}"
+def format_value(value: float, digits: int = 3) -> str:
+    """A short tick label: `digits` significant digits, an exponent outside 1e-3..1e5 (1e6, 2.5e-4)."""
+    text = f"{value:.{digits}g}"
     if value == 0 or (1e-3 <= abs(value) < 1e5 and "e" not in text):
         return text
-    mantissa, exponent = f"{value:.2e}".split("e")
+    mantissa, exponent = f"{value:.{digits - 1}e}".split("e")
     return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
-def format_step(step: float) -> str:
-    """A short step label: 950, 1k, 1500, 12k, 2.5M."""
+def format_step(step: float, digits: int = 3) -> str:
+    """A short step label: 950, 1k, 1500, 12k, 2.5M (`digits` significant digits before the unit)."""
     for unit, scale in (("G", 1e9), ("M", 1e6)):
         if abs(step) >= scale * 0.9995:  # 999_999 reads 1M, not 1e+03k
-            return f"{step / scale:.3g}{unit}"
+            return f"{step / scale:.{digits}g}{unit}"
     if abs(step) >= 1e4 or (abs(step) >= 1e3 and step % 1e3 == 0):
-        return f"{step / 1e3:.3g}k"
+        return f"{step / 1e3:.{digits}g}k"
     return f"{step:.0f}"
 
 
@@ -227,6 +208,103 @@ def draw_marks(fig: Figure, plotted: list[Plotted], y_lo: float, y_hi: float, co
             fig.draw(fig.signal(xs, [y] * len(xs), marker=marker(glyph, MARK_COLOR if color else None)))
 
 
+Y_GAP = 1.0  # rows between two y labels: adjacent rows are fine, one row must not hold two
+X_GAP = 2  # blank cells between two x labels
+
+
+def candidate_ticks(lo: float, hi: float, log: bool, integer: bool = False) -> list[np.ndarray]:
+    """Sets of round tick positions around [lo, hi], coarse to fine (on a log axis, positions are log10)."""
+    if log:
+        first, last = math.floor(lo) - 1, math.ceil(hi) + 1
+        sets = [np.arange(first - first % k, last + k, k, dtype=np.float64) for k in (3, 2, 1)]
+        exponents = np.arange(first, last + 1, dtype=np.float64)
+        for mantissas in ((1, 3), (1, 2, 5)):
+            sets.append(np.sort(np.add.outer(exponents, np.log10(mantissas)).ravel()))
+        if hi - lo < 1:  # under a decade: round values, placed on the log axis
+            sets += [np.log10(t) for t in candidate_ticks(10.0**lo, 10.0**hi, False) if (t > 0).all()]
+        return sets
+    magnitude = math.floor(math.log10(hi - lo))
+    sets = []
+    for exponent in range(magnitude + 1, magnitude - 3, -1):
+        for m in (5, 2.5, 2, 1):
+            step = m * 10.0**exponent
+            if integer and step != round(step):
+                continue
+            k = np.arange(math.floor(lo / step) - 1, math.ceil(hi / step) + 2)
+            sets.append(k * step)
+    return sets
+
+
+def unique_labels(ticks: np.ndarray, label: Any) -> list[str]:
+    """`label(tick)` for each tick, with more digits where 3 are not enough to tell them apart."""
+    for digits in (3, 4, 5, 6, 8):
+        labels = [label(t, digits) for t in ticks]
+        if len(set(labels)) == len(labels):
+            return labels
+    return labels
+
+
+def pick_ticks(
+    lo: float,
+    hi: float,
+    cells: int,
+    *,
+    log: bool,
+    label: Any,
+    want: int,
+    least: int,
+    across: bool,
+    loose: bool,
+    room: float = 1.0,
+    integer: bool = False,
+) -> tuple[np.ndarray, list[str], float, float]:
+    """Round ticks for an axis `cells` long: (positions, labels, lo, hi), lo and hi widened only if `loose` must.
+
+    `across`: labels sit side by side (the x axis) and must not touch; otherwise one label a row (the y axis).
+    Only ticks in the first `room` fraction of the axis are kept (the x axis' title takes the rest); with `integer`,
+    only whole numbers (steps).
+    Sets with at least `least` labels come first; then the nearest `want` labels, with short labels and limits
+    widened as little as can be (tight limits are tried first, widened ones only when no tight set has `least`).
+    """
+    best: tuple[float, ...] | None = None
+    choice = None
+    for widen in (False, True) if loose else (False,):
+        for candidates in candidate_ticks(lo, hi, log, integer):
+            if widen:
+                below, above = candidates[candidates <= lo], candidates[candidates >= hi]
+                if not len(below) or not len(above):
+                    continue
+                a, b = float(below.max()), float(above.min())
+            else:
+                a, b = lo, hi
+            ticks = candidates[(candidates >= a - 1e-9 * (b - a)) & (candidates <= a + room * (b - a) * (1 + 1e-9))]
+            if not len(ticks) or len(ticks) > cells:
+                continue
+            gaps = np.diff(ticks) / (b - a) * (cells - 1)  # cells between neighbouring ticks
+            if len(gaps) and gaps.min() < (X_GAP + 1 if across else Y_GAP):  # cheap test first: labels cost more
+                continue
+            labels = unique_labels(ticks, label)
+            if across and len(gaps):
+                half = np.array([len(t) / 2 for t in labels])
+                if (gaps - half[1:] - half[:-1] < X_GAP).any():
+                    continue
+            # near `want` labels, short ones, the axis widened as little as can be
+            widened = (b - a) / (hi - lo) - 1
+            score = (len(ticks) < least, abs(len(ticks) - want) + 0.25 * max(map(len, labels)) + 3 * widened)
+            if best is None or score < best:
+                best, choice = score, (ticks, labels, a, b)
+        if best is not None and not best[0]:
+            break
+    if choice is None:  # nothing round fits: the two ends
+        ticks = np.array([lo, hi]) if cells > 1 else np.array([lo])
+        return ticks, unique_labels(ticks, label), lo, hi
+    return choice
+
+
+def value_label(log: bool) -> Any:
+    return lambda t, digits: format_value(10.0**t if log else t, digits)
+
+
 LOG_X_SCALE = 1000  # with log_x, x values are LOG_X_SCALE * log10(x): integers, as the downsampling wants
 
 
@@ -235,48 +313,103 @@ def log_x_steps(x: np.ndarray) -> np.ndarray:
     return np.round(LOG_X_SCALE * np.log10(np.asarray(x, dtype=np.float64))).astype(np.int64)
 
 
-def set_axes(
-    fig: Figure,
+@dataclass
+class Axes:
+    """Where the ticks go and what they say, decided before plotext draws (positions in plot units)."""
+
+    x_range: tuple[float, float]
+    y_range: tuple[float, float]  # the data's range, widened to round ticks when too few fall inside it
+    x_ticks: list[float]
+    x_labels: list[str]
+    y_ticks: list[float]
+    y_labels: list[str]
+    x_title: str  # written at the right end of the x tick row; "" when it does not fit there
+
+
+def plan_axes(
     x_range: tuple[float, float],
     y_range: tuple[float, float],
-    size: tuple[int, int],
+    width: int,
+    height: int,
+    x_title: str,
     log_y: bool,
     log_x: bool = False,
-) -> None:
-    """Fix both axes' limits and put round, short tick labels on them (y in log10 units when `log_y`)."""
-    width, height = size
-    x_count = max(2, width // 14)
-    if log_x:
-        x_ticks = LOG_X_SCALE * decade_ticks(x_range[0] / LOG_X_SCALE, x_range[1] / LOG_X_SCALE, x_count)
-        x_labels = [format_value(10.0 ** (t / LOG_X_SCALE)) for t in x_ticks]
-    else:
-        x_ticks = nice_ticks(*x_range, x_count)
-        x_labels = [format_step(t) for t in x_ticks]
-    y_count = max(2, min(6, height // 3))
-    y_ticks = decade_ticks(*y_range, y_count) if log_y else nice_ticks(*y_range, y_count)
-    y_labels = [format_value(10.0**t if log_y else t) for t in y_ticks]
-    fig.ruler("x").lim(*x_range).ticks(x_ticks.tolist(), x_labels)
-    fig.ruler("y").lim(*y_range).ticks(y_ticks.tolist(), y_labels)
+) -> Axes:
+    """Ticks for a width x height plot: at least three y labels (one a row at most) and two x labels that do not
+    touch, the x axis' title after the last x label. Under 4 rows the x axis and its labels give their rows up.
+    """
+    show_x = height >= 4
+    rows = height - 2 if show_x else height
+    want = min(5, max(3, (rows + 1) // 2))  # a label every other row, five at most
+    y_ticks, y_labels, y_lo, y_hi = pick_ticks(
+        *y_range, rows, log=log_y, label=value_label(log_y), want=want, least=min(3, rows), across=False, loose=True
+    )
+    if not show_x:
+        return Axes(x_range, (y_lo, y_hi), [], [], y_ticks.tolist(), y_labels, "")
+    cols = width - max(map(len, y_labels)) - 1  # the y labels and the y axis take the left columns
+    room = (cols - len(x_title) - 5) / max(cols - 1, 1)  # the title, a space, half a label and a margin
+    if room < 0.5:
+        x_title, room = "", 1.0
+    scale = LOG_X_SCALE if log_x else 1
+    for share in (room, 1.0):  # two labels come before the title: without them, the title gives its room up
+        x_ticks, x_labels, *_ = pick_ticks(
+            x_range[0] / scale,
+            x_range[1] / scale,
+            cols,
+            log=log_x,
+            label=value_label(True) if log_x else step_label,
+            want=max(2, cols // 12),
+            least=2,
+            across=True,
+            loose=False,
+            room=share,
+            integer=not log_x,
+        )
+        if len(x_ticks) >= 2:
+            break
+        x_title = ""
+    return Axes(x_range, (y_lo, y_hi), (x_ticks * scale).tolist(), x_labels, y_ticks.tolist(), y_labels, x_title)
+
+
+def step_label(step: float, digits: int) -> str:
+    return format_step(step, digits)
 
 
 def build_plot(
     plotted: list[Plotted], width: int, height: int, x_label: str, log_y: bool, color: bool, log_x: bool = False
-) -> str:
-    """Draw the prepared lines into a width x height plotext figure and return it as an (ANSI) string."""
+) -> tuple[str, Axes]:
+    """Draw the prepared lines into a width x height plotext figure: its (ANSI) string, and the axes it has.
+
+    Only the left and bottom axes are drawn: the rows and columns of the top and right ones go to the data.
+    """
     ys = np.concatenate([p.y_values() for p in plotted])
-    y_range = padded_range(ys)
     x_range = padded_range(np.concatenate([p.all_steps() for p in plotted]).astype(np.float64))
+    axes = plan_axes(x_range, padded_range(ys), width, height, x_label, log_y, log_x)
     fig = plt.figure
     fig.clear()
     fig.plot_size(width, height)
     fig.theme("simple" if color else "colorless")
+    fig.axes(False, axis="x", side=1)
+    fig.axes(False, axis="y", side=1)
+    if not axes.x_ticks:
+        fig.axes(False, axis="x", side=0)
     for p in plotted:
         draw_line(fig, p, color)
-    draw_marks(fig, plotted, *y_range, color)
-    set_axes(fig, x_range, y_range, (width, height), log_y, log_x)
-    if x_label and height >= 8:
-        fig.label(x_label)
-    return fig.build().string(colorless=not color).rstrip("\n")
+    draw_marks(fig, plotted, *axes.y_range, color)
+    fig.ruler("x").lim(*axes.x_range).ticks(axes.x_ticks, axes.x_labels)
+    fig.ruler("y").lim(*axes.y_range).ticks(axes.y_ticks, axes.y_labels)
+    return fig.build().string(colorless=not color).rstrip("\n"), axes
+
+
+def with_x_title(text: Text, title: str, width: int) -> Text:
+    """Write the x axis' title at the right end of the last row (the x tick labels) when those cells are blank."""
+    rows = text.split("\n", allow_blank=True)
+    last = rows[-1]
+    last.pad_right(width - len(last.plain))
+    cut = width - len(title) - 1
+    if title and cut > 0 and not last.plain[cut:].strip():
+        rows[-1] = last[:cut] + Text(" " + title)
+    return Text("\n").join(rows)
 
 
 def plot_text(
@@ -286,10 +419,10 @@ def plot_text(
     sink = io.StringIO()
     with _PLOTEXT_LOCK, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
         try:
-            out = build_plot(plotted, width, height, x_label, log_y, color, log_x)
+            out, axes = build_plot(plotted, width, height, x_label, log_y, color, log_x)
         except Exception as exc:  # a bug in the plotting library must not take the monitor down: show it instead
             return box_message(f"chart error: {exc}", width, height)
-    return Text.from_ansi(out) if color else Text(out)
+    return with_x_title(Text.from_ansi(out) if color else Text(out), axes.x_title, width)
 
 
 def render_chart(

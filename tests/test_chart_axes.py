@@ -1,0 +1,103 @@
+"""Chart axes that can be read at 80x24 (issue 13): enough y and x labels, units, percent, coloured legends."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from rich.text import Text
+
+from tests.runs import write_run
+from tui.app import MiranteApp
+from tui.sources import FollowSource
+from tui.widgets import Line, render_chart
+
+# the sizes the Overview gives its charts at 80x24 (38x7 to 40x9) and at 160x48 (80x20)
+SIZES = [(38, 7), (39, 8), (40, 8), (40, 9), (80, 20)]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("axes") / "run.mirante"
+    write_run(path, steps=2500)
+    return path
+
+
+def overview(store, size: tuple[int, int]) -> dict[str, Text]:
+    """The Overview's charts once the whole run is read, as Text (one row a strip, with its styles)."""
+
+    async def main() -> dict[str, Text]:
+        app = MiranteApp(FollowSource(store), store=store)
+        async with app.run_test(size=size) as pilot:
+            for _ in range(100):
+                await pilot.pause(0.05)
+                if app.source.done and app.state.ended is not None:
+                    break
+            await pilot.pause(0.2)
+            charts = {}
+            for name in ("loss", "accuracy", "lr"):
+                strips = app.query_one(f"#{name}").strips()
+                charts[name] = Text("\n").join(Text.assemble(*((s.text, s.style) for s in strip)) for strip in strips)
+            return charts
+
+    return asyncio.run(main())
+
+
+def rows_of(text: Text) -> list[str]:
+    return text.plain.split("\n")
+
+
+def y_labels(text: Text) -> list[str]:
+    """The y tick labels: what stands left of each `┤`."""
+    return [row.split("┤")[0].strip() for row in rows_of(text) if "┤" in row]
+
+
+def x_labels(text: Text) -> list[str]:
+    """The x tick labels: the words of the row under the x axis (`└`), the axis title left out."""
+    rows = rows_of(text)
+    axis = next(i for i, row in enumerate(rows) if "└" in row)
+    return [word for word in rows[axis + 1].split() if word != "step"] if axis + 1 < len(rows) else []
+
+
+def loss_lines() -> list[Line]:
+    steps = np.arange(3000)
+    train = 2.3 * np.exp(-steps / 500) + 0.05
+    return [Line("train", steps, train, "cyan"), Line("val", np.array([999, 1999, 2999]), np.array([0.5, 0.2, 0.1]))]
+
+
+CASES = {
+    "loss": (loss_lines(), {}),
+    "flat": ([Line("lr", np.arange(500), np.full(500, 0.1), "green")], {}),
+    "log": (loss_lines(), {"log_y": True}),
+    "lr to 0": ([Line("lr", np.arange(2000), np.linspace(0.05, 0.0, 2000), "green")], {}),
+    "short run": ([Line("train", np.arange(20), np.linspace(2.3, 1.9, 20))], {}),
+}
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("case", CASES)
+def test_at_least_three_y_labels_and_two_x_labels(case, size):
+    lines, options = CASES[case]
+    text = render_chart(lines, *size, title="loss", color=False, **options)
+    rows = rows_of(text)
+    assert len(rows) == size[1] and all(len(row) <= size[0] for row in rows)
+    ys, xs = y_labels(text), x_labels(text)
+    assert len(ys) >= 3 and len(set(ys)) == len(ys), text.plain
+    assert len(xs) >= 2 and len(set(xs)) == len(xs), text.plain
+    assert all(label for label in ys)
+
+
+def test_y_labels_are_in_order_and_inside_the_data():
+    text = render_chart(CASES["lr to 0"][0], 40, 8, color=False)
+    values = [float(v) for v in y_labels(text)]
+    assert values == sorted(values, reverse=True)
+    assert min(values) >= 0 and max(values) <= 0.05 + 1e-12
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_the_overview_charts_have_readable_axes(store, size):
+    for name, chart in overview(store, size).items():
+        assert len(y_labels(chart)) >= 3, (name, chart.plain)
+        assert len(x_labels(chart)) >= 2, (name, chart.plain)
+        assert "step" in chart.plain
