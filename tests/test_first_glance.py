@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from engine import events as ev
 from engine.store import RunReader
+from tests.runs import write_run
 from tui.app import MiranteApp
 from tui.sources import FollowSource
 
@@ -59,3 +61,36 @@ def test_overview_leads_with_validation_accuracy_and_loss_at_80x24():
         assert "epoch time" in info
 
     drive(MiranteApp(FollowSource(SMALLCNN), store=SMALLCNN), (80, 24), script)
+
+
+def tiny_run(path: Path, steps: int, *, end: str | None = None, epochs: int = 3, per_epoch: int = 10) -> Path:
+    """A run of `epochs` epochs of `per_epoch` steps, recorded up to `steps`, a second apart, ended or not."""
+    seq = ev.Sequencer(clock=iter(1_700_000_000.0 + i for i in range(10**6)).__next__)
+    config = {"epochs": epochs, "steps_per_epoch": per_epoch, "total_steps": epochs * per_epoch, "batch_size": 8}
+    events: list[ev.Event] = [
+        ev.RunStarted(**seq.header(0), name="tiny", model="smallcnn", dataset="shapes", config=config, layers=("fc",))
+    ]
+    for step in range(1, steps + 1):
+        events.append(ev.Step(**seq.header(step), scalars={"train/loss": 1.0 / step, "lr": 0.1}))
+        if step % per_epoch == 0:
+            events.append(ev.Epoch(**seq.header(step), epoch=step // per_epoch, train_acc=0.5, val_acc=0.4))
+    if end:
+        events.append(ev.RunEnded(**seq.header(steps), status=end))
+    write_run(path, events=events)
+    return path
+
+
+def test_epoch_counter_says_the_epoch_being_trained_as_the_headless_output_does(tmp_path):
+    store = tiny_run(tmp_path / "tiny.mirante", 5)
+
+    async def script(app, pilot):
+        assert app.state.step == 5
+        assert "epoch 1/3 · step 5/30" in text_of(app.query_one("#info"))
+
+    drive(MiranteApp(FollowSource(store), store=store), (80, 24), script, wait_end=False)
+    done = tiny_run(tmp_path / "done.mirante", 30, end="finished")
+
+    async def ended(app, pilot):
+        assert "epoch 3/3 · step 30/30" in text_of(app.query_one("#info"))
+
+    drive(MiranteApp(FollowSource(done), store=done), (80, 24), ended)

@@ -256,6 +256,17 @@ class RunState:
         """Epochs completed."""
         return self.epochs[-1].epoch if self.epochs else 0
 
+    @property
+    def current_epoch(self) -> int:
+        """The epoch being trained, counted from 1 as the headless output counts it ("epoch 1/3" during the first);
+        once the run has ended, the epochs it completed."""
+        done = self.epoch
+        if self.ended is not None or self.started is None:
+            return done
+        per_epoch, planned = self.steps_per_epoch, self.planned_epochs
+        now = self.step // per_epoch + 1 if per_epoch else done + 1
+        return max(done, min(now, planned) if planned else now)
+
     def best_epoch(self, field_name: str, lowest: bool = False) -> ev.Epoch | None:
         """The epoch with the best finite value of an Epoch field (the highest; the lowest for a loss), or None."""
         scored = [e for e in self.epochs if _finite(getattr(e, field_name))]

@@ -86,7 +86,7 @@ def where(state: RunState, width: int) -> Text:
     """Status, epoch, step, elapsed and ETA, then a progress bar in what is left of the line."""
     parts = [
         literal(state.status(), "bold"),
-        Text(f"epoch {state.epoch}/{state.planned_epochs or '?'}"),
+        Text(f"epoch {state.current_epoch}/{state.planned_epochs or '?'}"),
         Text(f"step {state.step:,}/{state.total_steps or '?'}"),
         Text(f"elapsed {duration(state.elapsed)}"),
         Text(f"ETA {duration(state.eta)}"),
