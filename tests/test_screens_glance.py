@@ -121,3 +121,22 @@ def test_a_bare_watch_picks_the_run_that_started_last(tmp_path, monkeypatch):
     two_runs_touched_out_of_order(tmp_path, end=None)
     monkeypatch.setattr(RunReader, "writer_alive", lambda self: True)  # both still being written
     assert newest_running(tmp_path).name == "late.mirante"
+
+
+# -- 4. System: only the metrics the run recorded, titled in words with their units
+
+
+def test_the_system_screen_shows_only_recorded_metrics_titled_in_words():
+    async def script(app, pilot):
+        await pilot.press("6")
+        await pilot.pause(0.3)
+        charts = [app.query_one(f"#sys{i}") for i in range(4)]
+        shown = [c for c in charts if c.display]
+        assert len(shown) == 2  # a CPU run records cpu/rss_gb and cpu/util_pct, nothing of a GPU
+        texts = ["\n".join(lines_of(c)) for c in shown]
+        assert not any("no metric" in t or "no data yet" in t for t in texts)
+        heads = [t.splitlines()[0] for t in texts]
+        assert heads[0].startswith("CPU memory (RSS, GB)") and heads[1].startswith("CPU use (%)")
+        assert all(c.size.height >= 17 for c in shown)  # the two panels take the pane's height between them
+
+    drive(SAMPLES / "smallcnn-shapes.mirante", (80, 24), script)

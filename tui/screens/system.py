@@ -27,21 +27,42 @@ class SystemPane(Pane):
             rank, metric = split_rank(name)
             by_metric.setdefault(metric, []).append((rank, name))
         metrics = sorted(by_metric, key=lambda m: (PREFERRED.index(m) if m in PREFERRED else len(PREFERRED), m))
+        # only the metrics the run recorded get a panel (a CPU run has no GPU ones): two share a row
+        self.query_one("#system", Grid).styles.grid_size_rows = max(1, (min(len(metrics), CHARTS) + 1) // 2)
         for i in range(CHARTS):
             chart = self.query_one(f"#sys{i}", Chart)
+            chart.display = i < max(1, len(metrics))
             if i >= len(metrics):
-                chart.set_lines([], title="(no metric)" if i else "no System events yet")
+                if i == 0:
+                    chart.set_lines([], title="no System events yet")
                 continue
             ranks = sorted(by_metric[metrics[i]])
-            lines = [
+            lines = [  # one rank: the legend names the recorded metric, as `mirante export` does
                 Line.of(f"rank {rank}" if len(ranks) > 1 else metrics[i], state.system[name].buckets(), COLORS[j % 4])
                 for j, (rank, name) in enumerate(ranks)
             ]
-            chart.set_lines(lines, title=metrics[i] + (f" · {len(ranks)} ranks" if len(ranks) > 1 else ""))
+            chart.set_lines(lines, title=title(metrics[i]) + (f" · {len(ranks)} ranks" if len(ranks) > 1 else ""))
 
 
 PREFERRED = ["gpu/allocated_gb", "gpu/util_pct", "cpu/rss_gb", "cpu/util_pct", "gpu/reserved_gb", "gpu/peak_gb"]
 COLORS = ("magenta", "cyan", "yellow", "green")
+TITLES = {  # what the recorder measures (engine/recorder.py), in words; the key's suffix gives the unit
+    "cpu/rss": "CPU memory (RSS, {unit})",
+    "cpu/util": "CPU use ({unit})",
+    "gpu/allocated": "GPU memory allocated ({unit})",
+    "gpu/reserved": "GPU memory reserved ({unit})",
+    "gpu/peak": "GPU memory peak ({unit})",
+    "gpu/util": "GPU use ({unit})",
+}
+UNITS = {"gb": "GB", "mb": "MB", "pct": "%"}
+
+
+def title(metric: str) -> str:
+    """A metric's key in words with its unit: "cpu/rss_gb" -> "CPU memory (RSS, GB)"; other keys as recorded."""
+    base, _, unit = metric.rpartition("_")
+    if base not in TITLES or unit not in UNITS:
+        return metric
+    return TITLES[base].format(unit=UNITS[unit])
 
 
 def split_rank(name: str) -> tuple[int, str]:
