@@ -140,3 +140,32 @@ def test_the_system_screen_shows_only_recorded_metrics_titled_in_words():
         assert all(c.size.height >= 17 for c in shown)  # the two panels take the pane's height between them
 
     drive(SAMPLES / "smallcnn-shapes.mirante", (80, 24), script)
+
+
+# -- 6. lr-find: no suggestion in the live legend before the check has made one
+
+
+def test_a_live_lr_find_suggests_nothing_before_its_verdict(tmp_path, monkeypatch):
+    from engine.store import RunReader
+    from tests.runs import write_run
+
+    with RunReader(SAMPLES / "lrfind-smallcnn.mirante") as run:  # the sweep a third of the way through
+        events = [e for e in run.follow(0, limit=None) if e.step <= 120 and type(e).__name__ != "RunEnded"]
+    store = tmp_path / "sweeping.mirante"
+    write_run(store, events=events)
+    monkeypatch.setattr(RunReader, "writer_alive", lambda self: True)  # its trainer is still sweeping
+    app = MiranteApp(FollowSource(store), store=store)
+
+    async def main() -> None:
+        async with app.run_test(size=(80, 24)) as pilot:
+            for _ in range(100):
+                await pilot.pause(0.05)
+                if app.state.last_seq == events[-1].seq:
+                    break
+            await pilot.pause(0.3)
+            assert app.query_one(TabbedContent).active == "DiagnosticsPane"
+            chart = "\n".join(lines_of(app.query_one("#range")))
+            assert "suggested" not in chart
+            assert "no suggestion yet" in chart.splitlines()[0]
+
+    asyncio.run(main())

@@ -87,8 +87,13 @@ class DiagnosticsPane(Pane):
         if range_test:
             found = state.check_states().get("lr-find")
             test = state.range_test()
-            suggestion = found.evidence if found else test.suggestion()
-            title = "learning-rate range test" + (f": {found.message}" if found else "")  # the chart escapes it
+            over = state.ended is not None or state.writer_gone
+            # mid-sweep the lowest loss so far is no suggestion: only the check's verdict, or the finished sweep's
+            suggestion = found.evidence if found else (test.suggestion() if over else None)
+            if found:
+                title = f"learning-rate range test: {found.message}"  # the chart escapes it
+            else:
+                title = "learning-rate range test" + ("" if over else ": sweeping, no suggestion yet")
             self.query_one("#range", Chart).set_lines(range_lines(test, suggestion), title=title)
         if state.diagnostics_version == self._version:
             return
