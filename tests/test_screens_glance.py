@@ -169,3 +169,14 @@ def test_a_live_lr_find_suggests_nothing_before_its_verdict(tmp_path, monkeypatc
             assert "no suggestion yet" in chart.splitlines()[0]
 
     asyncio.run(main())
+
+
+# -- 7. The README counts the sample runs it ships
+
+
+def test_the_readme_counts_the_sample_runs():
+    import re
+
+    words = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+    said = re.search(r"`sample_runs/` holds (\w+) real runs", (ROOT / "README.md").read_text()).group(1)
+    assert said == words[len(list(SAMPLES.glob("*.mirante")))]
