@@ -180,3 +180,53 @@ def test_the_readme_counts_the_sample_runs():
     words = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
     said = re.search(r"`sample_runs/` holds (\w+) real runs", (ROOT / "README.md").read_text()).group(1)
     assert said == words[len(list(SAMPLES.glob("*.mirante")))]
+
+
+# -- 5. Activations: readable labels, the colour scale and how many channels are shown; Gradients: a heatmap that
+# uses the space, its rows and columns labelled
+
+
+def colours_of(strip) -> set[tuple[int, int, int]]:
+    return {
+        tuple(seg.style.color.triplet) for seg in strip if seg.style and seg.style.color and seg.style.color.triplet
+    }
+
+
+def test_the_activation_grids_say_what_they_show_at_80x24():
+    import re
+
+    from tui.widgets.heatmap import colour_table
+
+    async def script(app, pilot):
+        await pilot.press("4")
+        await pilot.pause(0.3)
+        filters, first, deeper = (app.query_one(f"#{name}") for name in ("filters", "first", "deeper"))
+        assert lines_of(filters)[0].startswith("conv1 filters")  # was cut to the map width: "con"
+        assert re.match(r"conv1 · \d+ of 32 channels", lines_of(first)[0])  # not all 32 fit at 80x24
+        assert re.match(r"conv4 · \d+ of 64 channels", lines_of(deeper)[0])
+        for grid in (filters, first, deeper):
+            head = lines_of(grid)[0]
+            assert "min" in head and "max" in head, head  # the colour scale: each map from its min to its max
+            scale = colours_of(grid.strips()[0])
+            low, high = colour_table("viridis")[0], colour_table("viridis")[-1]
+            assert tuple(low) in scale and tuple(high) in scale
+
+    drive(SAMPLES / "smallcnn-shapes.mirante", (80, 24), script)
+
+
+def test_the_gradient_heatmap_fills_its_space_with_layers_and_steps_labelled():
+    async def script(app, pilot):
+        await pilot.press("2")
+        await pilot.pause(0.3)
+        heat = app.query_one("#heat")
+        lines = [line.rstrip() for line in lines_of(heat)]
+        names = app.state.layer_names
+        assert lines[0].startswith(names[0])  # the first layer labels the top row
+        labelled = [line.split()[0] for line in lines[:-1] if line and not line.startswith(" ")]
+        assert set(names) <= set(labelled)  # every layer has its row and its name (11 layers fit at 160x48)
+        assert max(line.count("▀") for line in lines) >= heat.size.width * 3 // 4  # the probes fill the width
+        steps = list(app.state.layers.steps)
+        assert lines[-1].split()[-1] == f"{steps[-1]:,}" and f"step {steps[0]:,}" in lines[-1]
+        assert sum("▀" in line for line in lines) >= heat.size.height - 2  # and the height
+
+    drive(SAMPLES / "smallcnn-shapes.mirante", (160, 48), script)

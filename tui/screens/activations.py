@@ -33,12 +33,18 @@ class ActivationsPane(Pane):
         filters = state.filters
         if filters is not None and filters.maps.ndim == 4:
             out, cin, kh, kw = filters.maps.shape
-            self.query_one("#filters", MapGrid).set_maps(
-                filters.maps.reshape(out * cin, kh, kw)[: 4 * cin], [f"{filters.layer} filters"]
+            self.query_one("#filters", MapGrid).set_maps(  # the first 4 filters, one kernel per input channel
+                filters.maps.reshape(out * cin, kh, kw)[: 4 * cin],
+                [""] * (4 * cin),
+                heading=f"{filters.layer} filters",
+                total=out * cin,
+                noun="kernels",
             )
         for widget_id, layer in zip(("#first", "#deeper"), layers[:2], strict=False):
             capture = state.latest_maps(layer, self.step)
-            self.query_one(widget_id, MapGrid).set_maps(capture.maps if capture else None, [layer])
+            self.query_one(widget_id, MapGrid).set_maps(
+                capture.maps if capture else None, heading=layer, total=channels(state, layer)
+            )
         steps = state.capture_steps
         at = len(steps) if self.step is None else bisect.bisect_right(steps, self.step)
         if at == 0:
@@ -53,3 +59,14 @@ class ActivationsPane(Pane):
             return
         current = bisect.bisect_right(steps, self.step) - 1 if self.step is not None else len(steps) - 1
         self.step = steps[max(0, min(len(steps) - 1, current + delta))]
+
+
+def channels(state: RunState, layer: str) -> int | None:
+    """The layer's output channels, from the model's table (a capture keeps only the first few of them)."""
+    rows = state.started.model_summary.get("layers", []) if state.started else []
+    for row in rows if isinstance(rows, list) else ():
+        if isinstance(row, (list, tuple)) and len(row) == 6 and row[0] == layer:
+            shape = row[3]
+            if isinstance(shape, (list, tuple)) and shape and isinstance(shape[0], int):
+                return shape[0]
+    return None

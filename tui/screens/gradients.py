@@ -10,6 +10,7 @@ from textual.widgets import DataTable, Static
 from tui.screens.base import Pane, View, fmt
 from tui.state import RunState
 from tui.widgets import Heatmap, literal, sparkline
+from tui.widgets.heatmap import colour_scale
 
 COLUMNS = ("layer", "grad norm", "history", "weight norm", "update/weight", "")
 
@@ -20,7 +21,7 @@ class GradientsPane(Pane):
 
     def compose(self) -> ComposeResult:
         yield DataTable(id="layers", zebra_stripes=True, cursor_type="row")
-        yield Static("log10 gradient norm, layers (rows, first at the top) x time", id="heat-title")
+        yield Static("log10 gradient norm, layers (rows) x steps (columns)", id="heat-title")
         yield Heatmap(id="heat")
 
     def on_mount(self) -> None:
@@ -52,11 +53,16 @@ class GradientsPane(Pane):
                 logs = np.log10(history.T.astype(np.float64))
             finite = logs[np.isfinite(logs)]
             lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-            self.query_one("#heat", Heatmap).set_matrix(logs, lo=lo, hi=hi)
+            self.query_one("#heat", Heatmap).set_matrix(
+                logs, lo=lo, hi=hi, rows=list(names[: logs.shape[0]]), steps=list(state.layers.steps)
+            )
             self.query_one("#heat-title", Static).update(
-                f"log10 gradient norm, {len(names)} layers (first at the top) x the last {history.shape[0]:,} of"
-                f" {state.layers.count:,} probes:"
-                f" {lo:.1f} (dark) to {hi:.1f} (bright); flagged: {len(flags)}"
+                Text.assemble(
+                    f"log10 gradient norm, {len(names)} layers x the last {history.shape[0]:,} of"
+                    f" {state.layers.count:,} probes: {lo:.1f} ",
+                    colour_scale(view.color),
+                    f" {hi:.1f}; flagged: {len(flags)}",
+                )
             )
 
 

@@ -217,24 +217,70 @@ def render_map(m: np.ndarray, layout: GridLayout, color: bool) -> list[Text]:
 
 
 def render_maps(
-    maps: np.ndarray, width: int, height: int, *, titles: list[str] | None = None, color: bool = True
+    maps: np.ndarray,
+    width: int,
+    height: int,
+    *,
+    titles: list[str] | None = None,
+    color: bool = True,
+    heading: str | None = None,
+    total: int | None = None,
+    noun: str = "channels",
 ) -> list[Text]:
-    """As many maps [C, H, W] as fit in width x height cells, in a grid, each with its title (default: its index)."""
+    """As many maps [C, H, W] as fit in width x height cells, in a grid, each with its title (default: its index).
+
+    With a `heading`, the first line says what the grid is, how many of the `total` maps (default: C) it shows,
+    and its colour scale.
+    """
     arr = np.asarray(maps, dtype=np.float64)  # float16 activations: averaging in float16 would overflow
     arr = arr[None] if arr.ndim == 2 else arr
     if arr.ndim != 3 or arr.size == 0:
         return [Text("no maps"[: max(width, 0)])]
-    layout = grid_layout(arr.shape[0], arr.shape[1], arr.shape[2], width, height)
+    lines = height - (heading is not None)
+    layout = grid_layout(arr.shape[0], arr.shape[1], arr.shape[2], width, lines)
     if layout.shown == 0:
         return [Text("enlarge"[: max(width, 0)])]
     names = titles if titles is not None else [str(i) for i in range(arr.shape[0])]
     out: list[Text] = []
+    if heading is not None:
+        total = max(total or 0, arr.shape[0])
+        out.append(grid_heading(heading, layout.shown, total, noun, arr[: layout.shown], width, color))
     for first in range(0, layout.shown, layout.cols):
         indices = range(first, min(first + layout.cols, layout.shown))
         out.append(title_row([names[i] if i < len(names) else "" for i in indices], layout.map_w, color))
         blocks = [render_map(arr[i], layout, color) for i in indices]
         out.extend(Text(" ").join(parts) for parts in zip(*blocks, strict=True))
     return out
+
+
+def colour_scale(color: bool, cmap: str = "viridis", cells: int = 8) -> Text:
+    """The colour map from its lowest to its highest colour in `cells` cells (shades without colour)."""
+    if not color:
+        return Text(SHADES[1:] + SHADES[-1] * (cells - len(SHADES) + 1))
+    table = colour_table(cmap)[np.linspace(0, LEVELS - 1, cells).round().astype(int)]
+    return Text.assemble(*(("█", Style(color=Color.from_rgb(*map(int, rgb)))) for rgb in table))
+
+
+def grid_heading(label: str, shown: int, total: int, noun: str, maps: np.ndarray, width: int, color: bool) -> Text:
+    """`conv1 · 18 of 32 channels · min ████ max, each map · values -0.41 to 3.2`: the parts that fit the width."""
+    finite = maps[np.isfinite(maps)]
+    parts = [
+        Text(printable(label)),
+        Text(f"{shown} of {total} {noun}" if shown < total else f"{total} {noun}"),
+        Text.assemble("min ", colour_scale(color), " max, each map"),
+        Text(f"values {g(float(finite.min()))} to {g(float(finite.max()))}" if finite.size else ""),
+    ]
+    text = parts[0]
+    for part in parts[1:]:
+        if part.plain and len(text) + 3 + len(part) <= width:
+            text = Text.assemble(text, " · ", part)
+    text.truncate(width)
+    text.end = ""
+    return text
+
+
+def g(value: float) -> str:
+    return f"{value:.2g}"
 
 
 def title_row(names: list[str], map_w: int, color: bool) -> Text:
@@ -247,27 +293,99 @@ def title_row(names: list[str], map_w: int, color: bool) -> Text:
 
 
 class Heatmap(CachedLines):
-    """A heatmap of a matrix (e.g. layers x time); when wider than the widget, its newest (rightmost) columns."""
+    """A heatmap of a matrix (e.g. layers x time), stretched to fill the widget.
+
+    With row labels, each row's label is at its left; with column steps, the bottom line is the step axis. Columns
+    that do not fit are averaged in groups (the newest column always last); rows that do not fit are left out.
+    """
 
     matrix: np.ndarray = np.empty((0, 0))
     lo: float | None = None
     hi: float | None = None
+    rows: list[str] | None = None
+    steps: list[int] | None = None
 
-    def set_matrix(self, matrix: np.ndarray, *, lo: float | None = None, hi: float | None = None) -> None:
-        """Replace the matrix (and its fixed colour range, if any) and redraw."""
+    def set_matrix(
+        self,
+        matrix: np.ndarray,
+        *,
+        lo: float | None = None,
+        hi: float | None = None,
+        rows: list[str] | None = None,
+        steps: list[int] | None = None,
+    ) -> None:
+        """Replace the matrix (its fixed colour range, row labels and the step of each column) and redraw."""
         self.matrix, self.lo, self.hi = as_2d(matrix), lo, hi
+        self.rows, self.steps = rows, steps
         self.changed()
 
     def draw(self, width: int, height: int, color: bool) -> list[Text]:
-        if width <= 0 or height <= 0:
+        m = self.matrix
+        axis = self.steps is not None and len(self.steps) == m.shape[1] and height >= 3
+        label_w = min(max(map(len, map(printable, self.rows or [""]))), width // 4) if self.rows else 0
+        cols, lines = width - (label_w + 1 if label_w else 0), height - axis
+        if cols <= 0 or lines <= 0 or m.size == 0:
             return []
-        visible = self.matrix[: 2 * height, -width:]
         lo, hi = self.lo, self.hi
-        finite = self.matrix[np.isfinite(self.matrix)]
+        finite = m[np.isfinite(m)]
         if finite.size:  # a missing bound comes from the whole matrix, not just the visible part
             lo = float(finite.min()) if lo is None else lo
             hi = float(finite.max()) if hi is None else hi
-        return render_heatmap(visible, lo=lo, hi=hi, color=color)
+        # rows: whole text lines each when there is room, else the pixel rows shared out; beyond that, cut
+        r = m.shape[0]
+        shown = m[: 2 * lines]
+        if r <= lines:
+            pixel_counts = 2 * np.diff(np.arange(r + 1) * lines // r)
+        else:
+            pixel_counts = np.diff(np.arange(len(shown) + 1) * 2 * lines // len(shown))
+        first_pixels = np.concatenate([[0], np.cumsum(pixel_counts)[:-1]])
+        # columns: newer columns when they do not fit in groups of one; otherwise stretched to the width
+        firsts = group_starts(shown.shape[1], cols)
+        grouped = np.add.reduceat(np.nan_to_num(shown, nan=0.0, posinf=0.0, neginf=0.0), firsts, axis=1)
+        sizes = np.diff(np.append(firsts, shown.shape[1]))
+        with np.errstate(invalid="ignore"):
+            averaged = grouped / sizes
+        for j, (a, n) in enumerate(zip(firsts, sizes, strict=True)):  # NaN and ±Inf are shown, not averaged away
+            block = shown[:, a : a + n]
+            for bad in (np.nan, np.inf, -np.inf):
+                hit = np.isnan(block).any(axis=1) if bad is np.nan else (block == bad).any(axis=1)
+                averaged[hit, j] = bad
+        reps = max(1, cols // len(firsts))
+        pixels = np.repeat(averaged, pixel_counts, axis=0)
+        out = render_heatmap(np.repeat(pixels, reps, axis=1), lo=lo, hi=hi, color=color)
+        if label_w:  # each row's name on the line where it starts (of two starting on a line, the upper one)
+            labels = [""] * len(out)
+            for name, first in reversed(list(zip(self.rows or [], first_pixels.tolist(), strict=False))):
+                labels[first // 2] = printable(name)
+            style = "dim" if color else ""
+            out = [
+                Text(label[:label_w].ljust(label_w) + " ", style=style, end="") + line
+                for label, line in zip(labels + [""] * len(out), out, strict=False)
+            ]
+        if axis and self.steps is not None:
+            out.append(step_axis([self.steps[a] for a in firsts], reps, label_w + 1 if label_w else 0, width))
+        return out
+
+
+def group_starts(n: int, cols: int) -> np.ndarray:
+    """Where each of at most `cols` groups of n columns starts: equal groups, the last one ending at n."""
+    groups = min(n, cols)
+    return (np.arange(groups) * n) // groups
+
+
+def step_axis(steps: list[int], reps: int, indent: int, width: int) -> Text:
+    """`step 120 ... 500` under the columns: the first column's step at the left, the last one's at the right."""
+    first, last = f"step {steps[0]:,}", f"{steps[-1]:,}"
+    span = min(width - indent, len(steps) * reps)
+    if len(first) + len(last) + 1 > span:
+        return Text((" " * indent + last)[:width], end="")
+    middle = ""
+    if len(steps) > 2 and span > 3 * (len(first) + len(last)):
+        mid = f"{steps[len(steps) // 2]:,}"
+        at = (len(steps) // 2) * reps - len(first)
+        middle = " " * max(1, at - len(mid) // 2) + mid
+    gap = span - len(first) - len(middle) - len(last)
+    return Text(" " * indent + first + middle + " " * max(1, gap) + last, end="")
 
 
 class MapGrid(CachedLines):
@@ -276,13 +394,35 @@ class MapGrid(CachedLines):
     maps: np.ndarray = np.empty((0, 0, 0))
     titles: list[str] | None = None
 
-    def set_maps(self, maps: np.ndarray, titles: list[str] | None = None) -> None:
-        """Replace the maps (and their titles) and redraw."""
+    heading: str | None = None
+    total: int | None = None
+    noun = "channels"
+
+    def set_maps(
+        self,
+        maps: np.ndarray,
+        titles: list[str] | None = None,
+        *,
+        heading: str | None = None,
+        total: int | None = None,
+        noun: str = "channels",
+    ) -> None:
+        """Replace the maps (their titles, and the heading over the grid with how many of `total` it shows)."""
         self.maps, self.titles = np.asarray(maps), titles
+        self.heading, self.total, self.noun = heading, total, noun
         self.changed()
 
     def draw(self, width: int, height: int, color: bool) -> list[Text]:
-        return render_maps(self.maps, width, height, titles=self.titles, color=color)
+        return render_maps(
+            self.maps,
+            width,
+            height,
+            titles=self.titles,
+            color=color,
+            heading=self.heading,
+            total=self.total,
+            noun=self.noun,
+        )
 
 
 class Picture(CachedLines):
