@@ -4,13 +4,16 @@ the keys say what they do."""
 from __future__ import annotations
 
 import asyncio
+import re
+import tempfile
+import time
 from pathlib import Path
 
 from engine import events as ev
 from engine.store import RunReader
 from tests.runs import write_run
 from tui.app import MiranteApp
-from tui.sources import FollowSource
+from tui.sources import FollowSource, ReplaySource
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALLCNN = ROOT / "sample_runs" / "smallcnn-shapes.mirante"
@@ -94,3 +97,58 @@ def test_epoch_counter_says_the_epoch_being_trained_as_the_headless_output_does(
         assert "epoch 3/3 · step 30/30" in text_of(app.query_one("#info"))
 
     drive(MiranteApp(FollowSource(done), store=done), (80, 24), ended)
+
+
+class LiveFake:
+    """A source that hands over its events once and then waits, as a live run between logging intervals does."""
+
+    def __init__(self, events: list[ev.Event]) -> None:
+        self.events, self.done = events, False
+
+    def read(self, timeout: float = 0.1) -> list[ev.Event]:
+        events, self.events = self.events, []
+        if not events:
+            time.sleep(timeout)
+        return events
+
+
+def running_events(steps: int = 5) -> list[ev.Event]:
+    return RunReader(tiny_run(Path(tempfile.mkdtemp()) / "live.mirante", steps)).follow(0, limit=1000)
+
+
+def clock_of(status: str, name: str) -> int:
+    """The seconds of 'name H:MM:SS' in a status line."""
+    h, m, s = re.search(rf"{name} (\d+):(\d\d):(\d\d)", status).groups()
+    return 3600 * int(h) + 60 * int(m) + int(s)
+
+
+def test_status_line_ticks_between_events_and_says_how_long_the_run_has_been_silent():
+    events = running_events()
+    now = [events[-1].wall_time + 1.0]
+
+    async def script(app, pilot):
+        app.state.clock = lambda: now[0]
+        await pilot.pause(1.2)
+        status = text_of(app.query_one("#status"))
+        assert clock_of(status, "elapsed") == 6 and "ETA" in status and "ago" not in status
+        now[0] += 3.0  # no event for 3 s: the clock goes on without one
+        await pilot.pause(1.2)
+        status = text_of(app.query_one("#status"))
+        assert clock_of(status, "elapsed") == 9 and "ago" not in status
+        now[0] += 60.0  # silent far longer than its logging interval (1 s here)
+        await pilot.pause(1.2)
+        assert "last event 64 s ago" in text_of(app.query_one("#status"))
+
+    drive(MiranteApp(LiveFake(events)), (80, 24), script, wait_end=False)
+
+
+def test_replay_shows_the_elapsed_time_of_the_run_own_clock():
+    duration = RunReader(SMALLCNN).summary().duration
+
+    async def script(app, pilot):
+        await pilot.pause(1.5)
+        assert app.state.ended is None and app.state.step > 0
+        elapsed = clock_of(text_of(app.query_one("#status")), "elapsed")
+        assert elapsed < duration
+
+    drive(MiranteApp(ReplaySource(SMALLCNN, speed=1.0), store=SMALLCNN), (80, 24), script, wait_end=False)

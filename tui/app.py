@@ -19,7 +19,7 @@ from engine.store import RunReader, StoreError
 from tui.messages import EventsArrived, SourceDone, SourceFailed
 from tui.remote import Remote
 from tui.screens import PANES
-from tui.screens.base import View
+from tui.screens.base import Pane, View, duration
 from tui.screens.dialogs import HelpScreen, QuitScreen
 from tui.snapshot import Snapshot, raw_series
 from tui.state import MapCapture, RunState, maps_of
@@ -28,6 +28,7 @@ from tui.widgets import literal
 EXIT_CODES = {"finished": 0, "interrupted": 130}  # the app's exit code after the user stopped the run; else 1
 MIN_SIZE = (60, 16)  # below this the app asks for a larger terminal instead of drawing
 REDRAW_S = 0.2  # 5 redraws a second: smooth enough for curves, and half the bytes over SSH
+TICK_S = 1.0  # the clocks (elapsed, ETA, silence) move this often, though no event came
 FOLD_SLICE_S = 0.015  # longest the app folds events before it lets keys and redraws in
 INBOX_MAX = 100_000  # events read but not folded yet, beyond which the reader waits
 
@@ -63,13 +64,15 @@ class MiranteApp(App[int]):
         self.source = source
         self.store = Path(store) if store else None
         # how keys reach the run: its trainer's queue (trained in this app), its command pipe, or nothing (a replay)
-        self.remote = None if hasattr(source, "restart") else Remote(self.store, commands)
+        self.replay = hasattr(source, "restart")
+        self.remote = None if self.replay else Remote(self.store, commands)
         self.stopping = False  # the user chose to stop the run: the app leaves once it has ended
         self.view = View(color="NO_COLOR" not in os.environ)
         self._reader: RunReader | None = None  # the UI thread's own reader of the store (captures, smoothing)
+        self._folded_at = time.monotonic()  # when events were last folded: a replay's clock runs on from there
+        self.paused = False
         self.state = self._new_state()
         self.frozen = False
-        self.paused = False
         self.note = ""
         self.detached = False  # the user left a live run going: the caller must not wait for it
         self._inbox: list = []  # events read by the worker, not folded yet
@@ -92,6 +95,7 @@ class MiranteApp(App[int]):
     def on_mount(self) -> None:
         self.read_source()
         self.set_interval(REDRAW_S, self.redraw)
+        self.set_interval(TICK_S, self.tick)
 
     @work(thread=True, exclusive=True)
     def read_source(self) -> None:
@@ -134,9 +138,20 @@ class MiranteApp(App[int]):
         """A state (new, or one read from the store) wired to this app's store and smoothing."""
         state = state or RunState(smoothing=self.view.smoothing)
         state.load_maps = self._load_maps if self.store is not None else None
+        if self.replay:
+            state.clock = self._replay_clock
         if state.smoothing != self.view.smoothing:
             self._smooth(state)
         return state
+
+    def _replay_clock(self) -> float:
+        """Now, by the replayed run's own clock: the recorded time of its last event, run on at the replay's speed
+        (never wall-clock now, which is years after the recording)."""
+        last = self.state.last_wall or 0.0
+        if self.paused:
+            return last
+        speed = getattr(self.source, "speed", 1.0)
+        return last + speed * min(time.monotonic() - self._folded_at, getattr(self.source, "max_gap", 1.0))
 
     def _store_reader(self) -> RunReader | None:
         if self._reader is None and self.store is not None:
@@ -179,6 +194,8 @@ class MiranteApp(App[int]):
         if snapshot is not None:
             self.state = self._new_state(snapshot.state)
             self._drawn = -1
+        if pending or snapshot is not None:
+            self._folded_at = time.monotonic()
         start = time.perf_counter()
         done = 0
         while done < len(pending) and time.perf_counter() - start < FOLD_SLICE_S:
@@ -219,10 +236,26 @@ class MiranteApp(App[int]):
         if self.state.is_range_test and not self._range_shown:
             self._range_shown = True
             self.query_one(TabbedContent).active = "DiagnosticsPane"
-        active = self.query_one(TabbedContent).active
-        pane = self.query_one(f"#{active}", TabPane).children[0] if active else None
+        pane = self.active_pane()
         if pane is not None:
             pane.draw(self.state, self.view)
+        self.show_status()
+
+    def active_pane(self) -> Pane | None:
+        active = self.query_one(TabbedContent).active
+        return self.query_one(f"#{active}", TabPane).children[0] if active else None
+
+    def tick(self) -> None:
+        """Once a second: the clocks move between events (a slow model's screen must not look hung)."""
+        if self.frozen:
+            return
+        pane = self.active_pane()
+        if pane is not None:
+            pane.tick(self.state, self.view)
+        self.show_status()
+
+    def show_status(self) -> None:
+        state = self.state
         settings = (
             ("frozen", self.frozen),
             ("paused", self.paused),
@@ -230,9 +263,13 @@ class MiranteApp(App[int]):
         )
         flags = [name for name, on in settings if on]
         speed = getattr(self.source, "speed", None)
+        silent = None if self.replay or self.paused else state.silent_for
+        clocks = f" · elapsed {duration(state.elapsed)}" + (f" · ETA {duration(state.eta)}" if state.live else "")
         self.query_one("#status", Static).update(  # literal: the run's name and an ending's reason come from a store
             literal(
-                f" {self.state.name} · {self.state.status()} · seq {self.state.last_seq:,}"
+                f" {state.name} · {state.status()}{clocks}"
+                + (f" · last event {ago(silent)} ago" if silent is not None else "")
+                + f" · seq {state.last_seq:,}"
                 + (f" · replay {speed:g}x" if speed else "")
                 + "".join(f" · {f}" for f in flags)
                 + (f" · {self.note}" if self.note else "")
@@ -377,3 +414,7 @@ class MiranteApp(App[int]):
                 self.exit(0)
 
         self.push_screen(QuitScreen(owned=self.remote.owned, paused=self.paused), chosen)
+
+
+def ago(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else duration(seconds)

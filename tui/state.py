@@ -37,6 +37,8 @@ LEVEL_ORDER = {"fail": 0, "warn": 1, "ok": 2}
 MAPS_KEPT = 20  # activation captures kept in memory; the others are read back from the store when shown
 LAYER_WINDOW = 512  # per-layer probes kept: the heatmap shows the newest, one per column, and no screen is wider
 DEFAULT_SMOOTHING = 0.6  # EMA weight, as TensorBoard's slider
+SILENT_INTERVALS = 3  # a running run quiet for this many of its recent gaps between events is said to be silent
+SILENT_MIN_S = 10.0  # ... and for at least this long: a fast run's short gaps are not its logging interval
 
 
 class LayerHistory:
@@ -85,6 +87,7 @@ class RunState:
         self.step = 0
         self.first_wall: float | None = None
         self.last_wall: float | None = None
+        self.gaps: deque[float] = deque(maxlen=8)  # the last gaps between events (its logging interval): for silence
         self.scalars: dict[str, Series] = {}
         self.epochs: list[ev.Epoch] = []
         self.layers = LayerHistory()
@@ -112,6 +115,8 @@ class RunState:
         self.step = max(self.step, event.step)
         if self.first_wall is None:
             self.first_wall = event.wall_time
+        if self.last_wall is not None and event.wall_time - self.last_wall > 0.05:  # the events of one log share it
+            self.gaps.append(event.wall_time - self.last_wall)
         self.last_wall = event.wall_time
         handler = self._handlers.get(type(event))
         if handler is None:
@@ -289,12 +294,25 @@ class RunState:
         return min(1.0, self.step / total) if total else None
 
     @property
+    def live(self) -> bool:
+        """The run may still send events: started, not ended, its writer not known gone."""
+        return self.started is not None and self.ended is None and not self.writer_gone
+
+    @property
     def elapsed(self) -> float:
-        """Seconds from the first event to the last one (to now, while running)."""
+        """Seconds from the first event to the last one (to now, by `clock`, while the run is live)."""
         if self.first_wall is None:
             return 0.0
-        end = self.last_wall if self.ended is not None else max(self.last_wall or 0.0, self.clock())
+        end = max(self.last_wall or 0.0, self.clock()) if self.live else self.last_wall or self.first_wall
         return max(0.0, end - self.first_wall)
+
+    @property
+    def silent_for(self) -> float | None:
+        """Seconds since the last event, when a live run has been quiet for several of its logging intervals."""
+        if not self.live or self.last_wall is None:
+            return None
+        quiet = self.clock() - self.last_wall
+        return quiet if quiet > max(SILENT_MIN_S, SILENT_INTERVALS * max(self.gaps, default=0.0)) else None
 
     def steps_per_second(self) -> float | None:
         """Recent training speed, from the loss series' steps and the Step events' wall times."""
@@ -310,7 +328,7 @@ class RunState:
     def eta(self) -> float | None:
         """Seconds left, at the recent speed; None when unknown or ended."""
         total, rate = self.total_steps, self.steps_per_second()
-        if self.ended is not None or not total or not rate:
+        if not self.live or not total or not rate:
             return None
         return max(0.0, (total - self.step) / rate)
 

@@ -29,6 +29,9 @@ class Pane(Container):
     def draw(self, state: RunState, view: View) -> None:
         raise NotImplementedError
 
+    def tick(self, state: RunState, view: View) -> None:
+        """Once a second, event or not: what shows a clock redraws it (cheaply: no chart)."""
+
 
 def fmt(value: float | None, spec: str = ".4g") -> str:
     if value is None:

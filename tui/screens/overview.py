@@ -8,7 +8,7 @@ from textual.containers import Grid
 from textual.widgets import Static
 
 from engine.diagnostics import Finding
-from tui.screens.base import Pane, View, duration, fmt
+from tui.screens.base import Pane, View, fmt
 from tui.screens.diagnostics import STYLES
 from tui.state import RunState
 from tui.widgets import Chart, Line, literal
@@ -83,13 +83,11 @@ def training(state: RunState, width: int) -> Text:
 
 
 def where(state: RunState, width: int) -> Text:
-    """Status, epoch, step, elapsed and ETA, then a progress bar in what is left of the line."""
+    """Status, epoch and step, then a progress bar in what is left of the line."""
     parts = [
         literal(state.status(), "bold"),
         Text(f"epoch {state.current_epoch}/{state.planned_epochs or '?'}"),
         Text(f"step {state.step:,}/{state.total_steps or '?'}"),
-        Text(f"elapsed {duration(state.elapsed)}"),
-        Text(f"ETA {duration(state.eta)}"),
     ]
     out = fit(parts, width)
     room = width - out.cell_len - 6  # " " + bar + " 100%"
@@ -129,8 +127,7 @@ class OverviewPane(Pane):
             yield Static(id="worst")
 
     def draw(self, state: RunState, view: View) -> None:
-        info = self.query_one("#info", Static)
-        info.update(info_text(state, info.size.width or self.app.size.width))
+        self.tick(state, view)
 
         smooth = view.smooth
         vsteps, vloss = state.epoch_series("val_loss")
@@ -147,3 +144,7 @@ class OverviewPane(Pane):
         self.query_one("#lr", Chart).set_lines([Line.of("lr", state.series("lr"), "green")], title="learning rate")
         worst = state.worst_diagnostics(3)
         self.query_one("#worst", Static).update(worst_text(worst))
+
+    def tick(self, state: RunState, view: View) -> None:
+        info = self.query_one("#info", Static)
+        info.update(info_text(state, info.size.width or self.app.size.width))
