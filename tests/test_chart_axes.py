@@ -6,12 +6,14 @@ import asyncio
 
 import numpy as np
 import pytest
+from rich.color import Color
 from rich.text import Text
+from textual.app import App, ComposeResult
 
 from tests.runs import write_run
 from tui.app import MiranteApp
 from tui.sources import FollowSource
-from tui.widgets import Line, render_chart
+from tui.widgets import Chart, Line, render_chart
 
 # the sizes the Overview gives its charts at 80x24 (38x7 to 40x9) and at 160x48 (80x20)
 SIZES = [(38, 7), (39, 8), (40, 8), (40, 9), (80, 20)]
@@ -101,3 +103,49 @@ def test_the_overview_charts_have_readable_axes(store, size):
         assert len(y_labels(chart)) >= 3, (name, chart.plain)
         assert len(x_labels(chart)) >= 2, (name, chart.plain)
         assert "step" in chart.plain
+        head = chart.split("\n")[0]
+        swatches = [span.style.color for span in head.spans if head.plain[span.start : span.end] == "━"]
+        assert swatches and all(swatches), (name, head.spans)  # coloured like their lines
+
+
+class ChartApp(App):
+    CSS = "Chart { height: 12; }"
+
+    def compose(self) -> ComposeResult:
+        yield Chart()
+
+
+def chart_strips(lines: list[Line], size: tuple[int, int] = (80, 24)) -> list:
+    async def main() -> list:
+        app = ChartApp()
+        async with app.run_test(size=size) as pilot:
+            app.query_one(Chart).set_lines(lines, title="loss")
+            await pilot.pause()
+            return app.query_one(Chart).strips()
+
+    return asyncio.run(main())
+
+
+BLOCKS = set("▖▗▘▙▚▛▜▝▞▟▀▄▌▐█")
+
+
+def test_legend_swatches_have_their_lines_colour_in_256_and_true_colour():
+    steps = np.arange(200)
+    colours = {
+        "cyan": Color.parse("color(6)"),
+        208: Color.parse("color(208)"),
+        (255, 128, 0): Color.from_rgb(255, 128, 0),
+    }
+    lines = [Line(f"l{i}", steps, np.sin(steps / 20 + i) + 3 * i, colour) for i, colour in enumerate(colours)]
+    strips = chart_strips(lines)
+    swatches = [seg.style.color if seg.style else None for seg in strips[0] if seg.text == "━"]
+    drawn = {seg.style.color for strip in strips[1:] for seg in strip if seg.style and set(seg.text) & BLOCKS}
+    assert swatches == list(colours.values())
+    assert set(swatches) <= drawn  # each swatch has the colour its line is drawn in
+
+
+def test_legend_and_lines_are_uncoloured_under_no_color(monkeypatch):
+    monkeypatch.setenv("NO_COLOR", "1")
+    strips = chart_strips([Line("train", np.arange(50), np.arange(50.0), 208)])
+    assert "━ train" in strips[0].text
+    assert not any(seg.style and seg.style.color for strip in strips for seg in strip)

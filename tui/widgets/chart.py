@@ -168,8 +168,13 @@ def empty_message(plotted: list[Plotted], lines: list[Line], log_y: bool) -> str
 
 
 def header(title: str, lines: list[Line], color: bool) -> Text:
-    """Title and legend on one row: `title  ━ train  ━ val` (titles and labels may be a store's strings)."""
-    text = Text(printable(title), style="bold" if color else "")
+    """Title and legend on one row: `title  ━ train  ━ val` (titles and labels may be a store's strings).
+
+    Only the title is bold, as a span of its own: a style over the whole row would hide the swatches' colours once
+    the row is cut into segments (`text_to_strip` keeps the first of overlapping spans).
+    """
+    text = Text()
+    text.append(printable(title), style="bold" if color else "")
     for line in lines:
         if line.label:
             text.append("  " if text.plain else "")
