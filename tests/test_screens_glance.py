@@ -50,6 +50,9 @@ def test_the_model_tables_last_row_can_be_reached_at_80x24():
         await pilot.press("pagedown", "pagedown")  # the table has the keys as soon as the pane shows
         await pilot.pause(0.2)
         assert table.region.bottom <= app.query_one("#status").region.y  # the table is on screen, not cut off
+        totals = app.query_one("#totals")
+        shown = " ".join(line.strip() for line in lines_of(totals))
+        assert shown == " ".join(str(totals.render()).split())  # the totals fit their lines at 80 columns
         assert any(line.strip().startswith("fc ") for line in lines_of(table))
         await pilot.press("1")  # the focused table does not keep its pane in front
         await pilot.pause(0.1)

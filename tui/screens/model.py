@@ -42,10 +42,10 @@ class ModelPane(Pane):
             return  # the model does not change during a run
         self._drawn = key
         macs = summary.get("macs") or 0
-        self.query_one("#totals", Static).update(
+        self.query_one("#totals", Static).update(  # two lines at 80 columns
             f"{summary.get('params', 0):,} params ({summary.get('trainable_params', 0):,} trainable) · "
             f"{si(macs)}MACs = {si(2 * macs)}FLOPs per image forward · {si(summary.get('train_flops', 0))}FLOPs"
-            f" training · depth {self.depth} (< > to change) · MACs are multiply-accumulates, FLOPs = 2 x MACs"
+            f" training · a MAC (multiply-add) = 2 FLOPs · depth {self.depth} (<>)"
         )
         table = self.query_one("#table", DataTable)
         table.clear()
