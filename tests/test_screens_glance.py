@@ -205,6 +205,7 @@ def test_the_activation_grids_say_what_they_show_at_80x24():
         await pilot.pause(0.3)
         filters, first, deeper = (app.query_one(f"#{name}") for name in ("filters", "first", "deeper"))
         assert lines_of(filters)[0].startswith("conv1 filters")  # was cut to the map width: "con"
+        assert filters.region.right <= 80  # beside the image, not past the screen's right edge
         assert re.match(r"conv1 · \d+ of 32 channels", lines_of(first)[0])  # not all 32 fit at 80x24
         assert re.match(r"conv4 · \d+ of 64 channels", lines_of(deeper)[0])
         for grid in (filters, first, deeper):

@@ -17,6 +17,7 @@ class ActivationsPane(Pane):
     TITLE = "Activations"
     KEY = "4"
     step: int | None = None  # None: the latest capture; left/right keys step through them
+    DEFAULT_CSS = "ActivationsPane #filters { width: 1fr; }"  # beside the image: what is left of the row, not more
 
     def compose(self) -> ComposeResult:
         yield Static(id="caption")

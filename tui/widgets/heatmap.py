@@ -262,18 +262,21 @@ def colour_scale(color: bool, cmap: str = "viridis", cells: int = 8) -> Text:
 
 
 def grid_heading(label: str, shown: int, total: int, noun: str, maps: np.ndarray, width: int, color: bool) -> Text:
-    """`conv1 · 18 of 32 channels · min ████ max, each map · values -0.41 to 3.2`: the parts that fit the width."""
+    """`conv1 · 18 of 32 channels · min ████ max per map · values -0.41 to 3.2`: the parts that fit the width."""
+    text = Text(printable(label))
+    count = Text(f"{shown} of {total} {noun}" if shown < total else f"{total} {noun}")
     finite = maps[np.isfinite(maps)]
-    parts = [
-        Text(printable(label)),
-        Text(f"{shown} of {total} {noun}" if shown < total else f"{total} {noun}"),
-        Text.assemble("min ", colour_scale(color), " max, each map"),
-        Text(f"values {g(float(finite.min()))} to {g(float(finite.max()))}" if finite.size else ""),
+    values = Text(f"values {g(float(finite.min()))} to {g(float(finite.max()))}" if finite.size else "")
+    scales = [  # the colour scale, shorter until it fits
+        Text.assemble("min ", colour_scale(color, cells=cells), end)
+        for end in (" max per map", " max")
+        for cells in range(8, 2, -1)
     ]
-    text = parts[0]
-    for part in parts[1:]:
-        if part.plain and len(text) + 3 + len(part) <= width:
-            text = Text.assemble(text, " · ", part)
+    for choices in ([count], scales, [values]):
+        for part in choices:
+            if part.plain and len(text) + 3 + len(part) <= width:
+                text = Text.assemble(text, " · ", part)
+                break
     text.truncate(width)
     text.end = ""
     return text
