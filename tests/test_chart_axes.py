@@ -149,3 +149,11 @@ def test_legend_and_lines_are_uncoloured_under_no_color(monkeypatch):
     strips = chart_strips([Line("train", np.arange(50), np.arange(50.0), 208)])
     assert "━ train" in strips[0].text
     assert not any(seg.style and seg.style.color for strip in strips for seg in strip)
+
+
+def test_a_chart_wider_and_taller_than_80x24_fills_its_size_without_a_terminal():
+    """plotext limits a plot to the terminal's size, 80x24 when none answers (tests, pipes): a full-screen chart."""
+    text = render_chart(loss_lines(), 150, 40, title="loss", color=False)
+    rows = rows_of(text)
+    assert len(rows) == 40 and all(len(row) == 150 for row in rows[1:])
+    assert rows[-1].endswith("step") and rows[-2].strip().startswith("└") and len(rows[-2].rstrip()) > 140

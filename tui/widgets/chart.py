@@ -363,7 +363,7 @@ def plan_axes(
             cols,
             log=log_x,
             label=value_label(True) if log_x else step_label,
-            want=max(2, cols // 12),
+            want=max(2, cols // 15),
             least=2,
             across=True,
             loose=False,
@@ -392,6 +392,7 @@ def build_plot(
     axes = plan_axes(x_range, padded_range(ys), width, height, x_label, log_y, log_x)
     fig = plt.figure
     fig.clear()
+    fig.parent().limit(False, False)  # the widget's size, not the terminal's (80x24 when none answers, as in tests)
     fig.plot_size(width, height)
     fig.theme("simple" if color else "colorless")
     fig.axes(False, axis="x", side=1)
