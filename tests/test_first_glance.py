@@ -152,3 +152,26 @@ def test_replay_shows_the_elapsed_time_of_the_run_own_clock():
         assert elapsed < duration
 
     drive(MiranteApp(ReplaySource(SMALLCNN, speed=1.0), store=SMALLCNN), (80, 24), script, wait_end=False)
+
+
+class Commands(list):
+    """The trainer's command queue, as the app sees it: it only puts."""
+
+    def put(self, command: str) -> None:
+        self.append(command)
+
+
+def test_paused_run_reads_paused_on_the_overview():
+    commands = Commands()
+
+    async def script(app, pilot):
+        assert text_of(app.query_one("#info")).splitlines()[1].startswith("running")
+        await pilot.press("p")
+        await pilot.pause(0.3)
+        where = text_of(app.query_one("#info")).splitlines()[1]
+        assert commands == ["pause"] and where.startswith("paused") and "running" not in where
+        await pilot.press("p")
+        await pilot.pause(0.3)
+        assert text_of(app.query_one("#info")).splitlines()[1].startswith("running")
+
+    drive(MiranteApp(LiveFake(running_events()), commands=commands), (80, 24), script, wait_end=False)

@@ -258,7 +258,7 @@ class MiranteApp(App[int]):
         state = self.state
         settings = (
             ("frozen", self.frozen),
-            ("paused", self.paused),
+            ("paused", self.paused and state.status() != "running"),  # else the status says it
             (f"smoothed {self.view.smoothing:g}", self.view.smooth),
         )
         flags = [name for name, on in settings if on]
@@ -267,7 +267,7 @@ class MiranteApp(App[int]):
         clocks = f" · elapsed {duration(state.elapsed)}" + (f" · ETA {duration(state.eta)}" if state.live else "")
         self.query_one("#status", Static).update(  # literal: the run's name and an ending's reason come from a store
             literal(
-                f" {state.name} · {state.status()}{clocks}"
+                f" {state.name} · {self.view.status(state)}{clocks}"
                 + (f" · last event {ago(silent)} ago" if silent is not None else "")
                 + f" · seq {state.last_seq:,}"
                 + (f" · replay {speed:g}x" if speed else "")
@@ -317,13 +317,13 @@ class MiranteApp(App[int]):
 
     def action_pause(self) -> None:
         if self.remote is None:  # a replay: pause the replay
-            self.paused = not self.paused
+            self.paused = self.view.paused = not self.paused
             (self.source.pause if self.paused else self.source.resume)()
         else:
             command = "resume" if self.paused else "pause"
             error = self.command(command)
             if error is None:
-                self.paused = not self.paused
+                self.paused = self.view.paused = not self.paused
                 self.note = f"{command} asked: the trainer answers at its next logging interval"
             else:
                 self.note = f"{command}: {error}"

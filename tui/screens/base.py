@@ -18,6 +18,12 @@ class View:
     smoothing: float = DEFAULT_SMOOTHING  # EMA weight, as TensorBoard's slider
     log_y: bool = False
     color: bool = True
+    paused: bool = False  # the user paused the run or the replay: no event says so, the screens must
+
+    def status(self, state: RunState) -> str:
+        """The run's status as shown: "paused" while a running run is paused."""
+        status = state.status()
+        return "paused" if self.paused and status == "running" else status
 
 
 class Pane(Container):

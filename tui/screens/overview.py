@@ -82,10 +82,10 @@ def training(state: RunState, width: int) -> Text:
     return fit(parts, width)
 
 
-def where(state: RunState, width: int) -> Text:
+def where(state: RunState, width: int, status: str) -> Text:
     """Status, epoch and step, then a progress bar in what is left of the line."""
     parts = [
-        literal(state.status(), "bold"),
+        literal(status, "bold"),
         Text(f"epoch {state.current_epoch}/{state.planned_epochs or '?'}"),
         Text(f"step {state.step:,}/{state.total_steps or '?'}"),
     ]
@@ -100,7 +100,7 @@ def where(state: RunState, width: int) -> Text:
     return out
 
 
-def info_text(state: RunState, width: int = 80) -> Text:
+def info_text(state: RunState, width: int = 80, status: str | None = None) -> Text:
     """Who and where, progress, the validation numbers, training speed: four lines, each of at most `width` cells
     but the first (a name too long is cut there), the store's strings shown as written (Text, not markup)."""
     s = state.started
@@ -109,7 +109,9 @@ def info_text(state: RunState, width: int = 80) -> Text:
     ranks = f" x {world} ranks ({state.config.get('backend')})" if world > 1 else ""
     head = literal(state.name, "bold")
     head.append_text(literal(f"{SEP}{s.model if s else '?'} on {s.dataset if s else '?'}{SEP}{device}{ranks}"))
-    out = Text("\n").join([head, where(state, width), numbers(state, width), training(state, width)])
+    out = Text("\n").join(
+        [head, where(state, width, status or state.status()), numbers(state, width), training(state, width)]
+    )
     out.no_wrap, out.overflow = True, "ellipsis"  # a long name is cut on its own line, never pushes the others
     return out
 
@@ -147,4 +149,4 @@ class OverviewPane(Pane):
 
     def tick(self, state: RunState, view: View) -> None:
         info = self.query_one("#info", Static)
-        info.update(info_text(state, info.size.width or self.app.size.width))
+        info.update(info_text(state, info.size.width or self.app.size.width, view.status(state)))
