@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from engine import events as ev
+from engine.export import printable
 from engine.store import RunReader
 from tests.runs import write_run
 from tui.app import MiranteApp
@@ -66,10 +67,13 @@ def test_overview_leads_with_validation_accuracy_and_loss_at_80x24():
     drive(MiranteApp(FollowSource(SMALLCNN), store=SMALLCNN), (80, 24), script)
 
 
-def tiny_run(path: Path, steps: int, *, end: str | None = None, epochs: int = 3, per_epoch: int = 10) -> Path:
+def tiny_run(
+    path: Path, steps: int, *, end: str | None = None, epochs: int = 3, per_epoch: int = 10, extra: dict | None = None
+) -> Path:
     """A run of `epochs` epochs of `per_epoch` steps, recorded up to `steps`, a second apart, ended or not."""
     seq = ev.Sequencer(clock=iter(1_700_000_000.0 + i for i in range(10**6)).__next__)
     config = {"epochs": epochs, "steps_per_epoch": per_epoch, "total_steps": epochs * per_epoch, "batch_size": 8}
+    config |= extra or {}
     events: list[ev.Event] = [
         ev.RunStarted(**seq.header(0), name="tiny", model="smallcnn", dataset="shapes", config=config, layers=("fc",))
     ]
@@ -175,3 +179,40 @@ def test_paused_run_reads_paused_on_the_overview():
         assert text_of(app.query_one("#info")).splitlines()[1].startswith("running")
 
     drive(MiranteApp(LiveFake(running_events()), commands=commands), (80, 24), script, wait_end=False)
+
+
+GROUPS = ("model", "data", "optimizer and schedule", "augmentation", "seed", "device and precision", "run")
+
+
+def test_configuration_view_shows_every_key_grouped_from_every_screen():
+    config = RunReader(SMALLCNN).started().config
+
+    async def script(app, pilot):
+        for pane in "13":
+            await pilot.press(pane, "g")
+            await pilot.pause(0.3)
+            assert type(app.screen).__name__ == "ConfigScreen"
+            shown = text_of(app.screen.query_one("#config"))
+            for group in GROUPS:
+                assert f"\n{group}\n" in f"\n{shown}\n", group
+            lines = {line.split(None, 1)[0]: line for line in shown.splitlines() if line.startswith("  ")}
+            for key, value in config.items():
+                assert key in lines, key
+                assert lines[key].split(None, 1)[1] == printable(value), key
+            await pilot.press("escape")
+            await pilot.pause(0.1)
+            assert type(app.screen).__name__ != "ConfigScreen"
+
+    drive(MiranteApp(FollowSource(SMALLCNN), store=SMALLCNN), (80, 24), script)
+
+
+def test_configuration_view_shows_a_store_value_literally(tmp_path):
+    store = tiny_run(tmp_path / "odd.mirante", 3, end="finished", extra={"[b]odd": "[red]x\x1b]0;t\x07", "n": None})
+
+    async def script(app, pilot):
+        await pilot.press("g")
+        await pilot.pause(0.3)
+        shown = text_of(app.screen.query_one("#config"))
+        assert "[b]odd" in shown and printable("[red]x\x1b]0;t\x07") in shown and "\x1b" not in shown
+
+    drive(MiranteApp(FollowSource(store), store=store), (80, 24), script)

@@ -20,6 +20,7 @@ from tui.messages import EventsArrived, SourceDone, SourceFailed
 from tui.remote import Remote
 from tui.screens import PANES
 from tui.screens.base import Pane, View, duration
+from tui.screens.config import ConfigScreen
 from tui.screens.dialogs import HelpScreen, QuitScreen
 from tui.snapshot import Snapshot, raw_series
 from tui.state import MapCapture, RunState, maps_of
@@ -56,6 +57,7 @@ class MiranteApp(App[int]):
         ("greater_than_sign", "depth(1)", "deeper"),
         ("e", "export", "export"),
         ("c", "capture_now", "capture"),
+        ("g", "config", "config"),
         ("question_mark", "help", "help"),
     ]
 
@@ -383,6 +385,10 @@ class MiranteApp(App[int]):
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
+
+    def action_config(self) -> None:
+        if not isinstance(self.screen, ConfigScreen):
+            self.push_screen(ConfigScreen(self.state.name, self.state.config))
 
     def action_quit_run(self) -> None:
         """q, Ctrl+C, Ctrl+Q: leave; while the run trains, first ask whether to stop it or leave it going."""

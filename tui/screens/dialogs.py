@@ -20,6 +20,7 @@ HELP = """[b]mirante[/b] keys
  left right  earlier / later activation capture;  < >  model table depth
  c        capture activations now (a run training on this machine)
  e        export the run to CSV next to its store
+ g        the run's configuration, every key, grouped
  ?        this help (esc closes)"""
 
 
