@@ -216,3 +216,18 @@ def test_configuration_view_shows_a_store_value_literally(tmp_path):
         assert "[b]odd" in shown and printable("[red]x\x1b]0;t\x07") in shown and "\x1b" not in shown
 
     drive(MiranteApp(FollowSource(store), store=store), (80, 24), script)
+
+
+def test_epoch_table_lists_every_epoch_with_accuracy_in_percent():
+    async def script(app, pilot):
+        await pilot.press("t")
+        await pilot.pause(0.3)
+        table = app.screen.query_one("#epochs")
+        rows = [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
+        assert len(rows) == len(app.state.epochs) == 3
+        last = app.state.epochs[-1]
+        assert rows[-1][0].startswith("3")
+        assert f"{100 * last.val_acc:.1f}%" in rows[-1] and f"{100 * last.train_acc:.1f}%" in rows[-1]
+        assert any(cell.endswith(" s") for cell in rows[-1])
+
+    drive(MiranteApp(FollowSource(SMALLCNN), store=SMALLCNN), (80, 24), script)

@@ -22,6 +22,7 @@ from tui.screens import PANES
 from tui.screens.base import Pane, View, duration
 from tui.screens.config import ConfigScreen
 from tui.screens.dialogs import HelpScreen, QuitScreen
+from tui.screens.epochs import EpochsScreen
 from tui.snapshot import Snapshot, raw_series
 from tui.state import MapCapture, RunState, maps_of
 from tui.widgets import literal
@@ -58,6 +59,7 @@ class MiranteApp(App[int]):
         ("e", "export", "export"),
         ("c", "capture_now", "capture"),
         ("g", "config", "config"),
+        ("t", "epochs", "epochs"),
         ("question_mark", "help", "help"),
     ]
 
@@ -389,6 +391,10 @@ class MiranteApp(App[int]):
     def action_config(self) -> None:
         if not isinstance(self.screen, ConfigScreen):
             self.push_screen(ConfigScreen(self.state.name, self.state.config))
+
+    def action_epochs(self) -> None:
+        if not isinstance(self.screen, EpochsScreen):
+            self.push_screen(EpochsScreen(self.state))
 
     def action_quit_run(self) -> None:
         """q, Ctrl+C, Ctrl+Q: leave; while the run trains, first ask whether to stop it or leave it going."""

@@ -280,9 +280,14 @@ class RunState:
         pick = min if lowest else max
         return pick(scored, key=lambda e: getattr(e, field_name))
 
+    def epoch_durations(self) -> list[float | None]:
+        """How long each epoch took, by the run's own clock (the wall times its events carry)."""
+        before = [self.first_wall] + [e.wall_time for e in self.epochs[:-1]]
+        return [None if b is None else max(0.0, e.wall_time - b) for b, e in zip(before, self.epochs, strict=True)]
+
     @property
     def epoch_seconds(self) -> float | None:
-        """How long the last epoch took, by the run's own clock (the wall times its events carry)."""
+        """How long the last epoch took, by the run's own clock."""
         if not self.epochs:
             return None
         before = self.epochs[-2].wall_time if len(self.epochs) > 1 else self.first_wall

@@ -21,6 +21,7 @@ HELP = """[b]mirante[/b] keys
  c        capture activations now (a run training on this machine)
  e        export the run to CSV next to its store
  g        the run's configuration, every key, grouped
+ t        the per-epoch table: loss, accuracy (%), time
  ?        this help (esc closes)"""
 
 
