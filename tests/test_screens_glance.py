@@ -234,3 +234,16 @@ def test_the_gradient_heatmap_fills_its_space_with_layers_and_steps_labelled():
         assert sum("▀" in line for line in lines) >= heat.size.height - 2  # and the height
 
     drive(SAMPLES / "smallcnn-shapes.mirante", (160, 48), script)
+
+
+def test_a_gradient_heatmap_too_short_for_its_layers_says_how_many_it_shows():
+    async def script(app, pilot):
+        await pilot.press("2")
+        await pilot.pause(0.3)
+        heat = app.query_one("#heat")
+        lines = lines_of(heat)
+        rows = 2 * (heat.size.height - 1)  # two layers a line above the step axis
+        assert len(app.state.layer_names) > rows
+        assert lines[-1].startswith(f"first {rows} of {len(app.state.layer_names)}")
+
+    drive(SAMPLES / "resnet18-shapes.mirante", (80, 24), script)

@@ -366,7 +366,10 @@ class Heatmap(CachedLines):
                 for label, line in zip(labels + [""] * len(out), out, strict=False)
             ]
         if axis and self.steps is not None:
-            out.append(step_axis([self.steps[a] for a in firsts], reps, label_w + 1 if label_w else 0, width))
+            line = step_axis([self.steps[a] for a in firsts], reps, label_w + 1 if label_w else 0, width)
+            if label_w and len(shown) < r:  # the rows that did not fit are said, under the labels
+                line = Text(f"first {len(shown)} of {r}"[:label_w].ljust(label_w), end="") + line[label_w:]
+            out.append(line)
         return out
 
 
