@@ -157,3 +157,26 @@ def test_a_chart_wider_and_taller_than_80x24_fills_its_size_without_a_terminal()
     rows = rows_of(text)
     assert len(rows) == 40 and all(len(row) == 150 for row in rows[1:])
     assert rows[-1].endswith("step") and rows[-2].strip().startswith("└") and len(rows[-2].rstrip()) > 140
+
+
+@pytest.mark.parametrize(
+    ("size", "title", "shown"),
+    [
+        ((30, 4), "loss", "loss  ━ train  ━ val"),
+        ((16, 5), "loss", "loss ━ tr… ━ val"),
+        ((16, 3), "learning rate", "learnin… ━ t ━ v"),
+    ],
+)
+def test_a_small_chart_keeps_a_shortened_title_and_legend(size, title, shown):
+    text = render_chart(loss_lines(), *size, title=title, color=False)
+    rows = rows_of(text)
+    assert rows[0] == shown
+    assert len(rows) == size[1] and all(len(row) <= size[0] for row in rows)
+    assert len(y_labels(text)) >= 2
+
+
+def test_the_overview_charts_keep_their_titles_and_legends_at_60x16(store):
+    for name, chart in overview(store, (60, 16)).items():
+        head = chart.plain.split("\n")[0]
+        assert head.startswith({"loss": "loss", "accuracy": "acc", "lr": "learn"}[name]), (name, chart.plain)
+        assert "━" in head, (name, chart.plain)

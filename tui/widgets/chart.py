@@ -167,20 +167,43 @@ def empty_message(plotted: list[Plotted], lines: list[Line], log_y: bool) -> str
     return "no positive values for a log axis" if log_y else "no finite values"
 
 
-def header(title: str, lines: list[Line], color: bool) -> Text:
-    """Title and legend on one row: `title  ━ train  ━ val` (titles and labels may be a store's strings).
+def legend_fit(title: str, labels: list[str], width: int) -> tuple[str, list[str], str]:
+    """The title, legend labels and separator that fit in `width` cells: the spacing goes first, then the labels
+    are cut (`tr…`, then `t`), then the title (`learn…`); a narrow chart keeps a short title and legend.
+    """
+
+    def size(title: str, labels: list[str], sep: str) -> int:
+        pieces = ([title] if title else []) + [f"━ {label}" for label in labels]
+        return sum(map(len, pieces)) + len(sep) * max(len(pieces) - 1, 0)
+
+    def cut(text: str, k: int) -> str:
+        return text if len(text) <= k else text[: k - 1] + "…" if k > 1 else text[:k]
+
+    for sep, k in (("  ", 999), (" ", 999), (" ", 8), (" ", 5), (" ", 3), (" ", 1)):
+        short = [cut(label, k) for label in labels]
+        if size(title, short, sep) <= width:
+            return title, short, sep
+    room = width - size("", short, " ") - 1
+    return (cut(title, room) if room >= 2 else ""), short, " "
+
+
+def header(title: str, lines: list[Line], color: bool, width: int = 10**6) -> Text:
+    """Title and legend on one row: `title  ━ train  ━ val`, shortened to fit `width` (titles and labels may be
+    a store's strings).
 
     Only the title is bold, as a span of its own: a style over the whole row would hide the swatches' colours once
     the row is cut into segments (`text_to_strip` keeps the first of overlapping spans).
     """
+    named = [line for line in lines if line.label]
+    title, labels, sep = legend_fit(printable(title), [printable(line.label) for line in named], width)
     text = Text()
-    text.append(printable(title), style="bold" if color else "")
-    for line in lines:
-        if line.label:
-            text.append("  " if text.plain else "")
-            sample = plt.colorize("━", pixel=plt.pixel(line.color)).string() if color else "━"
-            text.append_text(Text.from_ansi(sample))
-            text.append(f" {printable(line.label)}")
+    text.append(title, style="bold" if color else "")
+    for line, label in zip(named, labels, strict=True):
+        text.append(sep if text.plain else "")
+        sample = plt.colorize("━", pixel=plt.pixel(line.color)).string() if color else "━"
+        text.append_text(Text.from_ansi(sample))
+        text.append(f" {label}")
+    text.truncate(width)
     return text
 
 
@@ -452,10 +475,9 @@ def render_chart(
     message = empty_message(plotted, lines, log_y)
     if message:
         return box_message(message, width, height, title)
-    head = header(title, lines, color)
-    if not head.plain or height < 6:
+    head = header(title, lines, color, width)
+    if not head.plain:
         return plot_text(plotted, width, height, x_label, log_y, color, log_x)
-    head.truncate(width)
     return Text("\n").join([head, plot_text(plotted, width, height - 1, x_label, log_y, color, log_x)])
 
 
