@@ -9,6 +9,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
+
 from engine import events as ev
 from engine.export import printable
 from engine.store import RunReader
@@ -231,3 +233,30 @@ def test_epoch_table_lists_every_epoch_with_accuracy_in_percent():
         assert any(cell.endswith(" s") for cell in rows[-1])
 
     drive(MiranteApp(FollowSource(SMALLCNN), store=SMALLCNN), (80, 24), script)
+
+
+KEYS = 14  # the help's key column: " " and the keys of one action
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_footer_shows_help_and_help_lists_every_key_of_the_screen(size):
+    from textual.widgets._footer import FooterKey
+
+    async def script(app, pilot):
+        for pane in "15":
+            await pilot.press(pane)
+            await pilot.pause(0.3)
+            shown = [k for k in app.screen.query(FooterKey) if k.region.right <= size[0] and k.region.width]
+            assert "?" in [k.key_display for k in shown]
+            keys = {app.get_key_display(b.binding) for b in app.screen.active_bindings.values()}
+            await pilot.press("question_mark")
+            await pilot.pause(0.3)
+            assert type(app.screen).__name__ == "HelpScreen"
+            helped = text_of(app.screen.query_one("#help"))
+            listed = {key for line in helped.splitlines() if line.startswith(" ") for key in line[:KEYS].split()}
+            missing = {k for k in keys if k not in listed and "^p" not in k}
+            assert not missing, (missing, helped)
+            await pilot.press("escape")
+            await pilot.pause(0.1)
+
+    drive(MiranteApp(FollowSource(SMALLCNN), store=SMALLCNN), size, script)

@@ -21,7 +21,7 @@ from tui.remote import Remote
 from tui.screens import PANES
 from tui.screens.base import Pane, View, duration
 from tui.screens.config import ConfigScreen
-from tui.screens.dialogs import HelpScreen, QuitScreen
+from tui.screens.dialogs import HelpScreen, QuitScreen, help_rows
 from tui.screens.epochs import EpochsScreen
 from tui.snapshot import Snapshot, raw_series
 from tui.state import MapCapture, RunState, maps_of
@@ -38,8 +38,10 @@ INBOX_MAX = 100_000  # events read but not folded yet, beyond which the reader w
 class MiranteApp(App[int]):
     CSS_PATH = "app.tcss"
     TITLE = "mirante"
-    BINDINGS = [
-        *[(pane.KEY, f"show('{pane.__name__}')", pane.TITLE) for pane in PANES],
+    BINDINGS = [  # the footer shows them in this order, as many as fit: help first, so it always shows
+        ("question_mark", "help", "help"),
+        ("g", "config", "config"),
+        ("t", "epochs", "epochs"),
         ("q", "quit_run", "quit"),
         Binding("ctrl+c", "quit_run", "quit", show=False, priority=True),  # as q: never leave a trainer orphaned
         Binding("ctrl+q", "quit_run", "quit", show=False, priority=True),
@@ -52,15 +54,14 @@ class MiranteApp(App[int]):
         ("plus", "speed(2.0)", "faster"),
         ("minus", "speed(0.5)", "slower"),
         ("r", "restart", "restart"),
-        Binding("left", "capture(-1)", "earlier", priority=True),  # before the tab bar takes them
-        Binding("right", "capture(1)", "later", priority=True),
+        # before the tab bar takes them; not in the footer (they are the Activations pane's), in the help
+        Binding("left", "capture(-1)", "earlier", show=False, priority=True),
+        Binding("right", "capture(1)", "later", show=False, priority=True),
         ("less_than_sign", "depth(-1)", "shallower"),
         ("greater_than_sign", "depth(1)", "deeper"),
         ("e", "export", "export"),
         ("c", "capture_now", "capture"),
-        ("g", "config", "config"),
-        ("t", "epochs", "epochs"),
-        ("question_mark", "help", "help"),
+        *[Binding(pane.KEY, f"show('{pane.__name__}')", pane.TITLE, show=False) for pane in PANES],  # the tabs say
     ]
 
     def __init__(self, source: Any, *, store: str | Path | None = None, commands: Any = None) -> None:
@@ -386,7 +387,9 @@ class MiranteApp(App[int]):
             self.note = f"export failed: {exc}"
 
     def action_help(self) -> None:
-        self.push_screen(HelpScreen())
+        pane = self.active_pane()
+        where = f"the {pane.TITLE}" if pane is not None and self.screen is self.screen_stack[0] else "this screen"
+        self.push_screen(HelpScreen(help_rows(self.screen.active_bindings, self.get_key_display), where))
 
     def action_config(self) -> None:
         if not isinstance(self.screen, ConfigScreen):

@@ -1,36 +1,78 @@
-"""Modal dialogs: help, and what `q` asks while training runs in this terminal (stop or detach)."""
+"""Modal dialogs: help (every key of the screen it is opened on), and what `q` asks while training runs here."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from rich.markup import escape
+from rich.text import Text
 from textual.app import ComposeResult
-from textual.containers import Vertical
+from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-HELP = """[b]mirante[/b] keys
+HELP = {  # what a key does, by its action, where its footer word is not enough
+    "help": "this help (esc closes)",
+    "config": "the run's configuration, every key, grouped",
+    "epochs": "the per-epoch table: loss, accuracy (%), time",
+    "quit_run": "quit; while the run trains: stop it, or leave it going",
+    "pause": "pause / resume the training (on this machine) or the replay",
+    "freeze": "freeze / unfreeze the display",
+    "smooth": "smoothing on / off (EMA with bias correction)",
+    "smoothing(-0.1)": "less smoothing",
+    "smoothing(0.1)": "more smoothing",
+    "log_y": "log-scale y on the loss chart",
+    "speed(2.0)": "replay faster",
+    "speed(0.5)": "replay slower",
+    "restart": "restart the replay (also once it has ended)",
+    "capture(-1)": "earlier activation capture",
+    "capture(1)": "later activation capture",
+    "depth(-1)": "model table: shallower",
+    "depth(1)": "model table: deeper",
+    "export": "export the run to CSV next to its store",
+    "capture_now": "capture activations now (a run training on this machine)",
+}
 
- 1-6      Overview, Gradients, Model, Activations, Diagnostics, System
- q        quit (Ctrl+C, Ctrl+Q too); while the run trains: stop it, or leave it going
- p        pause / resume training (a run on this machine), or the replay
- space    freeze / unfreeze the display
- s        smoothing on / off (EMA with bias correction);  [ ]  less / more
- l        log-scale y on the loss chart
- + -      replay faster / slower;  r  restart the replay
- left right  earlier / later activation capture;  < >  model table depth
- c        capture activations now (a run training on this machine)
- e        export the run to CSV next to its store
- g        the run's configuration, every key, grouped
- t        the per-epoch table: loss, accuracy (%), time
- ?        this help (esc closes)"""
+
+def help_rows(bindings: Any, key_display: Callable[[Any], str]) -> list[tuple[str, str]]:
+    """(keys, what they do) for every key active on a screen (Screen.active_bindings), the keys of one action on
+    one line, in the order the screen checks them."""
+    rows: dict[tuple[int, str], tuple[list[str], str]] = {}
+    for active in bindings.values():
+        binding = active.binding
+        keys, _ = rows.setdefault(
+            (id(active.node), binding.action), ([], HELP.get(binding.action) or binding.description or binding.action)
+        )
+        key = key_display(binding)
+        if key not in keys:
+            keys.append(key)
+    return [(" ".join(keys), said) for keys, said in rows.values()]
+
+
+def help_text(rows: list[tuple[str, str]], screen: str) -> Text:
+    out = Text(f"mirante keys on {screen}", style="bold")
+    for keys, said in rows:
+        out.append(f"\n {keys:<{KEYS}} ")
+        out.append(said)
+    return out
+
+
+KEYS = 12  # the width of the keys' column
 
 
 class HelpScreen(ModalScreen[None]):
+    """Every key of the screen it was opened on, from that screen's bindings: the help cannot fall behind them."""
+
     BINDINGS = [("escape,question_mark,q", "dismiss", "close")]
 
+    def __init__(self, rows: list[tuple[str, str]], screen: str = "this screen") -> None:
+        super().__init__()
+        self.rows, self.where = rows, screen
+
     def compose(self) -> ComposeResult:
-        with Vertical(classes="dialog"):
-            yield Static(HELP)
+        with Vertical(classes="dialog full"), VerticalScroll():
+            yield Static(help_text(self.rows, self.where), id="help")
 
 
 class QuitScreen(ModalScreen[str]):
