@@ -260,3 +260,28 @@ def test_footer_shows_help_and_help_lists_every_key_of_the_screen(size):
             await pilot.pause(0.1)
 
     drive(MiranteApp(FollowSource(SMALLCNN), store=SMALLCNN), size, script)
+
+
+def test_overview_diagnostics_say_all_ok_in_one_line_when_nothing_is_wrong():
+    async def script(app, pilot):
+        states = app.state.check_states().values()
+        assert states and all(f.level == "ok" for f in states)
+        worst = text_of(app.query_one("#worst"))
+        assert f"all {len(states)} checks ok" in worst
+        assert "epoch 1" not in worst and len(worst.splitlines()) <= 3
+
+    drive(MiranteApp(FollowSource(SMALLCNN), store=SMALLCNN), (80, 24), script)
+
+
+def test_overview_diagnostics_show_what_is_wrong_first_and_count_the_rest():
+    store = ROOT / "sample_runs" / "diverging-lr.mirante"
+
+    async def script(app, pilot):
+        states = app.state.check_states().values()
+        bad = [f for f in states if f.level != "ok"]
+        worst = " ".join(text_of(app.query_one("#worst")).split())
+        assert bad and all(f"{f.level} {f.code}" in worst for f in bad[:2])
+        oks = len(states) - len(bad)
+        assert f"{oks} other checks ok" in worst or oks == 0
+
+    drive(MiranteApp(FollowSource(store), store=store), (80, 24), script)

@@ -7,23 +7,37 @@ from textual.app import ComposeResult
 from textual.containers import Grid
 from textual.widgets import Static
 
-from engine.diagnostics import Finding
 from tui.screens.base import Pane, View, fmt
 from tui.screens.diagnostics import STYLES
 from tui.state import RunState
 from tui.widgets import Chart, Line, literal
 
 
-def worst_text(worst: list[Finding]) -> Text:
-    """The worst checks, one line each: their level in colour, the check, what was seen."""
+def worst_text(state: RunState, n: int = 3) -> Text:
+    """The checks that are not ok, worst first, one line each (their level in colour, the check, what was seen),
+    then one line for the rest: "all N checks ok" when nothing is wrong. Each check's latest state, never an ok's
+    old evidence (a check speaks when its state changes: its ok may date from epoch 1)."""
     out = Text("diagnostics (5: all)", style="bold")
-    if not worst:
+    rows = state.check_rows()
+    found = [f for _, _, f in rows if f is not None]
+    waiting = len(rows) - len(found)
+    if not found:
         out.append("\nno check has spoken yet", style="dim")
-    for f in worst:
+        return out
+    bad = [f for f in state.worst_diagnostics(len(found)) if f.level != "ok"]
+    for f in bad[:n]:
         out.append("\n")
         out.append_text(literal(f"{f.level:4} ", STYLES.get(f.level, "")))
         out.append_text(literal(f"{f.code}: ", "bold"))
         out.append_text(literal(f.message))
+    oks = len(found) - len(bad)
+    rest = [f"all {oks} checks ok" if not bad else f"{oks} other checks ok"]
+    if len(bad) > n:
+        rest.append(f"{len(bad) - n} more not ok")
+    if waiting:
+        rest.append(f"{waiting} waiting")
+    out.append("\n")
+    out.append(", ".join(rest), style="green" if not bad else "dim")
     return out
 
 
@@ -144,8 +158,7 @@ class OverviewPane(Pane):
             title="accuracy",
         )
         self.query_one("#lr", Chart).set_lines([Line.of("lr", state.series("lr"), "green")], title="learning rate")
-        worst = state.worst_diagnostics(3)
-        self.query_one("#worst", Static).update(worst_text(worst))
+        self.query_one("#worst", Static).update(worst_text(state))
 
     def tick(self, state: RunState, view: View) -> None:
         info = self.query_one("#info", Static)
