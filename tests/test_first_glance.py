@@ -285,3 +285,17 @@ def test_overview_diagnostics_show_what_is_wrong_first_and_count_the_rest():
         assert f"{oks} other checks ok" in worst or oks == 0
 
     drive(MiranteApp(FollowSource(store), store=store), (80, 24), script)
+
+
+def test_restart_replays_again_once_the_replay_has_ended(tmp_path):
+    store = tiny_run(tmp_path / "replay.mirante", 30, end="finished")
+
+    async def script(app, pilot):
+        assert app.state.ended is not None and app.state.step == 30
+        app.source.speed = 0.001  # slow, so the restarted replay is seen at its start
+        await pilot.press("r")
+        await pilot.pause(0.5)
+        assert app.state.ended is None and app.state.step < 30
+        assert "replay restarted" in text_of(app.query_one("#status"))
+
+    drive(MiranteApp(ReplaySource(store, speed=1e6), store=store), (80, 24), script)
