@@ -115,11 +115,11 @@ class ChartApp(App):
         yield Chart()
 
 
-def chart_strips(lines: list[Line], size: tuple[int, int] = (80, 24)) -> list:
+def chart_strips(lines: list[Line], size: tuple[int, int] = (80, 24), **options) -> list:
     async def main() -> list:
         app = ChartApp()
         async with app.run_test(size=size) as pilot:
-            app.query_one(Chart).set_lines(lines, title="loss")
+            app.query_one(Chart).set_lines(lines, title="loss", **options)
             await pilot.pause()
             return app.query_one(Chart).strips()
 
@@ -180,3 +180,18 @@ def test_the_overview_charts_keep_their_titles_and_legends_at_60x16(store):
         head = chart.plain.split("\n")[0]
         assert head.startswith({"loss": "loss", "accuracy": "acc", "lr": "learn"}[name]), (name, chart.plain)
         assert "━" in head, (name, chart.plain)
+
+
+def test_a_unit_reads_after_the_y_labels_when_percent_and_in_the_title_otherwise():
+    steps = np.arange(300)
+    text = render_chart([Line("val", steps, np.linspace(10, 97, 300))], 40, 9, title="accuracy", unit="%", color=False)
+    assert all(label.endswith("%") for label in y_labels(text)) and len(y_labels(text)) >= 3
+    text = render_chart([Line("img/s", steps, np.full(300, 1500.0))], 40, 9, title="throughput", unit="img/s")
+    assert rows_of(text)[0].startswith("throughput (img/s)")
+    assert "1500" in y_labels(text)  # not 1.5e3
+    assert "step" in rows_of(text)[-1]
+
+
+def test_the_chart_widget_takes_a_unit():
+    strips = chart_strips([Line("rss", np.arange(50), np.linspace(1, 2, 50))], unit="GB")
+    assert strips[0].text.startswith("loss (GB)")

@@ -123,7 +123,11 @@ def padded_range(values: np.ndarray) -> tuple[float, float]:
 
 
 def format_value(value: float, digits: int = 3) -> str:
-    """A short tick label: `digits` significant digits, an exponent outside 1e-3..1e5 (1e6, 2.5e-4)."""
+    """A short tick label: `digits` significant digits (all of a whole number's: 1550, not 1.55e3), an exponent
+    outside 1e-3..1e5 (1e6, 2.5e-4).
+    """
+    if 1 <= abs(value) < 1e5:
+        digits = max(digits, int(math.log10(abs(value))) + 1)
     text = f"{value:.{digits}g}"
     if value == 0 or (1e-3 <= abs(value) < 1e5 and "e" not in text):
         return text
@@ -329,8 +333,9 @@ def pick_ticks(
     return choice
 
 
-def value_label(log: bool) -> Any:
-    return lambda t, digits: format_value(10.0**t if log else t, digits)
+def value_label(log: bool, suffix: str = "") -> Any:
+    """A y (or log x) tick's label: the value, and the unit when it reads after a number ("50%")."""
+    return lambda t, digits: format_value(10.0**t if log else t, digits) + suffix
 
 
 LOG_X_SCALE = 1000  # with log_x, x values are LOG_X_SCALE * log10(x): integers, as the downsampling wants
@@ -362,6 +367,7 @@ def plan_axes(
     x_title: str,
     log_y: bool,
     log_x: bool = False,
+    y_suffix: str = "",
 ) -> Axes:
     """Ticks for a width x height plot: at least three y labels (one a row at most) and two x labels that do not
     touch, the x axis' title after the last x label. Under 4 rows the x axis and its labels give their rows up.
@@ -370,7 +376,14 @@ def plan_axes(
     rows = height - 2 if show_x else height
     want = min(5, max(3, (rows + 1) // 2))  # a label every other row, five at most
     y_ticks, y_labels, y_lo, y_hi = pick_ticks(
-        *y_range, rows, log=log_y, label=value_label(log_y), want=want, least=min(3, rows), across=False, loose=True
+        *y_range,
+        rows,
+        log=log_y,
+        label=value_label(log_y, y_suffix),
+        want=want,
+        least=min(3, rows),
+        across=False,
+        loose=True,
     )
     if not show_x:
         return Axes(x_range, (y_lo, y_hi), [], [], y_ticks.tolist(), y_labels, "")
@@ -404,7 +417,14 @@ def step_label(step: float, digits: int) -> str:
 
 
 def build_plot(
-    plotted: list[Plotted], width: int, height: int, x_label: str, log_y: bool, color: bool, log_x: bool = False
+    plotted: list[Plotted],
+    width: int,
+    height: int,
+    x_label: str,
+    log_y: bool,
+    color: bool,
+    log_x: bool = False,
+    y_suffix: str = "",
 ) -> tuple[str, Axes]:
     """Draw the prepared lines into a width x height plotext figure: its (ANSI) string, and the axes it has.
 
@@ -412,7 +432,7 @@ def build_plot(
     """
     ys = np.concatenate([p.y_values() for p in plotted])
     x_range = padded_range(np.concatenate([p.all_steps() for p in plotted]).astype(np.float64))
-    axes = plan_axes(x_range, padded_range(ys), width, height, x_label, log_y, log_x)
+    axes = plan_axes(x_range, padded_range(ys), width, height, x_label, log_y, log_x, y_suffix)
     fig = plt.figure
     fig.clear()
     fig.parent().limit(False, False)  # the widget's size, not the terminal's (80x24 when none answers, as in tests)
@@ -442,13 +462,20 @@ def with_x_title(text: Text, title: str, width: int) -> Text:
 
 
 def plot_text(
-    plotted: list[Plotted], width: int, height: int, x_label: str, log_y: bool, color: bool, log_x: bool = False
+    plotted: list[Plotted],
+    width: int,
+    height: int,
+    x_label: str,
+    log_y: bool,
+    color: bool,
+    log_x: bool = False,
+    y_suffix: str = "",
 ) -> Text:
     """The plot as a Text; plotext's notes to stdout/stderr are swallowed so they never scribble on the screen."""
     sink = io.StringIO()
     with _PLOTEXT_LOCK, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
         try:
-            out, axes = build_plot(plotted, width, height, x_label, log_y, color, log_x)
+            out, axes = build_plot(plotted, width, height, x_label, log_y, color, log_x, y_suffix)
         except Exception as exc:  # a bug in the plotting library must not take the monitor down: show it instead
             return box_message(f"chart error: {exc}", width, height)
     return with_x_title(Text.from_ansi(out) if color else Text(out), axes.x_title, width)
@@ -464,10 +491,12 @@ def render_chart(
     x_label: str = "step",
     color: bool = True,
     log_x: bool = False,
+    unit: str = "",
 ) -> Text:
     """Render `lines` into exactly `height` rows of at most `width` cells (or a short hint when too small).
 
-    With `log_x` the lines' steps are `log_x_steps` of positive x values, labelled in decades.
+    With `log_x` the lines' steps are `log_x_steps` of positive x values, labelled in decades. The y values' `unit`
+    follows each y label when it is "%" ("50%"), the title otherwise ("throughput (img/s)").
     """
     if width < MIN_WIDTH or height < MIN_HEIGHT:
         return Text("enlarge"[: max(width, 0)])
@@ -475,10 +504,13 @@ def render_chart(
     message = empty_message(plotted, lines, log_y)
     if message:
         return box_message(message, width, height, title)
+    y_suffix = unit if unit == "%" else ""
+    if unit and not y_suffix:
+        title = f"{title} ({unit})" if title else f"({unit})"
     head = header(title, lines, color, width)
-    if not head.plain:
-        return plot_text(plotted, width, height, x_label, log_y, color, log_x)
-    return Text("\n").join([head, plot_text(plotted, width, height - 1, x_label, log_y, color, log_x)])
+    rows = height - 1 if head.plain else height
+    plot = plot_text(plotted, width, rows, x_label, log_y, color, log_x, y_suffix)
+    return Text("\n").join([head, plot]) if head.plain else plot
 
 
 class Chart(CachedLines):
@@ -494,12 +526,13 @@ class Chart(CachedLines):
         self.lines: list[Line] = []
         self.title = ""
         self.log_y = False
+        self.unit = ""
         self.x_label = x_label
         self.log_x = log_x
 
-    def set_lines(self, lines: list[Line], *, title: str = "", log_y: bool = False) -> None:
-        """Replace the lines and redraw."""
-        self.lines, self.title, self.log_y = list(lines), title, log_y
+    def set_lines(self, lines: list[Line], *, title: str = "", log_y: bool = False, unit: str = "") -> None:
+        """Replace the lines and redraw; `unit` is the y values' ("%" reads after each y label, others in the title)."""
+        self.lines, self.title, self.log_y, self.unit = list(lines), title, log_y, unit
         self.changed()
 
     def draw(self, width: int, height: int, color: bool) -> list[Text]:
@@ -512,5 +545,6 @@ class Chart(CachedLines):
             x_label=self.x_label,
             color=color,
             log_x=self.log_x,
+            unit=self.unit,
         )
         return text.split("\n", allow_blank=True)
