@@ -195,3 +195,20 @@ def test_a_unit_reads_after_the_y_labels_when_percent_and_in_the_title_otherwise
 def test_the_chart_widget_takes_a_unit():
     strips = chart_strips([Line("rss", np.arange(50), np.linspace(1, 2, 50))], unit="GB")
     assert strips[0].text.startswith("loss (GB)")
+
+
+def test_fractions_asked_as_percent_read_0_to_100_percent():
+    steps = np.arange(300)
+    lines = [Line("train", steps, np.linspace(0.1, 0.97, 300)), Line("val", np.array([99, 199, 299]), [0.5, 0.8, 0.9])]
+    for size in SIZES:
+        text = render_chart(lines, *size, title="accuracy", percent=True, color=False)
+        values = [float(label.rstrip("%")) for label in y_labels(text)]
+        assert len(values) >= 3 and all(label.endswith("%") for label in y_labels(text)), text.plain
+        assert max(values) > 1 and min(values) >= 0 and max(values) <= 100, text.plain
+
+
+def test_the_chart_widget_draws_percent():
+    strips = chart_strips([Line("val", np.arange(50), np.linspace(0.2, 0.9, 50))], percent=True)
+    labels = [strip.text.split("┤")[0].strip() for strip in strips if "┤" in strip.text]
+    assert len(labels) >= 3 and all(label.endswith("%") for label in labels), labels
+    assert max(float(label.rstrip("%")) for label in labels) >= 50

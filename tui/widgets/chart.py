@@ -76,10 +76,11 @@ def drawable(values: np.ndarray, log_y: bool) -> np.ndarray:
     return ok & (values > 0) if log_y else ok
 
 
-def prepare(line: Line, points: int, log_y: bool) -> Plotted:
+def prepare(line: Line, points: int, log_y: bool, scale: float = 1.0) -> Plotted:
     """Downsample one line to `points` buckets and split it into drawable data and non-finite markers.
 
-    On a log axis the y values come back as log10: plotext's own log scale loses its limits once ticks are set.
+    The y values are multiplied by `scale` (100 draws fractions as percent). On a log axis they come back as log10:
+    plotext's own log scale loses its limits once ticks are set.
     """
     steps = np.asarray(line.steps).ravel()
     values = np.asarray(line.values, dtype=np.float64).ravel()
@@ -96,7 +97,11 @@ def prepare(line: Line, points: int, log_y: bool) -> Plotted:
         POS_INF_MARK: series.step[series.max == np.inf],
         NEG_INF_MARK: series.step[series.min == -np.inf],
     }
-    y = np.log10 if log_y else to_plot_range
+
+    def y(values: np.ndarray) -> np.ndarray:
+        values = values * scale if scale != 1 else values
+        return np.log10(values) if log_y else to_plot_range(values)
+
     return Plotted(
         line,
         steps=series.step[keep],
@@ -492,15 +497,18 @@ def render_chart(
     color: bool = True,
     log_x: bool = False,
     unit: str = "",
+    percent: bool = False,
 ) -> Text:
     """Render `lines` into exactly `height` rows of at most `width` cells (or a short hint when too small).
 
     With `log_x` the lines' steps are `log_x_steps` of positive x values, labelled in decades. The y values' `unit`
-    follows each y label when it is "%" ("50%"), the title otherwise ("throughput (img/s)").
+    follows each y label when it is "%" ("50%"), the title otherwise ("throughput (img/s)"). With `percent` the
+    values are fractions drawn as percent: 0.968 reads 96.8%.
     """
     if width < MIN_WIDTH or height < MIN_HEIGHT:
         return Text("enlarge"[: max(width, 0)])
-    plotted = [prepare(line, width, log_y) for line in lines]
+    unit = "%" if percent else unit
+    plotted = [prepare(line, width, log_y, 100.0 if percent else 1.0) for line in lines]
     message = empty_message(plotted, lines, log_y)
     if message:
         return box_message(message, width, height, title)
@@ -527,12 +535,17 @@ class Chart(CachedLines):
         self.title = ""
         self.log_y = False
         self.unit = ""
+        self.percent = False
         self.x_label = x_label
         self.log_x = log_x
 
-    def set_lines(self, lines: list[Line], *, title: str = "", log_y: bool = False, unit: str = "") -> None:
-        """Replace the lines and redraw; `unit` is the y values' ("%" reads after each y label, others in the title)."""
-        self.lines, self.title, self.log_y, self.unit = list(lines), title, log_y, unit
+    def set_lines(
+        self, lines: list[Line], *, title: str = "", log_y: bool = False, unit: str = "", percent: bool = False
+    ) -> None:
+        """Replace the lines and redraw; `unit` is the y values' ("%" reads after each y label, others in the title),
+        `percent` draws fractions as percent (0.968 reads 96.8%).
+        """
+        self.lines, self.title, self.log_y, self.unit, self.percent = list(lines), title, log_y, unit, percent
         self.changed()
 
     def draw(self, width: int, height: int, color: bool) -> list[Text]:
@@ -546,5 +559,6 @@ class Chart(CachedLines):
             color=color,
             log_x=self.log_x,
             unit=self.unit,
+            percent=self.percent,
         )
         return text.split("\n", allow_blank=True)
