@@ -212,3 +212,51 @@ def test_the_chart_widget_draws_percent():
     labels = [strip.text.split("┤")[0].strip() for strip in strips if "┤" in strip.text]
     assert len(labels) >= 3 and all(label.endswith("%") for label in labels), labels
     assert max(float(label.rstrip("%")) for label in labels) >= 50
+
+
+def test_a_window_draws_only_the_last_steps():
+    text = render_chart(loss_lines(), 80, 20, title="loss", window=500, color=False)
+    assert rows_of(text)[0].startswith("loss · last 500")
+    steps = [float(label.rstrip("k")) * (1000 if label.endswith("k") else 1) for label in x_labels(text)]
+    assert min(steps) >= 2499 and max(steps) <= 2999, x_labels(text)
+    assert max(float(v) for v in y_labels(text)) < 0.5  # the early, high losses are left out
+
+
+def test_the_chart_widget_windows():
+    async def main() -> tuple[str, str]:
+        app = ChartApp()
+        async with app.run_test(size=(100, 40)) as pilot:
+            chart = app.query_one(Chart)
+            chart.set_lines(loss_lines(), title="loss")
+            chart.set_window(500)
+            await pilot.pause()
+            head = chart.strips()[0].text
+            chart.set_window(None)
+            await pilot.pause()
+            return head, chart.strips()[0].text
+
+    head, after = asyncio.run(main())
+    assert head.startswith("loss · last 500") and after.startswith("loss  ━")
+
+
+def test_an_overview_chart_maximized_fills_the_screen(store):
+    async def main() -> tuple[tuple[int, int], Text]:
+        app = MiranteApp(FollowSource(store), store=store)
+        async with app.run_test(size=(80, 24)) as pilot:
+            for _ in range(100):
+                await pilot.pause(0.05)
+                if app.source.done and app.state.ended is not None:
+                    break
+            chart = app.query_one("#loss", Chart)
+            assert chart.toggle_full_screen()
+            await pilot.pause(0.5)
+            strips, size = chart.strips(), (chart.size.width, chart.size.height)
+            assert not chart.toggle_full_screen()
+            await pilot.pause(0.2)
+            assert chart.size.height < 12
+            text = Text("\n").join(Text.assemble(*((s.text, s.style) for s in strip)) for strip in strips)
+            return size, text
+
+    size, text = asyncio.run(main())
+    assert size[0] >= 76 and size[1] >= 18
+    assert len(y_labels(text)) >= 4 and len(x_labels(text)) >= 4, text.plain

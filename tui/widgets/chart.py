@@ -6,7 +6,7 @@ import contextlib
 import io
 import math
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -111,6 +111,34 @@ def prepare(line: Line, points: int, log_y: bool, scale: float = 1.0) -> Plotted
         band_max=y(series.max[band]),
         marks={glyph: at for glyph, at in marks.items() if len(at)},
     )
+
+
+def last_steps(lines: list[Line], window: int | None) -> list[Line]:
+    """The lines cut to the chart's last `window` steps (after the latest step of any line minus `window`)."""
+    ends = [np.max(line.steps) for line in lines if len(line.steps)]
+    if not window or not ends:
+        return lines
+    start = max(ends) - window
+    out = []
+    for line in lines:
+        steps = np.asarray(line.steps).ravel()
+        n = min(len(steps), len(np.asarray(line.values).ravel()))
+        keep = np.flatnonzero(steps[:n] > start)
+
+        def cut(values: np.ndarray | None, keep: np.ndarray = keep) -> np.ndarray | None:
+            return None if values is None else np.asarray(values).ravel()[keep]
+
+        out.append(
+            replace(
+                line,
+                steps=steps[keep],
+                values=cut(line.values),
+                low=cut(line.low),
+                high=cut(line.high),
+                nan=cut(line.nan),
+            )
+        )
+    return out
 
 
 def to_plot_range(values: np.ndarray) -> np.ndarray:
@@ -498,16 +526,21 @@ def render_chart(
     log_x: bool = False,
     unit: str = "",
     percent: bool = False,
+    window: int | None = None,
 ) -> Text:
     """Render `lines` into exactly `height` rows of at most `width` cells (or a short hint when too small).
 
     With `log_x` the lines' steps are `log_x_steps` of positive x values, labelled in decades. The y values' `unit`
     follows each y label when it is "%" ("50%"), the title otherwise ("throughput (img/s)"). With `percent` the
-    values are fractions drawn as percent: 0.968 reads 96.8%.
+    values are fractions drawn as percent: 0.968 reads 96.8%. With `window`, only the last `window` steps are drawn
+    and the title says so ("loss · last 500").
     """
     if width < MIN_WIDTH or height < MIN_HEIGHT:
         return Text("enlarge"[: max(width, 0)])
     unit = "%" if percent else unit
+    if window:
+        lines = last_steps(lines, window)
+        title = f"{title} · last {format_step(window)}" if title else f"last {format_step(window)}"
     plotted = [prepare(line, width, log_y, 100.0 if percent else 1.0) for line in lines]
     message = empty_message(plotted, lines, log_y)
     if message:
@@ -524,8 +557,12 @@ def render_chart(
 class Chart(CachedLines):
     """A plotext line chart filling the widget; data comes in through `set_lines`.
 
-    Drawings are cached: after changing a line's arrays in place, call `set_lines` again.
+    Drawings are cached: after changing a line's arrays in place, call `set_lines` again. `set_window(n)` shows only
+    the last n steps of every line (None: all). `toggle_full_screen()` makes the chart fill the screen (with a
+    height of 1fr, as the app's CSS gives it) and back: it is drawn again at that size, with more labels.
     """
+
+    ALLOW_MAXIMIZE = True
 
     def __init__(
         self, *, color: bool | None = None, x_label: str = "step", log_x: bool = False, **kwargs: str | None
@@ -536,6 +573,7 @@ class Chart(CachedLines):
         self.log_y = False
         self.unit = ""
         self.percent = False
+        self.window: int | None = None  # draw only the last `window` steps; None: every step
         self.x_label = x_label
         self.log_x = log_x
 
@@ -546,6 +584,22 @@ class Chart(CachedLines):
         `percent` draws fractions as percent (0.968 reads 96.8%).
         """
         self.lines, self.title, self.log_y, self.unit, self.percent = list(lines), title, log_y, unit, percent
+        self.changed()
+
+    def toggle_full_screen(self) -> bool:
+        """Fill the screen with this chart, or give the screen back; True when the chart now fills it.
+
+        The chart itself is maximized, not the pane or tabs it sits in (Textual's default picks the outermost
+        container that allows it).
+        """
+        if self.is_maximized:
+            self.screen.minimize()
+            return False
+        return self.screen.maximize(self, container=False)
+
+    def set_window(self, steps: int | None) -> None:
+        """Show only the last `steps` steps of every line (None or 0: all of them), and redraw."""
+        self.window = steps or None
         self.changed()
 
     def draw(self, width: int, height: int, color: bool) -> list[Text]:
@@ -560,5 +614,6 @@ class Chart(CachedLines):
             log_x=self.log_x,
             unit=self.unit,
             percent=self.percent,
+            window=self.window,
         )
         return text.split("\n", allow_blank=True)
