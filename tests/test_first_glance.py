@@ -299,3 +299,34 @@ def test_restart_replays_again_once_the_replay_has_ended(tmp_path):
         assert "replay restarted" in text_of(app.query_one("#status"))
 
     drive(MiranteApp(ReplaySource(store, speed=1e6), store=store), (80, 24), script)
+
+
+def test_f_fills_the_screen_with_a_chart_and_w_shows_the_last_steps():
+    from tui.widgets import Chart
+
+    seen = {}
+
+    async def script(app, pilot):
+        loss = app.query_one("#loss", Chart)
+        await pilot.press("f")
+        await pilot.pause(0.2)
+        seen["full"] = loss.is_maximized and loss.size.height > 15
+        await pilot.press("f")
+        await pilot.pause(0.2)
+        seen["back"] = not loss.is_maximized
+        await pilot.press("w")
+        await pilot.pause(0.3)
+        seen["window"] = text_of(loss).splitlines()[0]
+        await pilot.press("w")
+        await pilot.pause(0.3)
+        seen["all"] = text_of(loss).splitlines()[0]
+        seen["accuracy"] = text_of(app.query_one("#accuracy", Chart))
+        await pilot.press("question_mark")
+        await pilot.pause(0.3)
+        seen["help"] = " ".join(text_of(w) for w in app.screen.query("Static"))
+
+    drive(MiranteApp(ReplaySource(SMALLCNN, speed=1e6), store=SMALLCNN), (80, 24), script)
+    assert seen["full"] and seen["back"], seen
+    assert "last 500" in seen["window"] and "last" not in seen["all"], seen
+    assert "75%" in seen["accuracy"] or "50%" in seen["accuracy"], seen["accuracy"]
+    assert "full screen" in seen["help"] and "last 500 steps" in seen["help"], seen["help"]

@@ -25,7 +25,7 @@ from tui.screens.dialogs import HelpScreen, QuitScreen, help_rows
 from tui.screens.epochs import EpochsScreen
 from tui.snapshot import Snapshot, raw_series
 from tui.state import MapCapture, RunState, maps_of
-from tui.widgets import literal
+from tui.widgets import Chart, literal
 
 EXIT_CODES = {"finished": 0, "interrupted": 130}  # the app's exit code after the user stopped the run; else 1
 MIN_SIZE = (60, 16)  # below this the app asks for a larger terminal instead of drawing
@@ -33,6 +33,7 @@ REDRAW_S = 0.2  # 5 redraws a second: smooth enough for curves, and half the byt
 TICK_S = 1.0  # the clocks (elapsed, ETA, silence) move this often, though no event came
 FOLD_SLICE_S = 0.015  # longest the app folds events before it lets keys and redraws in
 INBOX_MAX = 100_000  # events read but not folded yet, beyond which the reader waits
+WINDOW_STEPS = 500  # w: the charts show only this many last steps
 
 
 class MiranteApp(App[int]):
@@ -51,6 +52,8 @@ class MiranteApp(App[int]):
         ("left_square_bracket", "smoothing(-0.1)", "less"),
         ("right_square_bracket", "smoothing(0.1)", "more"),
         ("l", "log_y", "log y"),
+        ("f", "full_screen", "full screen"),
+        ("w", "window", "last 500 steps"),
         ("plus", "speed(2.0)", "faster"),
         ("minus", "speed(0.5)", "slower"),
         ("r", "restart", "restart"),
@@ -303,6 +306,25 @@ class MiranteApp(App[int]):
 
     def action_log_y(self) -> None:
         self.view.log_y = not self.view.log_y
+        self.redraw(force=True)
+
+    def action_full_screen(self) -> None:
+        """The focused chart, or the current pane's first, fills the screen; pressed again, gives it back."""
+        if self.screen.maximized is not None:
+            self.screen.minimize()
+            return
+        focused = self.focused if isinstance(self.focused, Chart) else None
+        pane = self.active_pane()
+        charts = [] if pane is None else [c for c in pane.query(Chart) if c.display]
+        chart = focused or (charts[0] if charts else None)
+        if chart is not None:
+            chart.toggle_full_screen()
+
+    def action_window(self) -> None:
+        """Every chart shows only the last WINDOW_STEPS steps, or all of them again."""
+        self.view.window = None if self.view.window else WINDOW_STEPS
+        for chart in self.query(Chart):
+            chart.set_window(self.view.window)
         self.redraw(force=True)
 
     def action_speed(self, factor: float) -> None:

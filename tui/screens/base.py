@@ -17,6 +17,7 @@ class View:
     smooth: bool = False
     smoothing: float = DEFAULT_SMOOTHING  # EMA weight, as TensorBoard's slider
     log_y: bool = False
+    window: int | None = None  # charts show only the last this many steps (w)
     color: bool = True
     paused: bool = False  # the user paused the run or the replay: no event says so, the screens must
 

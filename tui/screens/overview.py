@@ -156,6 +156,7 @@ class OverviewPane(Pane):
         self.query_one("#accuracy", Chart).set_lines(
             [Line.of("train", state.series("train/acc"), "cyan", smooth), Line("val", vsteps, vacc, "orange")],
             title="accuracy",
+            percent=True,
         )
         self.query_one("#lr", Chart).set_lines([Line.of("lr", state.series("lr"), "green")], title="learning rate")
         self.query_one("#worst", Static).update(worst_text(state))
