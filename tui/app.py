@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from textual import work
-from textual.app import App, ComposeResult
+from textual.app import App, ComposeResult, ScreenStackError
 from textual.binding import Binding
+from textual.css.query import NoMatches
 from textual.widgets import Footer, Static, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
@@ -102,8 +103,8 @@ class MiranteApp(App[int]):
 
     def on_mount(self) -> None:
         self.read_source()
-        self.set_interval(REDRAW_S, self.redraw)
-        self.set_interval(TICK_S, self.tick)
+        self.set_interval(REDRAW_S, self.on_timer(self.redraw))
+        self.set_interval(TICK_S, self.on_timer(self.tick))
 
     @work(thread=True, exclusive=True)
     def read_source(self) -> None:
@@ -252,6 +253,17 @@ class MiranteApp(App[int]):
     def active_pane(self) -> Pane | None:
         active = self.query_one(TabbedContent).active
         return self.query_one(f"#{active}", TabPane).children[0] if active else None
+
+    def on_timer(self, callback):
+        """`callback`, skipped once the app is closing: a timer may still fire after its screens are gone."""
+
+        def guarded() -> None:
+            try:
+                callback()
+            except (NoMatches, ScreenStackError):  # only while the app tears its screens down
+                return
+
+        return guarded
 
     def tick(self) -> None:
         """Once a second: the clocks move between events (a slow model's screen must not look hung)."""
