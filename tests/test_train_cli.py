@@ -56,6 +56,8 @@ def test_ctrl_c_stops_with_a_checkpoint_and_resume_finishes(tmp_path):
         "stopme",
         "--log-every",
         "5",
+        "--image-size",
+        "16",  # a quarter of the default's pixels: this is about Ctrl-C and --resume, not the model
         cwd=tmp_path,
         start_new_session=True,
     )
