@@ -79,7 +79,6 @@ class MiranteApp(App[int]):
         self.view = View(color="NO_COLOR" not in os.environ)
         self._reader: RunReader | None = None  # the UI thread's own reader of the store (captures, smoothing)
         self._folded_at = time.monotonic()  # when events were last folded: a replay's clock runs on from there
-        self.paused = False
         self.state = self._new_state()
         self.frozen = False
         self.note = ""
@@ -152,6 +151,11 @@ class MiranteApp(App[int]):
         if state.smoothing != self.view.smoothing:
             self._smooth(state)
         return state
+
+    @property
+    def paused(self) -> bool:
+        """Whether the user paused the run or the replay (the view holds it: the screens say so)."""
+        return self.view.paused
 
     def _replay_clock(self) -> float:
         """Now, by the replayed run's own clock: the recorded time of its last event, run on at the replay's speed
@@ -356,13 +360,13 @@ class MiranteApp(App[int]):
 
     def action_pause(self) -> None:
         if self.remote is None:  # a replay: pause the replay
-            self.paused = self.view.paused = not self.paused
+            self.view.paused = not self.view.paused
             (self.source.pause if self.paused else self.source.resume)()
         else:
             command = "resume" if self.paused else "pause"
             error = self.command(command)
             if error is None:
-                self.paused = self.view.paused = not self.paused
+                self.view.paused = not self.view.paused
                 self.note = f"{command} asked: the trainer answers at its next logging interval"
             else:
                 self.note = f"{command}: {error}"

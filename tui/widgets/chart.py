@@ -431,7 +431,7 @@ def plan_axes(
             x_range[1] / scale,
             cols,
             log=log_x,
-            label=value_label(True) if log_x else step_label,
+            label=value_label(True) if log_x else format_step,
             want=max(2, cols // 15),
             least=2,
             across=True,
@@ -443,10 +443,6 @@ def plan_axes(
             break
         x_title = ""
     return Axes(x_range, (y_lo, y_hi), (x_ticks * scale).tolist(), x_labels, y_ticks.tolist(), y_labels, x_title)
-
-
-def step_label(step: float, digits: int) -> str:
-    return format_step(step, digits)
 
 
 def build_plot(
