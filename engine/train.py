@@ -793,6 +793,9 @@ def run(
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough: let the store close
         raise Terminated("terminated (SIGTERM)")
 
+    def ending() -> None:  # from here on the run's end is recorded: a SIGTERM (torchrun's agent) must not cut it short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
     signal.signal(signal.SIGINT, on_interrupt)
     signal.signal(signal.SIGTERM, on_terminate)
     room = reserve_room(checkpoint_dir(path.parent, name)) if main else None
@@ -803,12 +806,15 @@ def run(
         reason = trainer.stop_reason or ""
         code = {"finished": 0, "failed": 1}.get(status, 130)
     except torch.cuda.OutOfMemoryError:
+        ending()
         reason = f"out of GPU memory at --batch-size {config.batch_size}: try --batch-size {config.batch_size // 2}"
         if dist is not None:
             dist.note_failure(reason)
     except KeyboardInterrupt:
+        ending()
         status, reason, code = "interrupted", "interrupted (second Ctrl-C): no checkpoint", 130
     except Exception as exc:  # the run failed: say why in one line, keep the traceback in the store
+        ending()
         said = isinstance(exc, (DataError, StoreError, CheckpointError))  # their messages speak for themselves
         reason = (str(exc) if said else f"{type(exc).__name__}: {exc}").splitlines()[0]
         if dist is not None and main:  # say which rank failed, as the rank itself said or as its process is gone
@@ -825,9 +831,9 @@ def run(
                 evidence={"traceback": traceback.format_exc()},
             )
     finally:
+        ending()
         if channel is not None:
             channel.close()  # first: a run that has ended takes no commands, and leaves no pipe behind
-        # before the handlers go: a SIGTERM now must not cut the store's close short
         unrecorded = end_run(emitter, trainer.step, status, reason, room)
         signal.signal(signal.SIGINT, previous[0])
         signal.signal(signal.SIGTERM, previous[1])

@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import pickle
 import re
+import signal
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -463,3 +464,35 @@ def test_a_real_disk_that_fills_up_records_the_failure(tmp_path):
         assert not (disk / "tiny.ckpt").exists()  # the room kept is given back
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+# --- SIGTERM while the run is ending: torchrun's agent stops the ranks as a failing rank records its end ----
+
+
+def test_a_sigterm_while_the_run_records_its_end_does_not_cut_the_record_short(tmp_path, monkeypatch):
+    original = train.release_room
+
+    def release_room(path):  # inside end_run, between the RunEnded event and the store's close
+        os.kill(os.getpid(), signal.SIGTERM)
+        original(path)
+
+    monkeypatch.setattr(train, "release_room", release_room)
+    assert train.run(tiny(tmp_path, epochs=1)) == 0
+    with RunReader(store(tmp_path)) as run:
+        assert run.status() == "finished", run.ended()
+
+
+def test_a_sigterm_while_a_failure_is_recorded_keeps_the_failure(tmp_path, monkeypatch, capsys):
+    crash_at(monkeypatch, 3)
+    original = train.Emitter.emit
+
+    def emit(self, kind, *args, **kwargs):  # the agent's SIGTERM lands as the failing run says why
+        if kind is ev.Diagnostic and kwargs.get("code") == "exception":
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, kind, *args, **kwargs)
+
+    monkeypatch.setattr(train.Emitter, "emit", emit)
+    assert train.run(tiny(tmp_path, epochs=1)) == 1
+    assert one_error_line(capsys) == "mirante: run failed: RuntimeError: simulated crash\n"
+    with RunReader(store(tmp_path)) as run:
+        assert run.status() == "failed" and run.ended().reason == "RuntimeError: simulated crash"
