@@ -235,9 +235,10 @@ def test_watch_shows_new_steps_within_a_second_of_their_commit(tmp_path):
     root = Path(__file__).resolve().parents[1]
     store = tmp_path / "runs" / "watched.mirante"
     trainer = subprocess.Popen(
-        [sys.executable, "-m", "tui.cli", "train", "--headless", "--name", "watched", "--epochs", "1"],
+        [sys.executable, "-m", "tui.cli", "train", "--headless", "--name", "watched", "--epochs", "1"]
+        + ["--image-size", "16", "--log-every", "10"],  # a commit about every 0.2 s on 2 cores
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(root)},
+        env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
