@@ -164,6 +164,7 @@ def test_a_chart_wider_and_taller_than_80x24_fills_its_size_without_a_terminal()
     [
         ((30, 4), "loss", "loss  ━ train  ━ val"),
         ((16, 5), "loss", "loss ━ tr… ━ val"),
+        ((17, 3), "learning rate", "lear… ━ tr… ━ val"),
         ((16, 3), "learning rate", "learnin… ━ t ━ v"),
     ],
 )
@@ -173,6 +174,12 @@ def test_a_small_chart_keeps_a_shortened_title_and_legend(size, title, shown):
     assert rows[0] == shown
     assert len(rows) == size[1] and all(len(row) <= size[0] for row in rows)
     assert len(y_labels(text)) >= 2
+
+
+def test_a_long_title_is_cut_before_the_legend_labels():
+    lines = [Line("smoothed loss", np.arange(50), np.linspace(2, 1, 50)), Line("suggested 0.05", [0, 1], [1, 2])]
+    head = rows_of(render_chart(lines, 48, 10, title="learning-rate range test", color=False))[0]
+    assert head == "learning-ra… ━ smoothed loss ━ suggested 0.05", head
 
 
 def test_the_overview_charts_keep_their_titles_and_legends_at_60x16(store):

@@ -160,6 +160,36 @@ def test_replay_shows_the_elapsed_time_of_the_run_own_clock():
     drive(MiranteApp(ReplaySource(SMALLCNN, speed=1.0), store=SMALLCNN), (80, 24), script, wait_end=False)
 
 
+def test_replay_eta_is_the_time_the_replay_has_left_at_its_speed():
+    duration = RunReader(SMALLCNN).summary().duration  # 44 s
+
+    async def script(app, pilot):
+        await pilot.pause(1.5)
+        assert app.state.ended is None and app.state.step > 0
+        status = text_of(app.query_one("#status"))
+        assert clock_of(status, "ETA") <= duration / 2, status  # not the run's own time left (about 40 s)
+
+    drive(MiranteApp(ReplaySource(SMALLCNN, speed=4.0), store=SMALLCNN), (80, 24), script, wait_end=False)
+
+
+def test_train_accuracy_says_its_epoch_while_a_later_epoch_runs(tmp_path):
+    store = tiny_run(tmp_path / "tiny.mirante", 15)  # epoch 1 ended at step 10, epoch 2 runs
+
+    async def script(app, pilot):
+        info = text_of(app.query_one("#info"))
+        assert "epoch 2/3" in info and "train acc 50.0% (epoch 1)" in info, info
+
+    drive(MiranteApp(FollowSource(store), store=store), (80, 24), script, wait_end=False)
+
+
+def test_the_validation_numbers_keep_accuracy_and_loss_with_their_best_at_60_columns():
+    async def script(app, pilot):
+        line = visible(app, "#info", (60, 20))[2]
+        assert re.fullmatch(r"val acc 96\.8% \(best\) · val loss 0\.\d+ \(best\)", line), line  # epoch 3, the last
+
+    drive(MiranteApp(FollowSource(SMALLCNN), store=SMALLCNN), (60, 20), script)
+
+
 class Commands(list):
     """The trainer's command queue, as the app sees it: it only puts."""
 

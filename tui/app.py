@@ -288,7 +288,10 @@ class MiranteApp(App[int]):
         flags = [name for name, on in settings if on]
         speed = getattr(self.source, "speed", None)
         silent = None if self.replay or self.paused else state.silent_for
-        clocks = f" · elapsed {duration(state.elapsed)}" + (f" · ETA {duration(state.eta)}" if state.live else "")
+        eta = state.eta
+        if eta is not None and speed:  # a replay: the time it has left at its speed, not the run's own
+            eta /= speed
+        clocks = f" · elapsed {duration(state.elapsed)}" + (f" · ETA {duration(eta)}" if state.live else "")
         self.query_one("#status", Static).update(  # literal: the run's name and an ending's reason come from a store
             literal(
                 f" {state.name} · {self.view.status(state)}{clocks}"

@@ -62,20 +62,29 @@ def fit(parts: list[Text], width: int) -> Text:
 
 
 def numbers(state: RunState, width: int) -> Text:
-    """Validation accuracy and loss, latest and best with the epoch of the best: the line a user looks for first."""
+    """Validation accuracy and loss, latest and best with the epoch of the best: the line a user looks for first.
+    Where both do not fit in `width`, the best is said shorter ("best 96.8% ep 3", or "(best)" when it is the
+    latest) before the loss is left out."""
     last = state.epochs[-1] if state.epochs else None
     if last is None:
         return Text("validation: no epoch has ended yet", style="dim")
     if last.val_acc is None and last.val_loss is None:
         return Text("validation: none (the run has no validation split)", style="dim")
-    parts = []
-    for name, field, show, lowest in (("val acc", "val_acc", pct, False), ("val loss", "val_loss", fmt, True)):
-        best = state.best_epoch(field, lowest)
-        part = Text(f"{name} ")
-        part.append(show(getattr(last, field)), style="bold")
-        if best is not None:
-            part.append(f" best {show(getattr(best, field))} (epoch {best.epoch})")
-        parts.append(part)
+    for short in (False, True):
+        parts = []
+        for name, field, show, lowest in (("val acc", "val_acc", pct, False), ("val loss", "val_loss", fmt, True)):
+            best = state.best_epoch(field, lowest)
+            part = Text(f"{name} ")
+            part.append(show(getattr(last, field)), style="bold")
+            if best is not None:
+                value = show(getattr(best, field))
+                if not short:
+                    part.append(f" best {value} (epoch {best.epoch})")
+                else:
+                    part.append(" (best)" if best is last else f" best {value} ep {best.epoch}")
+            parts.append(part)
+        if sum(p.cell_len for p in parts) + len(SEP) * (len(parts) - 1) <= width:
+            break
     return fit(parts, width)
 
 
@@ -84,8 +93,9 @@ def training(state: RunState, width: int) -> Text:
     last = state.epochs[-1] if state.epochs else None
     mfu = state.latest("perf/mfu")
     seconds = state.epoch_seconds
+    behind = last is not None and last.epoch < state.current_epoch  # an earlier epoch's: say which
     parts = [
-        Text(f"train acc {pct(last.train_acc if last else None)}"),
+        Text(f"train acc {pct(last.train_acc if last else None)}" + (f" (epoch {last.epoch})" if behind else "")),
         Text(f"loss {fmt(state.latest('train/loss'))}"),
         Text(f"epoch time {'-' if seconds is None else fmt(seconds, '.1f') + ' s'}"),
         Text(f"{fmt(state.latest('throughput/img_s'), ',.0f')} img/s"),

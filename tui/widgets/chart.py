@@ -205,8 +205,9 @@ def empty_message(plotted: list[Plotted], lines: list[Line], log_y: bool) -> str
 
 
 def legend_fit(title: str, labels: list[str], width: int) -> tuple[str, list[str], str]:
-    """The title, legend labels and separator that fit in `width` cells: the spacing goes first, then the labels
-    are cut (`tr…`, then `t`), then the title (`learn…`); a narrow chart keeps a short title and legend.
+    """The title, legend labels and separator that fit in `width` cells: the spacing goes first, then the title is
+    cut to 12 cells (`learning-ra…`), then the labels and the title together, the labels never under the title's
+    length (labels say which line is which: `━ s ━ s` says nothing); a narrow chart keeps a short title and legend.
     """
 
     def size(title: str, labels: list[str], sep: str) -> int:
@@ -216,10 +217,12 @@ def legend_fit(title: str, labels: list[str], width: int) -> tuple[str, list[str
     def cut(text: str, k: int) -> str:
         return text if len(text) <= k else text[: k - 1] + "…" if k > 1 else text[:k]
 
-    for sep, k in (("  ", 999), (" ", 999), (" ", 8), (" ", 5), (" ", 3), (" ", 1)):
+    steps = (("  ", 999, 999), (" ", 999, 999), (" ", 999, 12), (" ", 12, 12), (" ", 8, 8), (" ", 5, 8), (" ", 3, 5))
+    for sep, k, t in steps:
         short = [cut(label, k) for label in labels]
-        if size(title, short, sep) <= width:
-            return title, short, sep
+        if size(cut(title, t), short, sep) <= width:
+            return cut(title, t), short, sep
+    short = [cut(label, 1) for label in labels]  # the labels' first letters, the title what room is left
     room = width - size("", short, " ") - 1
     return (cut(title, room) if room >= 2 else ""), short, " "
 
