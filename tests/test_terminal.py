@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -10,6 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from engine.store import RunReader
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (.ci/run installs it)")
@@ -40,6 +43,10 @@ def test_replay_in_tmux(tmp_path, no_color):
         assert "smallcnn-shapes" in screen, screen  # the run's name
         assert "┤" in screen and "loss" in screen, screen  # a chart's y axis
         assert "Traceback" not in screen
+        with RunReader(store) as run:  # the numbers a user looks for, on the first screen
+            best = run.summary().best_val_acc
+        assert f"val acc {100 * best:.1f}% best {100 * best:.1f}%" in screen, screen
+        assert len(loss_y_labels(screen)) >= 3, screen
         tmux(socket, "send-keys", "q")
         deadline = time.monotonic() + 20
         while not done.exists() and time.monotonic() < deadline:
@@ -47,6 +54,21 @@ def test_replay_in_tmux(tmp_path, no_color):
         assert done.read_text().strip() == "0"
     finally:
         tmux(socket, "kill-server")
+
+
+def loss_y_labels(screen: str) -> list[str]:
+    """The y labels of the Overview's loss chart (top left): from its title row down to its x axis."""
+    rows = screen.splitlines()
+    top = next(i for i, row in enumerate(rows) if row.startswith("loss"))
+    labels = []
+    for row in rows[top + 1 :]:
+        left = row[:40]
+        if "└" in left:
+            break
+        match = re.match(r"\s*(\S+)┤", left)
+        if match:
+            labels.append(match.group(1))
+    return labels
 
 
 def wait_for(predicate, timeout: float, what: str, screen=lambda: "") -> None:
@@ -59,7 +81,6 @@ def wait_for(predicate, timeout: float, what: str, screen=lambda: "") -> None:
 
 
 def last_step(store: Path) -> int:
-    from engine.store import RunReader
 
     with RunReader(store) as run:
         return run.extent()[1]
@@ -68,7 +89,6 @@ def last_step(store: Path) -> int:
 def test_train_detach_then_watch_pause_and_stop_in_tmux(tmp_path):
     """As a user over SSH: train in the app, q then d (detach), watch from a second window, p pauses the
     trainer (steps stop advancing in the store), q then s stops it, and watch exits 130 (interrupted)."""
-    from engine.store import RunReader
 
     name = f"tmux-{os.getpid()}"
     store = tmp_path / "runs" / f"{name}.mirante"
@@ -119,7 +139,7 @@ def test_train_detach_then_watch_pause_and_stop_in_tmux(tmp_path):
 
 def stop_if_running(store: Path) -> None:
     from engine import control
-    from engine.store import RunReader, StoreError
+    from engine.store import StoreError
 
     try:
         with RunReader(store) as run:
