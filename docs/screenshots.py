@@ -16,8 +16,12 @@ from tui.app import MiranteApp  # noqa: E402
 from tui.sources import FollowSource  # noqa: E402
 
 SIZE = (120, 36)
-SHOTS = [  # (key, screen, run)
+SMALL = (80, 24)  # a plain ssh terminal
+SHOTS = [  # (key, screen, run[, size])
     ("1", "overview", "smallcnn-shapes"),
+    ("1", "overview-80x24", "smallcnn-shapes", SMALL),
+    ("g", "config", "smallcnn-shapes", SMALL),
+    ("t", "epochs", "smallcnn-shapes", SMALL),
     ("2", "gradients", "plainnet-sigmoid"),
     ("3", "model", "resnet18-shapes"),
     ("4", "activations", "smallcnn-shapes"),
@@ -28,23 +32,23 @@ SHOTS = [  # (key, screen, run)
 ]
 
 
-async def shoot(key: str, screen: str, run: str, out: Path) -> None:
+async def shoot(key: str, screen: str, run: str, out: Path, size: tuple[int, int] = SIZE) -> None:
     store = ROOT / "sample_runs" / f"{run}.mirante"
     app = MiranteApp(FollowSource(store), store=store)
-    async with app.run_test(size=SIZE) as pilot:
+    async with app.run_test(size=size) as pilot:
         while not app.source.done:
             await pilot.pause(0.1)
         await pilot.press(key)
         await pilot.pause(0.5)
         app.save_screenshot(filename=f"{screen}.svg", path=str(out))
-        await pilot.press("q")
+        await pilot.press("escape", "q")  # a view opened by its key closes first
 
 
 def main() -> None:
     out = ROOT / "docs" / "screens"
     out.mkdir(parents=True, exist_ok=True)
-    for key, screen, run in SHOTS:
-        asyncio.run(shoot(key, screen, run, out))
+    for key, screen, run, *size in SHOTS:
+        asyncio.run(shoot(key, screen, run, out, *size))
         print(f"docs/screens/{screen}.svg  ({run})")
 
 
