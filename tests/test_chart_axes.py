@@ -179,7 +179,7 @@ def test_a_small_chart_keeps_a_shortened_title_and_legend(size, title, shown):
 def test_a_long_title_is_cut_before_the_legend_labels():
     lines = [Line("smoothed loss", np.arange(50), np.linspace(2, 1, 50)), Line("suggested 0.05", [0, 1], [1, 2])]
     head = rows_of(render_chart(lines, 48, 10, title="learning-rate range test", color=False))[0]
-    assert head == "learning-ra… ━ smoothed loss ━ suggested 0.05", head
+    assert head == "learning-rate… ━ smoothed loss ━ suggested 0.05", head
 
 
 def test_the_overview_charts_keep_their_titles_and_legends_at_60x16(store):

@@ -360,3 +360,43 @@ def test_f_fills_the_screen_with_a_chart_and_w_shows_the_last_steps():
     assert "last 500" in seen["window"] and "last" not in seen["all"], seen
     assert "75%" in seen["accuracy"] or "50%" in seen["accuracy"], seen["accuracy"]
     assert "full screen" in seen["help"] and "last 500 steps" in seen["help"], seen["help"]
+
+
+def help_keys(app) -> set[str]:
+    """The keys the screen takes for the app's own actions (the focused widget's, such as the tabs' arrows, aside)."""
+    return {app.get_key_display(b.binding) for b in app.screen.active_bindings.values() if b.node is app}
+
+
+def test_keys_of_another_pane_or_of_replays_are_neither_listed_nor_taken():
+    """A watched run: + - r (replays) and the Model's < > are not offered on the Overview; ← → only on Activations."""
+
+    async def script(app, pilot):
+        await pilot.press("1")
+        await pilot.pause(0.2)
+        keys = help_keys(app)
+        assert not keys & {"+", "-", "r", "<", ">", "←", "→"}, " ".join(sorted(keys))
+        await pilot.press("question_mark")
+        await pilot.pause(0.2)
+        helped = text_of(app.screen.query_one("#help"))
+        assert "replay" not in helped.replace("or the replay", "") and "model table" not in helped, helped
+        assert "activation capture" not in helped, helped
+        await pilot.press("escape")
+        note = app.note
+        await pilot.press("r", "plus")
+        await pilot.pause(0.2)
+        assert app.note == note and app.query_one("TabbedContent").active == "OverviewPane"
+        await pilot.press("4")
+        await pilot.pause(0.2)
+        assert {"←", "→"} <= help_keys(app)
+        await pilot.press("3")
+        await pilot.pause(0.2)
+        assert {"<", ">"} <= help_keys(app) and not help_keys(app) & {"←", "→"}
+
+    drive(MiranteApp(FollowSource(SMALLCNN), store=SMALLCNN), (80, 24), script)
+
+
+def test_a_replay_offers_its_speed_and_restart_keys():
+    async def script(app, pilot):
+        assert {"+", "-", "r"} <= help_keys(app)
+
+    drive(MiranteApp(ReplaySource(SMALLCNN, speed=1000.0), store=SMALLCNN), (80, 24), script)

@@ -255,8 +255,24 @@ class MiranteApp(App[int]):
         self.show_status()
 
     def active_pane(self) -> Pane | None:
-        active = self.query_one(TabbedContent).active
-        return self.query_one(f"#{active}", TabPane).children[0] if active else None
+        main = self.screen_stack[0]  # the panes' screen, though a dialog may be open over it
+        active = main.query_one(TabbedContent).active
+        return main.query_one(f"#{active}", TabPane).children[0] if active else None
+
+    PANE_ACTIONS = {"capture": "ActivationsPane", "depth": "ModelPane"}  # keys that act on one pane only
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Whether a key applies here: a replay's keys only in a replay, a pane's keys only on that pane. Keys that do
+        not apply are neither in the footer nor in the help, and pass on to the widgets (the arrows, to the tabs)."""
+        if action in ("speed", "restart"):
+            return self.replay
+        if action in self.PANE_ACTIONS:
+            try:
+                pane = self.active_pane()
+            except (NoMatches, ScreenStackError):
+                return False
+            return type(pane).__name__ == self.PANE_ACTIONS[action]
+        return True
 
     def on_timer(self, callback):
         """`callback`, skipped once the app is closing: a timer may still fire after its screens are gone."""
@@ -309,6 +325,9 @@ class MiranteApp(App[int]):
         self.query_one(TabbedContent).active = pane
         self.redraw(force=True)
 
+    def on_tabbed_content_tab_activated(self) -> None:
+        self.refresh_bindings()  # by key or by mouse: the footer and the help offer the new pane's keys
+
     def action_freeze(self) -> None:
         self.frozen = not self.frozen
         self.redraw(force=True)
@@ -357,8 +376,6 @@ class MiranteApp(App[int]):
             self.note = "replay restarted"
             if not self._reading:  # the replay had ended, and its worker with it
                 self.read_source()
-        else:
-            self.note = "r restarts a replay; this is not one"
         self.redraw(force=True)
 
     def action_pause(self) -> None:

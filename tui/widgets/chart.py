@@ -205,9 +205,10 @@ def empty_message(plotted: list[Plotted], lines: list[Line], log_y: bool) -> str
 
 
 def legend_fit(title: str, labels: list[str], width: int) -> tuple[str, list[str], str]:
-    """The title, legend labels and separator that fit in `width` cells: the spacing goes first, then the title is
-    cut to 12 cells (`learning-ra…`), then the labels and the title together, the labels never under the title's
-    length (labels say which line is which: `━ s ━ s` says nothing); a narrow chart keeps a short title and legend.
+    """The title, legend labels and separator that fit in `width` cells: the spacing goes first, then the title
+    takes what room the labels leave it, down to 12 cells (`learning-ra…`); then the labels are cut (`tr…`) and the
+    title with them, never under 5 cells while a label keeps more than its first letter (labels say which line is
+    which: `━ s ━ s` says nothing); a narrow chart keeps a short title and legend.
     """
 
     def size(title: str, labels: list[str], sep: str) -> int:
@@ -215,15 +216,17 @@ def legend_fit(title: str, labels: list[str], width: int) -> tuple[str, list[str
         return sum(map(len, pieces)) + len(sep) * max(len(pieces) - 1, 0)
 
     def cut(text: str, k: int) -> str:
-        return text if len(text) <= k else text[: k - 1] + "…" if k > 1 else text[:k]
+        return text if len(text) <= k else text[: k - 1].rstrip() + "…" if k > 1 else text[:k]
 
-    steps = (("  ", 999, 999), (" ", 999, 999), (" ", 999, 12), (" ", 12, 12), (" ", 8, 8), (" ", 5, 8), (" ", 3, 5))
-    for sep, k, t in steps:
+    if size(title, labels, "  ") <= width:
+        return title, labels, "  "
+    for k, least in ((999, 12), (12, 12), (8, 8), (5, 8), (3, 5)):
         short = [cut(label, k) for label in labels]
-        if size(cut(title, t), short, sep) <= width:
-            return cut(title, t), short, sep
+        room = width - size("", short, " ") - (1 if short else 0)  # the title's, and the space after it
+        if room >= min(least, len(title)):
+            return cut(title, room), short, " "
     short = [cut(label, 1) for label in labels]  # the labels' first letters, the title what room is left
-    room = width - size("", short, " ") - 1
+    room = width - size("", short, " ") - (1 if short else 0)
     return (cut(title, room) if room >= 2 else ""), short, " "
 
 
