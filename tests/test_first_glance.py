@@ -70,14 +70,21 @@ def test_overview_leads_with_validation_accuracy_and_loss_at_80x24():
 
 
 def tiny_run(
-    path: Path, steps: int, *, end: str | None = None, epochs: int = 3, per_epoch: int = 10, extra: dict | None = None
+    path: Path,
+    steps: int,
+    *,
+    end: str | None = None,
+    epochs: int = 3,
+    per_epoch: int = 10,
+    extra: dict | None = None,
+    name: str = "tiny",
 ) -> Path:
     """A run of `epochs` epochs of `per_epoch` steps, recorded up to `steps`, a second apart, ended or not."""
     seq = ev.Sequencer(clock=iter(1_700_000_000.0 + i for i in range(10**6)).__next__)
     config = {"epochs": epochs, "steps_per_epoch": per_epoch, "total_steps": epochs * per_epoch, "batch_size": 8}
     config |= extra or {}
     events: list[ev.Event] = [
-        ev.RunStarted(**seq.header(0), name="tiny", model="smallcnn", dataset="shapes", config=config, layers=("fc",))
+        ev.RunStarted(**seq.header(0), name=name, model="smallcnn", dataset="shapes", config=config, layers=("fc",))
     ]
     for step in range(1, steps + 1):
         events.append(ev.Step(**seq.header(step), scalars={"train/loss": 1.0 / step, "lr": 0.1}))
@@ -400,3 +407,18 @@ def test_a_replay_offers_its_speed_and_restart_keys():
         assert {"+", "-", "r"} <= help_keys(app)
 
     drive(MiranteApp(ReplaySource(SMALLCNN, speed=1000.0), store=SMALLCNN), (80, 24), script)
+
+
+def test_the_status_line_keeps_smoothing_and_log_y_in_view_at_80_columns(tmp_path):
+    """The default run's name is 31 characters: the settings a user just toggled must still show, the seq gives way."""
+    name = "smallcnn-shapes-20261204-213703"
+    store = tiny_run(tmp_path / f"{name}.mirante", 30, end="finished", name=name)
+
+    async def script(app, pilot):
+        await pilot.press("s", "l")
+        await pilot.pause(0.3)
+        status = visible(app, "#status", (80, 24))[0]
+        assert "smoothed 0.6" in status and "log y" in status and "finished" in status, status
+        assert text_of(app.query_one("#loss")).startswith("loss (log y)")
+
+    drive(MiranteApp(FollowSource(store), store=store), (80, 24), script)

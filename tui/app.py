@@ -20,7 +20,7 @@ from engine.store import RunReader, StoreError
 from tui.messages import EventsArrived, SourceDone, SourceFailed
 from tui.remote import Remote
 from tui.screens import PANES
-from tui.screens.base import Pane, View, duration
+from tui.screens.base import Pane, View, duration, status_line
 from tui.screens.config import ConfigScreen
 from tui.screens.dialogs import HelpScreen, QuitScreen, help_rows
 from tui.screens.epochs import EpochsScreen
@@ -300,24 +300,27 @@ class MiranteApp(App[int]):
             ("frozen", self.frozen),
             ("paused", self.paused and state.status() != "running"),  # else the status says it
             (f"smoothed {self.view.smoothing:g}", self.view.smooth),
+            ("log y", self.view.log_y),
         )
-        flags = [name for name, on in settings if on]
         speed = getattr(self.source, "speed", None)
         silent = None if self.replay or self.paused else state.silent_for
         eta = state.eta
         if eta is not None and speed:  # a replay: the time it has left at its speed, not the run's own
             eta /= speed
-        clocks = f" · elapsed {duration(state.elapsed)}" + (f" · ETA {duration(eta)}" if state.live else "")
-        self.query_one("#status", Static).update(  # literal: the run's name and an ending's reason come from a store
-            literal(
-                f" {state.name} · {self.view.status(state)}{clocks}"
-                + (f" · last event {ago(silent)} ago" if silent is not None else "")
-                + f" · seq {state.last_seq:,}"
-                + (f" · replay {speed:g}x" if speed else "")
-                + "".join(f" · {f}" for f in flags)
-                + (f" · {self.note}" if self.note else "")
-            )
-        )
+        parts = [  # (text, rank): at 80 columns the higher ranks give way first, so the settings just toggled show
+            (state.name, 0),
+            (self.view.status(state), 0),
+            *[(name, 1) for name, on in settings if on],
+            (f"elapsed {duration(state.elapsed)}", 2),
+            *([(f"ETA {duration(eta)}", 2)] if state.live else []),
+            *([(f"last event {ago(silent)} ago", 1)] if silent is not None else []),
+            *([(f"replay {speed:g}x", 3)] if speed else []),
+            (f"seq {state.last_seq:,}", 4),
+            *([(self.note, 1)] if self.note else []),
+        ]
+        status = self.query_one("#status", Static)
+        # literal: the run's name and an ending's reason come from a store
+        status.update(literal(status_line(parts, status.size.width or self.size.width)))
 
     # -- actions: each changes a setting and asks for a redraw
 

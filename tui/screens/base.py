@@ -48,6 +48,22 @@ def fmt(value: float | None, spec: str = ".4g") -> str:
     return format(value, spec)
 
 
+def status_line(parts: list[tuple[str, int]], width: int) -> str:
+    """Parts (text, rank) joined by " · " in their order; while the line is wider than `width`, the part of the
+    highest rank (the last of equals) is left out. Rank 0 and 1 parts stay: the widget cuts what still overflows."""
+    kept = list(parts)
+
+    def line() -> str:
+        return " " + " · ".join(text for text, _ in kept)
+
+    while len(line()) > width:
+        droppable = [i for i, (_, rank) in enumerate(kept) if rank > 1]
+        if not droppable:
+            break
+        del kept[max(droppable, key=lambda i: (kept[i][1], i))]
+    return line()
+
+
 def duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"

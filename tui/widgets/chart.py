@@ -533,7 +533,8 @@ def render_chart(
     """Render `lines` into exactly `height` rows of at most `width` cells (or a short hint when too small).
 
     With `log_x` the lines' steps are `log_x_steps` of positive x values, labelled in decades. The y values' `unit`
-    follows each y label when it is "%" ("50%"), the title otherwise ("throughput (img/s)"). With `percent` the
+    follows each y label when it is "%" ("50%"), the title otherwise ("throughput (img/s)"), as `log_y` does
+    ("loss (log y)"). With `percent` the
     values are fractions drawn as percent: 0.968 reads 96.8%. With `window`, only the last `window` steps are drawn
     and the title says so ("loss · last 500").
     """
@@ -548,8 +549,11 @@ def render_chart(
     if message:
         return box_message(message, width, height, title)
     y_suffix = unit if unit == "%" else ""
-    if unit and not y_suffix:
-        title = f"{title} ({unit})" if title else f"({unit})"
+    said = [unit] if unit and not y_suffix else []
+    if log_y:  # the y labels alone do not tell a log axis at a glance
+        said.append("log y")
+    if said:
+        title = f"{title} ({', '.join(said)})" if title else f"({', '.join(said)})"
     head = header(title, lines, color, width)
     rows = height - 1 if head.plain else height
     plot = plot_text(plotted, width, rows, x_label, log_y, color, log_x, y_suffix)
