@@ -422,3 +422,15 @@ def test_the_status_line_keeps_smoothing_and_log_y_in_view_at_80_columns(tmp_pat
         assert text_of(app.query_one("#loss")).startswith("loss (log y)")
 
     drive(MiranteApp(FollowSource(store), store=store), (80, 24), script)
+
+
+def test_side_by_side_charts_keep_a_gutter_between_them():
+    async def script(app, pilot):
+        loss, accuracy = app.query_one("#loss").region, app.query_one("#accuracy").region
+        assert accuracy.x - loss.right >= 2, (loss, accuracy)
+        await pilot.press("6")
+        await pilot.pause(0.2)
+        left, right = app.query_one("#sys0").region, app.query_one("#sys1").region
+        assert right.x - left.right >= 2, (left, right)
+
+    drive(MiranteApp(FollowSource(SMALLCNN), store=SMALLCNN), (80, 24), script)
