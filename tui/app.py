@@ -255,6 +255,8 @@ class MiranteApp(App[int]):
         self.show_status()
 
     def active_pane(self) -> Pane | None:
+        if not self.screen_stack:  # the app is tearing its screens down
+            raise ScreenStackError("no screen")
         main = self.screen_stack[0]  # the panes' screen, though a dialog may be open over it
         active = main.query_one(TabbedContent).active
         return main.query_one(f"#{active}", TabPane).children[0] if active else None
