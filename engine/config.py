@@ -105,7 +105,8 @@ class TrainConfig:
     name: str | None = _opt("run name (default: MODEL-DATASET-TIME)", default=None)
     runs_dir: str = _opt("where run stores and checkpoints go", default="runs")
     log_every: int = _opt("steps between loss/LR read-backs (one batched device-to-host copy each)", default=10)
-    probe_every: int = _opt("steps between per-layer gradient/weight/update norms", default=10)
+    probe_every: int = _opt("steps between per-layer gradient norms (1: every step, at almost no cost)", default=1)
+    update_every: int = _opt("steps between per-layer weight norms and update/weight ratios", default=10)
     capture_every: int = _opt("steps between activation and filter captures (0: at epoch ends only)", default=200)
     capture_layer: str | None = _opt("deeper layer whose activations are captured (default: automatic)", default=None)
     on_divergence: str = _opt(
@@ -121,7 +122,7 @@ class TrainConfig:
         """Raise ConfigError for values that cannot work; returns self."""
         self._check_finite()  # first: NaN passes every comparison below
         positive = {"batch_size": self.batch_size, "lr": self.lr, "epochs": self.epochs}
-        positive |= {"log_every": self.log_every, "probe_every": self.probe_every}
+        positive |= {"log_every": self.log_every, "probe_every": self.probe_every, "update_every": self.update_every}
         for name, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")

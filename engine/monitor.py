@@ -12,9 +12,10 @@
             mon.epoch(val_loss=..., val_acc=...)
 
 `mon.step` keeps the loss on the device and reads it back with others every `log_every`
-steps; per-layer gradient norms are taken every `probe_every` steps. The update/weight ratio
-of a probe step is measured at the next `step()` call, as the change of the weights between
-the two calls: one optimizer step, whichever side of `optimizer.step()` you call it on.
+steps; per-layer gradient norms are taken every `probe_every` steps (by default every step:
+four device ops, no sync). The update/weight ratio of every `update_every`-th step is
+measured at the next `step()` call, as the change of the weights between the two calls: one
+optimizer step, whichever side of `optimizer.step()` you call it on.
 
 Every call is checked before anything of it is kept (by shapes, dtypes and devices: host
 metadata, no sync): a misuse raises one line at the call, the step is not counted, and the
@@ -60,7 +61,8 @@ class Monitor:
         input_shape: tuple[int, int, int] | None = None,
         sample: Tensor | None = None,
         log_every: int = 10,
-        probe_every: int = 10,
+        probe_every: int = 1,
+        update_every: int = 10,
         capture_every: int = 0,
         live: Any | None = None,
         peak_tflops: float | None = None,
@@ -86,6 +88,7 @@ class Monitor:
             raise ValueError(f"model {type(model).__name__} has no parameters: Monitor records the training of one")
         self.device = device = first.device
         log_every, probe_every = _count(log_every, "log_every"), _count(probe_every, "probe_every")
+        update_every = _count(update_every, "update_every")
         capture_every = _count(capture_every, "capture_every", least=0)
         if batch_size is not None:
             batch_size = _count(batch_size, "batch_size")
@@ -132,6 +135,7 @@ class Monitor:
                 device,
                 log_every=log_every,
                 probe_every=probe_every,
+                update_every=update_every,
                 capture_every=capture_every,
                 sample=sample,
             )
@@ -187,11 +191,13 @@ class Monitor:
             batch_size = _count(batch_size, "batch_size")
         _check_logits(logits, targets)
         # all checked: from here on the step is kept
-        if self._probed_step is not None:  # the weights have moved by one optimizer step since the probe
+        if self._probed_step is not None:  # the weights have moved by one optimizer step since the snapshot
             self.rec.probe_update(self._probed_step)
             self._probed_step = None
         if self.rec.is_probe_step(self.steps):
-            self.rec.probe_grads()
+            self.rec.probe_grads(self.steps + 1)
+        if self.rec.is_update_step(self.steps):
+            self.rec.snapshot()
             self._probed_step = self.steps + 1
         correct = None
         if self.steps == 0 and logits is not None:

@@ -79,68 +79,106 @@ class ReadBack:
 
 
 class LayerNorms:
-    """Gradient norm, weight norm and update/weight ratio per parameterised layer, fused.
+    """Per-layer gradient norms on every step, weight norms and update/weight ratios at a cadence: fused, preallocated.
 
-    Per-parameter norms come from one `torch._foreach_norm` over all tensors at once; an
-    `index_add_` folds them into layers (a conv's weight and bias are one layer). The update
-    is measured as the change of the weights across `optimizer.step()`, so it is right for
-    any optimizer (momentum, Adam's scaling, weight decay included).
+    `grads()` (after backward and unscaling) folds one `torch._foreach_norm` over the gradients into the next row of a
+    device ring of squared per-layer norms: four launching ops per step, whatever the number of parameters (a conv's
+    weight and bias are one layer). `take()` hands the ring's rows over once per logging interval. `snapshot()` before
+    `optimizer.step()` and `update()` after it measure the update as the change of the weights, right for any
+    optimizer (momentum, Adam's scaling, weight decay included), into buffers allocated once. Layers with no gradient
+    on a step (frozen, or unused by that step's forward) read NaN; which ones is known on the host.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, rows: int = 64) -> None:
         layers = parameterised_layers(model)
         self.names = tuple(name for name, _ in layers)
         self.types = tuple(type(module).__name__ for _, module in layers)
         self.params: list[nn.Parameter] = []
-        owner: list[int] = []
+        self._owner_list: list[int] = []
         for i, (_, module) in enumerate(layers):
             for p in module.parameters(recurse=False):
                 if p.requires_grad:
                     self.params.append(p)
-                    owner.append(i)
-        device = self.params[0].device if self.params else torch.device("cpu")
-        self._owner = torch.tensor(owner, dtype=torch.long, device=device)
+                    self._owner_list.append(i)
+        self.device = self.params[0].device if self.params else torch.device("cpu")
+        self._owner = self._to_device(self._owner_list)
+        self._owner2 = self._to_device(self._owner_list + [i + len(self.names) for i in self._owner_list])
         self._owner_subsets: dict[tuple[int, ...], Tensor] = {}
-        self._before: list[Tensor] | None = None
-        self._grad_sq: Tensor | None = None
+        self._ring = torch.zeros(max(1, rows), len(self.names), dtype=torch.float32, device=self.device)
+        self._missing: list[tuple[int, ...]] = []  # per filled row: the layers that had no gradient
+        self._before: list[Tensor] | None = None  # the weights before the step, in buffers kept from the first
+
+    @property
+    def rows(self) -> int:
+        return len(self._missing)
+
+    @property
+    def full(self) -> bool:
+        return self.rows == self._ring.shape[0]
+
+    def _to_device(self, index: list[int]) -> Tensor:
+        host = torch.tensor(index, dtype=torch.long)
+        if self.device.type != "cuda":
+            return host.to(self.device)
+        # pinned and non-blocking: no host wait (made once, and once per new pattern of missing gradients)
+        return host.pin_memory().to(self.device, non_blocking=True)
 
     def _owner_of(self, present: tuple[int, ...]) -> Tensor:
         """The layer of each parameter that has a gradient; made on the device once per pattern."""
         index = self._owner_subsets.get(present)
         if index is None:
-            index = self._owner[torch.tensor(present, device=self._owner.device)]
-            self._owner_subsets[present] = index
+            index = self._owner_subsets[present] = self._to_device([self._owner_list[i] for i in present])
         return index
 
-    def _per_layer(self, squares: Tensor, index: Tensor) -> Tensor:
-        out = torch.zeros(len(self.names), dtype=torch.float32, device=squares.device)
-        return out.index_add_(0, index, squares)
-
-    def before_step(self) -> None:
-        """Call after backward (and unscaling), before optimizer.step(), on a probe step."""
+    def grads(self, clip: float | None = None) -> None:
+        """Per-layer squared gradient norms into the ring's next row; with `clip`, clip the gradients to that total
+        norm as `clip_grad_norm_` would, from the same per-tensor norms (the norms recorded are before clipping)."""
+        if self.full:
+            raise RuntimeError("LayerNorms.grads(): the ring is full: take() its rows first")
         present = tuple(i for i, p in enumerate(self.params) if p.grad is not None)
         grads = [self.params[i].grad for i in present]
+        row = self._ring[len(self._missing)]
         if grads:
             norms = torch.stack(torch._foreach_norm(grads)).float()
+            squares = norms * norms
             index = self._owner if len(present) == len(self.params) else self._owner_of(present)
-            grad_sq = self._per_layer(norms * norms, index)
-            missing = torch.ones(len(self.names), device=norms.device)
-            missing.index_fill_(0, index, 0.0)
-            self._grad_sq = torch.where(missing.bool(), torch.nan, grad_sq)  # layers without grads: NaN
+            row.index_add_(0, index, squares)
+            if clip is not None:
+                total = squares.sum().sqrt()
+                torch._foreach_mul_(grads, (clip / (total + 1e-6)).clamp(max=1.0))
+        if len(present) == len(self.params):
+            self._missing.append(())
         else:
-            self._grad_sq = None
-        self._before = [p.detach().clone() for p in self.params]
+            has = {self._owner_list[i] for i in present}
+            self._missing.append(tuple(i for i in range(len(self.names)) if i not in has))
 
-    def after_step(self) -> Tensor:
-        """Call after optimizer.step(): a [3, layers] float32 tensor on the device (grad, weight, ratio)."""
+    def take(self) -> tuple[Tensor, list[tuple[int, ...]]] | None:
+        """The filled rows as gradient norms [rows, layers] (a new device tensor) and each row's missing layers;
+        the ring is emptied. None when no row was filled."""
+        n = len(self._missing)
+        if not n:
+            return None
+        norms = self._ring[:n].sqrt()
+        self._ring[:n].zero_()
+        missing, self._missing = self._missing, []
+        return norms, missing
+
+    def snapshot(self) -> None:
+        """The weights as they are before `optimizer.step()`, on an update-probe step: one copy into kept buffers."""
         weights = [p.detach() for p in self.params]
-        weight_sq = self._per_layer(torch.stack(torch._foreach_norm(weights)).float() ** 2, self._owner)
-        deltas = torch._foreach_sub(weights, self._before)
-        update_sq = self._per_layer(torch.stack(torch._foreach_norm(deltas)).float() ** 2, self._owner)
-        self._before = None
-        weight_norm = weight_sq.sqrt()
-        grad_norm = self._grad_sq.sqrt() if self._grad_sq is not None else torch.full_like(weight_norm, torch.nan)
-        return torch.stack([grad_norm, weight_norm, update_sq.sqrt() / weight_norm])
+        if self._before is None:
+            self._before = [torch.empty_like(w) for w in weights]
+        torch._foreach_copy_(self._before, weights)
+
+    def update(self) -> Tensor:
+        """After `optimizer.step()`: [2, layers] float32 on the device: the update's norm and the weights' norm."""
+        if self._before is None:
+            raise RuntimeError("LayerNorms.update() needs a snapshot() before the optimizer's step")
+        weights = [p.detach() for p in self.params]
+        torch._foreach_sub_(self._before, weights)  # before - after: the update, negated
+        norms = torch.stack(torch._foreach_norm(self._before) + torch._foreach_norm(weights)).float()
+        out = torch.zeros(2 * len(self.names), dtype=torch.float32, device=norms.device)
+        return out.index_add_(0, self._owner2, norms * norms).sqrt().view(2, len(self.names))
 
 
 RELUS = (nn.ReLU, nn.ReLU6)

@@ -3,13 +3,16 @@
 Shared by mirante's own loop (`engine.train`) and the `Monitor` API for users' loops. Per
 step it keeps the loss (and correct count) as device tensors and the learning rate as a host
 float: no kernel launch beyond an argmax, no copy. Every `log_every` steps it stacks them
-and starts one non-blocking copy; every `probe_every` steps it takes per-layer norms; every
-`capture_every` steps it captures activation maps. Values reach the store when their copy
-has finished (`probes.ReadBack`), so no step waits for the device on the monitor's account.
+and starts one non-blocking copy. Every `probe_every` steps (by default every step) it folds
+per-layer gradient norms into a device ring, read back with the interval; every
+`update_every` steps it takes weight norms and update/weight ratios; every `capture_every`
+steps it captures activation maps. Values reach the store when their copy has finished
+(`probes.ReadBack`), so no step waits for the device on the monitor's account.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from typing import Any
@@ -33,7 +36,8 @@ class Recorder:
         device: torch.device,
         *,
         log_every: int = 10,
-        probe_every: int = 10,
+        probe_every: int = 1,
+        update_every: int = 10,
         capture_every: int = 0,
         sample: Tensor | None = None,
         capture_layer: str | None = None,
@@ -51,12 +55,16 @@ class Recorder:
         self.device = device
         self.log_every = log_every
         self.probe_every = probe_every
+        self.update_every = update_every
         self.capture_every = capture_every
         self.sample = sample
         self._autocast = autocast  # a zero-argument factory of the training's autocast context
         self.train_flops = train_flops  # forward + backward FLOPs per sample, for TFLOP/s and MFU
         self.peak_tflops = peak_tflops
-        self.norms = probes.LayerNorms(model)
+        # the ring holds one logging interval of gradient norms (taken early should an interval hold more)
+        self.norms = probes.LayerNorms(model, rows=min(256, log_every // probe_every + 1))
+        self._grad_steps: list[int] = []  # the step of each of the ring's rows
+        self._updates: list[tuple[int, Tensor]] = []  # (step, [update norm, weight norm] on the device)
         self.readback = probes.ReadBack(device)
         self.capture_layers = probes.capture_layers(model, capture_layer) if sample is not None else []
         # the interval being gathered: device tensors and host floats
@@ -79,17 +87,28 @@ class Recorder:
         return self.norms.names
 
     def is_probe_step(self, step: int) -> bool:
-        """Whether the update that follows `step` steps taken gets per-layer norms (on the recording rank)."""
+        """Whether the update that follows `step` steps taken gets per-layer gradient norms (on the recording rank)."""
         return self.main and bool(self.norms.params) and step % self.probe_every == 0  # no layers: nothing to probe
 
-    def probe_grads(self) -> None:
-        """Per-layer gradient norms, and a copy of the weights: after backward (and unscaling)."""
-        self.norms.before_step()
+    def is_update_step(self, step: int) -> bool:
+        """Whether the update that follows `step` steps taken gets weight norms and update/weight ratios."""
+        return self.main and bool(self.norms.params) and step % self.update_every == 0
+
+    def probe_grads(self, step: int, clip: float | None = None) -> None:
+        """Per-layer gradient norms of the update that makes `step` steps: after backward (and unscaling), before
+        the optimizer's step. With `clip`, the gradients are clipped to that total norm from the same norms."""
+        if self.norms.full:
+            self._submit_layers()
+        self.norms.grads(clip)
+        self._grad_steps.append(step)
+
+    def snapshot(self) -> None:
+        """The weights before the optimizer's step, on an update step (`probe_update` measures the change)."""
+        self.norms.snapshot()
 
     def probe_update(self, step: int) -> None:
         """Weight norms and update/weight ratios once the weights have moved by one optimizer step."""
-        stats = self.norms.after_step()
-        self.readback.submit([stats], lambda host: self._emit_layer_stats(step, host[0]))
+        self._updates.append((step, self.norms.update()))
 
     def record(
         self,
@@ -146,6 +165,7 @@ class Recorder:
             self._losses, self._correct, self._sizes, self._lrs = [], [], [], []
             self._data_time = 0.0
             self._interval_start = time.perf_counter()
+        self._submit_layers()
         self.readback.ready(wait=wait)
         now = time.monotonic()
         if self.main and now - self._last_system > SYSTEM_EVERY_S:
@@ -219,9 +239,37 @@ class Recorder:
             self.epoch_correct += sum(correct)
             self.epoch_seen += sum(sizes)
 
-    def _emit_layer_stats(self, step: int, stats: Tensor) -> None:
-        grad, weight, ratio = stats.tolist()
-        self.out.emit(ev.LayerStats, step, grad_norm=grad, weight_norm=weight, update_ratio=ratio)
+    def _submit_layers(self) -> None:
+        """Start copying the interval's per-layer norms: the ring's rows and the update probes, one read-back."""
+        taken = self.norms.take()
+        steps, self._grad_steps = self._grad_steps, []
+        updates, self._updates = self._updates, []
+        if taken is None and not updates:
+            return
+        tensors = ([taken[0]] if taken else []) + [u for _, u in updates]
+        missing = taken[1] if taken else []
+        update_steps = [step for step, _ in updates]
+        self.readback.submit(tensors, lambda host: self._emit_layer_stats(steps, missing, update_steps, host))
+
+    def _emit_layer_stats(
+        self, steps: list[int], missing: list[tuple[int, ...]], update_steps: list[int], host: list[Tensor]
+    ) -> None:
+        """One LayerStats per probed step, in step order: its gradient norms (NaN for layers without a gradient),
+        and on update steps the weight norms and update/weight ratios."""
+        grads: dict[int, list[float]] = {}
+        if steps:
+            for step, row, gone in zip(steps, host[0].tolist(), missing, strict=True):
+                for i in gone:
+                    row[i] = math.nan
+                grads[step] = row
+        moved: dict[int, tuple[list[float], list[float]]] = {}
+        for step, values in zip(update_steps, host[1 if steps else 0 :], strict=True):
+            update, weight = values.tolist()
+            ratio = [u / w if w else (math.nan if u == 0 else math.inf) for u, w in zip(update, weight, strict=True)]
+            moved[step] = weight, ratio
+        for step in sorted(grads.keys() | moved.keys()):
+            weight, ratio = moved.get(step, ((), ()))
+            self.out.emit(ev.LayerStats, step, grad_norm=grads.get(step, ()), weight_norm=weight, update_ratio=ratio)
 
 
 def _f16(values: Tensor) -> bytes:

@@ -418,6 +418,7 @@ class Trainer:
             s.device,
             log_every=self.c.log_every,
             probe_every=self.c.probe_every,
+            update_every=self.c.update_every,
             capture_every=self.c.capture_every,
             sample=sample,
             capture_layer=self.c.capture_layer,
@@ -557,7 +558,7 @@ class Trainer:
                 lr = c.lr * lr_factor(c, self.step, s.data.steps_per_epoch, s.total_steps) * self.plateau_factor
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            probe_now = rec.is_probe_step(self.step)
+            probe_now, update_now = rec.is_probe_step(self.step), rec.is_update_step(self.step)
 
             with s.autocast():
                 logits, aux = models.split_outputs(model(x))
@@ -569,16 +570,18 @@ class Trainer:
             scaler.scale(objective).backward()
             if scaler.is_enabled() and (c.clip_grad or probe_now):
                 scaler.unscale_(optimizer)  # norms and clipping see true gradients
-            if c.clip_grad:
+            if probe_now:  # the per-layer norms, and the clipping from the same norms
+                rec.probe_grads(self.step + 1, clip=c.clip_grad)
+            elif c.clip_grad:
                 nn.utils.clip_grad_norm_(params, c.clip_grad, foreach=True)
-            if probe_now:
-                rec.probe_grads()
+            if update_now:
+                rec.snapshot()
             scaler.step(optimizer)  # fp16 only: GradScaler checks for inf here (PyTorch's own sync)
             scaler.update()
 
             self.step += 1
             self.step_in_epoch += 1
-            if probe_now:
+            if update_now:
                 rec.probe_update(self.step)
             correct = (logits.detach().argmax(dim=1) == y).sum()
             rec.record(self.step, loss, lr, correct=correct, batch_size=len(y), data_time=data_time)

@@ -259,7 +259,7 @@ from engine.monitor import Monitor
 torch.manual_seed(0)
 model = torch.nn.Sequential(torch.nn.Linear(4, 3))
 optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-mon = Monitor(model, optimizer, run=sys.argv[1], runs_dir=sys.argv[2], log_every=10, probe_every=3)
+mon = Monitor(model, optimizer, run=sys.argv[1], runs_dir=sys.argv[2], log_every=10, probe_every=3, update_every=3)
 for step in range(23):  # 23: the last three steps are still on their way at exit
     x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
     logits = model(x)
@@ -293,7 +293,10 @@ def test_a_script_that_never_closes_its_monitor_ends_the_run_finished(tmp_path):
     status, steps, events = stored(tmp_path / "open.mirante")
     assert status == "finished" and steps == list(range(1, 24))
     assert [e.epoch for e in events if isinstance(e, ev.Epoch)] == [1]
-    assert len([e for e in events if isinstance(e, ev.LayerStats)]) == 8  # the probe of step 21 included
+    stats = [e for e in events if isinstance(e, ev.LayerStats)]
+    grads = [e.step for e in stats if len(e.grad_norm)]
+    updates = [e.step for e in stats if len(e.update_ratio)]  # step 10's comes in an event of its own: measured
+    assert grads == updates == [1, 4, 7, 10, 13, 16, 19, 22]  # at the next call, after that interval was read back
 
 
 def test_at_exit_a_monitor_left_open_by_an_uncaught_exception_ends_the_run_failed(tmp_path, monkeypatch):

@@ -35,6 +35,7 @@ def tiny(tmp_path: Path, **overrides) -> TrainConfig:
         name="tiny",
         log_every=5,
         probe_every=3,
+        update_every=3,
         capture_every=10,
         device="cpu",
     )
@@ -102,7 +103,7 @@ def test_steps_that_do_not_log_never_wait_for_the_device(tmp_path, monkeypatch):
 
     from engine import recorder
 
-    config = tiny(tmp_path, steps=23, log_every=10, probe_every=4, capture_every=7)
+    config = tiny(tmp_path, steps=23, log_every=10, probe_every=1, update_every=4, capture_every=7)
     s = train.setup(config)
     trainer = train.Trainer(s, train.Emitter(train.RunWriter(tmp_path / "sync.mirante")), name="sync")
     trainer.start()
@@ -111,13 +112,15 @@ def test_steps_that_do_not_log_never_wait_for_the_device(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "synchronize", forbid("synchronize", torch.cuda.synchronize))
     monkeypatch.setattr(recorder.Recorder, "flush", permit(recorder.Recorder.flush))
     monkeypatch.setattr(train.Trainer, "end_epoch", permit(train.Trainer.end_epoch))
-    trainer.train_one_epoch()  # 23 steps: 21 of them do not log; probes at 0, 4, ...; captures at 7, 14, 21
+    trainer.train_one_epoch()  # 23 steps: 21 do not log; gradient norms every step, updates at 0, 4, ...
     assert trainer.step == 23
     monkeypatch.undo()
     trainer.rec.flush(trainer.step, wait=True)
     trainer.out.close()
     events = kinds(tmp_path / "sync.mirante")
-    assert [e.step for e in events if isinstance(e, ev.LayerStats)] == [1, 5, 9, 13, 17, 21]
+    stats = [e for e in events if isinstance(e, ev.LayerStats)]
+    assert [e.step for e in stats] == list(range(1, 24)) and all(len(e.grad_norm) for e in stats)
+    assert [e.step for e in stats if len(e.update_ratio)] == [1, 5, 9, 13, 17, 21]
     assert sorted({e.step for e in events if isinstance(e, ev.Activation)}) == [7, 14, 21]
 
 

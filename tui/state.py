@@ -52,10 +52,16 @@ class LayerHistory:
         self.count = 0  # probes seen in the whole run
 
     def add(self, step: int, grad: np.ndarray, weight: np.ndarray, ratio: np.ndarray) -> None:
-        self.steps.append(step)
-        self.grad.append(grad)
-        self.weight, self.ratio = weight, ratio
-        self.count += 1
+        """One LayerStats: its gradient norms are a row (every probed step), its weight norms and update ratios the
+        latest when it has them (every `update_every` steps): an event without a field keeps the last one shown."""
+        if grad.size:
+            self.steps.append(step)
+            self.grad.append(grad)
+            self.count += 1
+        if weight.size:
+            self.weight = weight
+        if ratio.size:
+            self.ratio = ratio
 
     def matrix(self) -> np.ndarray:
         """[time, layer] gradient norms of the kept probes (NaN-padded if the layer count changed)."""
