@@ -16,12 +16,14 @@ log "pytest on CUDA: no-sync test, probes, models, engine"
 timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_probes.py tests/test_train.py \
   2>&1 | tail -15 | tee -a "$OUT/summary.txt"
 
-b() { log "overhead $*"; timeout 150 python3 bench/overhead.py --device cuda --precision bf16 "$@" 2>&1 | tail -7 | tee -a "$OUT/summary.txt"; }
-b --model resnet18 --size 32 --batch 512 --steps 50 --rounds 5 --probe-every 10
-b --model resnet50 --size 224 --batch 128 --steps 20 --rounds 5 --probe-every 10
-b --model resnet18 --size 32 --batch 512 --steps 50 --rounds 5 --probe-every 1 --log-every 1
-b --model resnet18 --size 32 --batch 512 --steps 50 --rounds 5 --probe-every 50 --log-every 50
-b --model smallcnn --size 32 --batch 512 --steps 50 --rounds 5 --probe-every 10
+b() { log "overhead $*"; timeout 200 python3 bench/overhead.py --device cuda --precision bf16 "$@" 2>&1 | tail -10 | tee -a "$OUT/summary.txt"; }
+# mirante's defaults: gradient norms every step, update ratios every 10, read-back every 10
+b --model resnet18 --size 32 --batch 512 --steps 50 --rounds 5
+b --model resnet50 --size 224 --batch 128 --steps 20 --rounds 5
+b --model resnet18 --size 32 --batch 512 --steps 50 --rounds 5 --probe-every 1 --update-every 1 --log-every 1
+b --model smallcnn --size 32 --batch 512 --steps 50 --rounds 5
+log "ATen ops per step (CPU count)"
+timeout 300 python3 bench/opcount.py 2>&1 | tee -a "$OUT/summary.txt"
 
 log "headless training on CUDA: resnet18 on shapes, 2 epochs"
 timeout 120 python3 -m engine.train --model resnet18 --dataset shapes --epochs 2 --batch-size 256 \

@@ -1,57 +1,68 @@
 """What monitoring costs training: the engine's loop with monitoring on and off, and a bare loop.
 
     python bench/overhead.py [--model smallcnn] [--size 32] [--batch 128] [--device cpu]
-                             [--precision fp32] [--steps 30] [--rounds 5] [--probe-every 10]
+                             [--precision fp32] [--steps 30] [--rounds 5] [--data both]
+                             [--probe-every 1] [--update-every 10] [--log-every 10] [--capture-every 200]
+    python bench/overhead.py --tiny      # a few steps, one round: what the test suite runs
 
-Three loops on the same model and the same batch (synthetic, already on the device), each
-timed over `--steps` steps after warm-up, alternated for `--rounds` rounds so that drift in
-clock speed or temperature hits all three alike:
+The run is built as `mirante train` builds it (`engine.train.setup`: the built-in shapes data,
+the model, the optimizer, autocast and channels_last), then three loops share its model and
+optimizer, each fed two ways:
 
-- bare: forward, loss, backward, optimizer step; nothing else (autocast and channels_last as
-  the engine uses them);
-- engine, monitoring off: mirante's `Trainer` loop with read-backs and probes disabled;
-- engine, monitoring on: the same loop at the given cadences, writing a real run store.
+- bare: forward, loss, backward, optimizer step; nothing else;
+- engine, monitoring off: mirante's `Trainer` loop with read-backs and probes never due;
+- engine, monitoring on: the same loop at the given cadences (by default mirante's: gradient
+  norms every step), writing a real run store;
 
-Prints the median images/s of each and the ratios: the monitoring overhead (on vs off) and
-the engine against the bare loop.
+fed by one fixed batch already on the device (the model's cost alone) and by the real data
+path (`engine.data`: the epoch's order, crops and flips on the device). Each loop is timed over
+`--steps` steps after warm-up, the loops alternated for `--rounds` rounds so that drift in
+clock speed or temperature hits all alike. Prints the median images/s of each and the ratios.
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
+import dataclasses
+import json
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import SimpleNamespace
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
-from engine import flops, models  # noqa: E402
+from engine import models  # noqa: E402
 from engine.config import TrainConfig  # noqa: E402
 from engine.emit import Emitter  # noqa: E402
 from engine.store import RunWriter  # noqa: E402
-from engine.train import Setup, Trainer, build_optimizer, loss_function, pick_precision  # noqa: E402
+from engine.train import Setup, Trainer, device_info, setup  # noqa: E402
+
+NEVER = 10**9  # a cadence that never comes due
 
 
 class OneBatch:
-    """Stands in for `engine.data.Data`: the same device batch, `steps_per_epoch` times."""
+    """The run's own data, but every training batch is its first one: the fixed-batch loops.
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, steps: int) -> None:
-        self.x, self.y, self.steps_per_epoch = x, y, steps
-        self.spec = SimpleNamespace(name="synthetic")
+    Everything else (the spec, the sample for captures, validation) is the real data's, so this
+    cannot fall behind what the trainer reads from its data.
+    """
 
-    def train_batches(self, epoch: int, skip: int = 0):
-        for _ in range(self.steps_per_epoch - skip):
+    def __init__(self, data: Any) -> None:
+        self._data = data
+        self.x, self.y = next(iter(data.train_batches(0)))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._data, name)
+
+    def train_batches(self, epoch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for _ in range(self._data.steps_per_epoch - skip):
             yield self.x, self.y
-
-    def fixed_sample(self, index: int = 0):
-        return self.x[:1], 0
 
 
 def sync(device: torch.device) -> None:
@@ -59,115 +70,151 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()  # note: timing only, at the end of a timed block
 
 
-def bare_loop(model, optimizer, x, y, steps: int, autocast) -> None:
-    for _ in range(steps):
-        with autocast():
-            loss = F.cross_entropy(model(x).float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+def endless(data: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    epoch = 0
+    while True:
+        yield from data.train_batches(epoch)
+        epoch += 1
 
 
-def main() -> None:
+def bare_loop(s: Setup, data: Any) -> Callable[[int], None]:
+    batches = endless(data)
+
+    def run(steps: int) -> None:
+        for _ in range(steps):
+            x, y = next(batches)
+            with s.autocast():
+                logits, _ = models.split_outputs(s.model(x))
+                loss = s.loss_fn(logits, y)
+            s.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            s.optimizer.step()
+
+    return run
+
+
+def engine_loop(s: Setup, name: str, runs: Path) -> tuple[Callable[[int], None], Trainer]:
+    trainer = Trainer(s, Emitter(RunWriter(runs / f"{name}.mirante")), name=name)
+    trainer.start()
+
+    def run(steps: int) -> None:
+        target = trainer.step + steps
+        while trainer.step < target:
+            s.total_steps = target
+            trainer.train_one_epoch()
+            if trainer.step < target:  # the epoch's batches ran out: the next epoch, as fit() goes on
+                trainer.epoch += 1
+                trainer.step_in_epoch = 0
+        trainer.rec.flush(trainer.step)
+
+    return run, trainer
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    defaults = TrainConfig()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smallcnn")
-    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--size", type=int, default=None, help="image side (default: the data's, or the model's own)")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--probe-every", type=int, default=10)
-    p.add_argument("--capture-every", type=int, default=200)
+    p.add_argument("--data", default="both", choices=("fixed", "real", "both"))
+    p.add_argument("--log-every", type=int, default=defaults.log_every)
+    p.add_argument("--probe-every", type=int, default=defaults.probe_every)
+    p.add_argument("--update-every", type=int, default=defaults.update_every)
+    p.add_argument("--capture-every", type=int, default=defaults.capture_every)
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
-    args = p.parse_args()
+    p.add_argument("--tiny", action="store_true", help="3 steps, 1 round, batch 8 at 16x16: that it runs")
+    p.add_argument("--json", help="also write the figures to this file")
+    args = p.parse_args(argv)
+    if args.tiny:
+        args.steps, args.rounds, args.warmup, args.batch, args.size = 3, 1, 1, 8, 16
+    return args
 
-    device = torch.device(args.device)
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
     torch.manual_seed(0)
-    torch.backends.cudnn.benchmark = device.type == "cuda"  # as the engine sets it
-    amp = pick_precision(args.precision, device)
-    model = models.build_model(args.model, num_classes=10, image_size=args.size).to(device)
-    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
-    model = model.to(memory_format=fmt)
-    x = torch.randn(args.batch, 3, args.size, args.size, device=device).to(memory_format=fmt)
-    y = torch.randint(0, 10, (args.batch,), device=device)
-
-    def autocast():
-        return torch.autocast(device.type, dtype=amp, enabled=amp is not None)
-
-    config = TrainConfig(model=args.model, batch_size=args.batch, lr=0.01, schedule="none", weight_decay=0.0)
-    optimizer = build_optimizer(config, [q for q in model.parameters() if q.requires_grad])
-    big = 10**9
-
     with tempfile.TemporaryDirectory() as tmp:
+        runs = Path(tmp)
+        base = TrainConfig(
+            model=args.model,
+            dataset="shapes",
+            image_size=args.size,
+            batch_size=args.batch,
+            device=args.device,
+            precision=args.precision,
+            channels_last=args.channels_last,
+            schedule="none",
+            runs_dir=tmp,
+            workers=0,
+        ).validate()
+        s = setup(base)
+        device = s.device
 
-        def engine(monitoring: bool, name: str) -> Trainer:
-            c = TrainConfig(**{**config.to_dict(), "runs_dir": tmp})
-            c.log_every = args.log_every if monitoring else big
-            c.probe_every = args.probe_every if monitoring else big
-            c.capture_every = args.capture_every if monitoring else 0
-            s = Setup(
-                config=c,
-                device=device,
-                amp_dtype=amp,
-                data=OneBatch(x, y, args.steps),  # type: ignore[arg-type]
-                model=model,
-                eager=model,
-                optimizer=optimizer,
-                scaler=torch.amp.GradScaler(device.type, enabled=amp is torch.float16),
-                loss_fn=loss_function(c, 10),
-                total_steps=big,
-                counts=flops.count(model, (3, args.size, args.size)),
-            )
-            trainer = Trainer(s, Emitter(RunWriter(Path(tmp) / f"{name}.mirante")))
-            trainer.start()
-            return trainer
+        def variant(monitoring: bool, data: Any) -> Setup:
+            cadences = {
+                "log_every": args.log_every if monitoring else NEVER,
+                "probe_every": args.probe_every if monitoring else NEVER,
+                "update_every": args.update_every if monitoring else NEVER,
+                "capture_every": args.capture_every if monitoring else 0,
+            }
+            config = dataclasses.replace(base, **cadences).validate()
+            return dataclasses.replace(s, config=config, data=data)
 
-        loops = {
-            "bare": lambda n: bare_loop(model, optimizer, x, y, n, autocast),
-            "engine, monitoring off": engine(False, "off"),
-            "engine, monitoring on": engine(True, "on"),
-        }
+        feeds = {"fixed batch": OneBatch(s.data), "real data": s.data}
+        if args.data != "both":
+            feeds = {k: v for k, v in feeds.items() if k.startswith(args.data)}
+        loops: dict[str, Callable[[int], None]] = {}
+        trainers: list[Trainer] = []
+        for feed, data in feeds.items():
+            loops[f"{feed}: bare"] = bare_loop(s, data)
+            for monitoring in (False, True):
+                name = f"{feed}: engine, monitoring {'on' if monitoring else 'off'}"
+                loops[name], trainer = engine_loop(
+                    variant(monitoring, data), name.replace(" ", "_").replace(":", "").replace(",", ""), runs
+                )
+                trainers.append(trainer)
 
-        def run(name: str, steps: int) -> float:
-            loop = loops[name]
+        def timed(name: str, steps: int) -> float:
             sync(device)
             start = time.perf_counter()
-            if callable(loop):
-                loop(steps)
-            else:
-                loop.s.data.steps_per_epoch = steps
-                loop.step_in_epoch = 0
-                loop.train_one_epoch()
-                loop.rec.flush(loop.step)
+            loops[name](steps)
             sync(device)
             return steps * args.batch / (time.perf_counter() - start)
 
         for name in loops:
-            run(name, args.warmup)
+            timed(name, args.warmup)
         rates: dict[str, list[float]] = {name: [] for name in loops}
         for _ in range(args.rounds):
             for name in loops:
-                rates[name].append(run(name, args.steps))
-        for loop in loops.values():
-            if not callable(loop):
-                loop.out.close()
+                rates[name].append(timed(name, args.steps))
+        for trainer in trainers:
+            trainer.out.close()
 
     med = {name: statistics.median(r) for name, r in rates.items()}
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    print(f"device: {where}; torch {torch.__version__}; threads {torch.get_num_threads()}")
+    print(f"device: {device_info(device)['name']}; torch {torch.__version__}; threads {torch.get_num_threads()}")
+    size = s.data.spec.source_size if args.size is None else args.size
     print(
-        f"model {args.model} at {args.size}x{args.size}, batch {args.batch}, {args.precision}, "
-        f"channels_last {args.channels_last}; {args.rounds} rounds x {args.steps} steps; "
-        f"log every {args.log_every}, probe every {args.probe_every}, capture every {args.capture_every or 'never'}"
+        f"model {args.model} at {size}x{size}, batch {args.batch}, {args.precision}, "
+        f"channels_last {args.channels_last}; {args.rounds} rounds x {args.steps} steps; log every {args.log_every}, "
+        f"gradient norms every {args.probe_every}, update ratios every {args.update_every}, "
+        f"capture every {args.capture_every or 'epoch end'}"
     )
     for name, r in rates.items():
-        print(f"  {name:24s} {med[name]:10,.0f} img/s   (rounds: {', '.join(f'{v:,.0f}' for v in r)})")
-    off, on = med["engine, monitoring off"], med["engine, monitoring on"]
-    print(f"monitoring overhead (on vs off): {100 * (1 - on / off):+.2f}%")
-    print(f"engine (monitoring on) vs bare loop: {on / med['bare']:.3f}x")
+        print(f"  {name:40s} {med[name]:10,.0f} img/s   (rounds: {', '.join(f'{v:,.0f}' for v in r)})")
+    figures: dict[str, float] = {}
+    for feed in feeds:
+        off, on, bare = (med[f"{feed}: {k}"] for k in ("engine, monitoring off", "engine, monitoring on", "bare"))
+        figures[f"{feed}: overhead %"] = 100 * (1 - on / off)
+        figures[f"{feed}: engine vs bare"] = on / bare
+        print(f"{feed}: monitoring overhead (on vs off) {figures[f'{feed}: overhead %']:+.2f}%; ", end="")
+        print(f"engine (on) vs bare {on / bare:.3f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"img/s": med, **figures}, indent=1))
 
 
 if __name__ == "__main__":

@@ -56,3 +56,19 @@ def test_the_reliability_matrix_runs(tmp_path):
     results = json.loads(results_path.read_text())["results"]
     assert len({r["area"] for r in results}) == 9, out
     assert all(r["passed"] for r in results), out
+
+
+def test_the_overhead_benchmark_runs(tmp_path):
+    """bench/overhead.py, the source of the README's cost figures, at 3 steps a loop: it must not rot again."""
+    figures_path = tmp_path / "overhead.json"
+    out = run(["bench/overhead.py", "--tiny", "--json", str(figures_path)], timeout=300)
+    figures = json.loads(figures_path.read_text())
+    assert len(figures["img/s"]) == 6 and all(v > 0 for v in figures["img/s"].values()), out
+    for feed in ("fixed batch", "real data"):
+        assert math.isfinite(figures[f"{feed}: overhead %"]) and figures[f"{feed}: engine vs bare"] > 0, out
+    assert "gradient norms every 1" in out, out  # the default cadence is measured
+
+
+def test_the_op_count_benchmark_runs():
+    out = run(["bench/opcount.py", "--models", "smallcnn"], timeout=120)
+    assert "| smallcnn |" in out and "launching ops per batch" in out, out
