@@ -434,3 +434,21 @@ def test_side_by_side_charts_keep_a_gutter_between_them():
         assert right.x - left.right >= 2, (left, right)
 
     drive(MiranteApp(FollowSource(SMALLCNN), store=SMALLCNN), (80, 24), script)
+
+
+def test_a_key_answer_gives_way_to_the_run_note_after_a_while(tmp_path, monkeypatch):
+    import tui.app
+
+    monkeypatch.setattr(tui.app, "NOTE_S", 0.5)
+    store = tmp_path / "done.mirante"
+    store.write_bytes(SMALLCNN.read_bytes())
+
+    async def script(app, pilot):
+        await pilot.press("p")
+        await pilot.pause(0.1)
+        assert "pause: the run has ended" in text_of(app.query_one("#status"))
+        await pilot.pause(1.6)  # a clock tick after the answer's time
+        status = text_of(app.query_one("#status"))
+        assert "pause:" not in status and "end of run" in status, status
+
+    drive(MiranteApp(FollowSource(store), store=store), (100, 24), script)

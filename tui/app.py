@@ -35,6 +35,7 @@ TICK_S = 1.0  # the clocks (elapsed, ETA, silence) move this often, though no ev
 FOLD_SLICE_S = 0.015  # longest the app folds events before it lets keys and redraws in
 INBOX_MAX = 100_000  # events read but not folded yet, beyond which the reader waits
 WINDOW_STEPS = 500  # w: the charts show only this many last steps
+NOTE_S = 10.0  # a key's answer stays this long in the status line, then gives way to the run's own note
 
 
 class MiranteApp(App[int]):
@@ -81,7 +82,8 @@ class MiranteApp(App[int]):
         self._folded_at = time.monotonic()  # when events were last folded: a replay's clock runs on from there
         self.state = self._new_state()
         self.frozen = False
-        self.note = ""
+        self._lasting = ""  # the status line's note until something replaces it ("end of run")
+        self._told, self._told_until = "", 0.0  # a key's answer, shown for NOTE_S seconds
         self.detached = False  # the user left a live run going: the caller must not wait for it
         self._inbox: list = []  # events read by the worker, not folded yet
         self._snapshot: Snapshot | None = None  # the run as read from its store, to take in before the inbox
@@ -153,6 +155,21 @@ class MiranteApp(App[int]):
         return state
 
     @property
+    def note(self) -> str:
+        """What the status line says last: a key's answer for NOTE_S seconds, else the run's lasting note."""
+        if self._told and time.monotonic() < self._told_until:
+            return self._told
+        return self._lasting
+
+    @note.setter
+    def note(self, text: str) -> None:
+        self._lasting = text
+
+    def tell(self, text: str) -> None:
+        """Answer a key in the status line for NOTE_S seconds ("pause asked: ...")."""
+        self._told, self._told_until = text, time.monotonic() + NOTE_S
+
+    @property
     def paused(self) -> bool:
         """Whether the user paused the run or the replay (the view holds it: the screens say so)."""
         return self.view.paused
@@ -188,7 +205,7 @@ class MiranteApp(App[int]):
         reader = self._store_reader()
         kept = state.set_smoothing(self.view.smoothing, raw_series(reader, state.last_seq) if reader else None)
         if kept:
-            self.note = f"smoothing: {len(kept)} series keep the old weight (no store to read them from)"
+            self.tell(f"smoothing: {len(kept)} series keep the old weight (no store to read them from)")
 
     async def on_events_arrived(self, message: EventsArrived) -> None:
         self.fold()
@@ -378,7 +395,7 @@ class MiranteApp(App[int]):
     def action_restart(self) -> None:
         if hasattr(self.source, "restart"):
             self.source.restart()
-            self.note = "replay restarted"
+            self.tell("replay restarted")
             if not self._reading:  # the replay had ended, and its worker with it
                 self.read_source()
         self.redraw(force=True)
@@ -392,9 +409,9 @@ class MiranteApp(App[int]):
             error = self.command(command)
             if error is None:
                 self.view.paused = not self.view.paused
-                self.note = f"{command} asked: the trainer answers at its next logging interval"
+                self.tell(f"{command} asked: the trainer answers at its next logging interval")
             else:
-                self.note = f"{command}: {error}"
+                self.tell(f"{command}: {error}")
         self.redraw(force=True)
 
     @property
@@ -424,14 +441,12 @@ class MiranteApp(App[int]):
     def action_capture_now(self) -> None:
         """Ask the trainer for activation maps and filters now (it answers at its next logging interval)."""
         error = self.command("capture")
-        self.note = (
-            f"capture: {error}" if error else "capture asked: maps arrive at the trainer's next logging interval"
-        )
+        self.tell(f"capture: {error}" if error else "capture asked: maps arrive at the trainer's next logging interval")
         self.redraw(force=True)
 
     def action_export(self) -> None:
         if self.store is None:
-            self.note = "nothing to export: no store"
+            self.tell("nothing to export: no store")
         else:
             self.export_csv(self.store)
         self.redraw(force=True)
@@ -445,9 +460,9 @@ class MiranteApp(App[int]):
         try:
             with RunReader(store) as run, open(target, "w", newline="") as out:
                 rows = export(run, "csv", out)
-            self.note = f"exported {rows:,} rows to {target}"
+            self.tell(f"exported {rows:,} rows to {target}")
         except (StoreError, OSError) as exc:
-            self.note = f"export failed: {exc}"
+            self.tell(f"export failed: {exc}")
 
     def action_help(self) -> None:
         pane = self.active_pane()
