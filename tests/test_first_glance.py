@@ -452,3 +452,18 @@ def test_a_key_answer_gives_way_to_the_run_note_after_a_while(tmp_path, monkeypa
         assert "pause:" not in status and "end of run" in status, status
 
     drive(MiranteApp(FollowSource(store), store=store), (100, 24), script)
+
+
+def test_the_help_lists_the_pane_own_keys_first_so_they_show_at_80x24():
+    async def script(app, pilot):
+        for pane, keys in (("4", ("←", "→")), ("3", ("<", ">"))):
+            await pilot.press(pane)
+            await pilot.pause(0.2)
+            await pilot.press("question_mark")
+            await pilot.pause(0.3)
+            rows = text_of(app.screen.query_one("#help")).splitlines()[1:]
+            assert [row.split()[0] for row in rows[:2]] == list(keys), rows[:4]
+            await pilot.press("escape")
+            await pilot.pause(0.1)
+
+    drive(MiranteApp(FollowSource(SMALLCNN), store=SMALLCNN), (80, 24), script)

@@ -467,7 +467,11 @@ class MiranteApp(App[int]):
     def action_help(self) -> None:
         pane = self.active_pane()
         where = f"the {pane.TITLE}" if pane is not None and self.screen is self.screen_stack[0] else "this screen"
-        self.push_screen(HelpScreen(help_rows(self.screen.active_bindings, self.get_key_display), where))
+        own = self.PANE_ACTIONS.get  # "capture(-1)" -> "ActivationsPane": the pane's own keys come first
+        rows = help_rows(
+            self.screen.active_bindings, self.get_key_display, lambda action: bool(own(action.split("(")[0]))
+        )
+        self.push_screen(HelpScreen(rows, where))
 
     def action_config(self) -> None:
         if not isinstance(self.screen, ConfigScreen):

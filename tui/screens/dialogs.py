@@ -35,9 +35,12 @@ HELP = {  # what a key does, by its action, where its footer word is not enough
 }
 
 
-def help_rows(bindings: Any, key_display: Callable[[Any], str]) -> list[tuple[str, str]]:
+def help_rows(
+    bindings: Any, key_display: Callable[[Any], str], first: Callable[[str], bool] = lambda action: False
+) -> list[tuple[str, str]]:
     """(keys, what they do) for every key active on a screen (Screen.active_bindings), the keys of one action on
-    one line, in the order the screen checks them."""
+    one line, in the order the screen checks them but the actions `first` picks (the pane's own) ahead: in a help
+    taller than the terminal they are the ones to see without scrolling."""
     rows: dict[tuple[int, str], tuple[list[str], str]] = {}
     for active in bindings.values():
         binding = active.binding
@@ -47,7 +50,8 @@ def help_rows(bindings: Any, key_display: Callable[[Any], str]) -> list[tuple[st
         key = key_display(binding)
         if key not in keys:
             keys.append(key)
-    return [(" ".join(keys), said) for keys, said in rows.values()]
+    ordered = sorted(rows.items(), key=lambda item: not first(item[0][1]))  # stable: the rest keep their order
+    return [(" ".join(keys), said) for _, (keys, said) in ordered]
 
 
 def help_text(rows: list[tuple[str, str]], screen: str) -> Text:
