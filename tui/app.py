@@ -21,7 +21,7 @@ from tui.messages import EventsArrived, SourceDone, SourceFailed
 from tui.remote import Remote
 from tui.screens import PANES
 from tui.screens.base import Pane, View, duration, status_line
-from tui.screens.config import ConfigScreen
+from tui.screens.config import ConfigScreen, resolved
 from tui.screens.dialogs import HelpScreen, QuitScreen, help_rows
 from tui.screens.epochs import EpochsScreen
 from tui.snapshot import Snapshot, raw_series
@@ -475,7 +475,9 @@ class MiranteApp(App[int]):
 
     def action_config(self) -> None:
         if not isinstance(self.screen, ConfigScreen):
-            self.push_screen(ConfigScreen(self.state.name, self.state.config))
+            started = self.state.started
+            notes = resolved(self.state.config, dict(started.model_summary) if started else {})
+            self.push_screen(ConfigScreen(self.state.name, self.state.config, notes))
 
     def action_epochs(self) -> None:
         if not isinstance(self.screen, EpochsScreen):

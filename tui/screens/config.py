@@ -23,9 +23,17 @@ GROUPS = {  # group -> the config keys it shows, in this order; keys of no group
     "seed": ("seed",),
     "device and precision": ("device", "precision", "channels_last", "compile", "peak_tflops", "world_size",
                              "backend"),
-    "run": ("name", "runs_dir", "log_every", "probe_every", "capture_every", "capture_layer", "on_divergence",
-            "range_test", "headless", "diagnostics"),
+    "run": ("name", "runs_dir", "log_every", "probe_every", "update_every", "capture_every", "capture_layer",
+            "on_divergence", "range_test", "headless", "diagnostics"),
 }  # fmt: skip
+
+
+def resolved(config: dict[str, Any], summary: dict[str, Any]) -> dict[str, str]:
+    """Notes for the values whose meaning the run decided: the image size a None stood for."""
+    shape = summary.get("input_shape")
+    if config.get("image_size") is None and isinstance(shape, list) and len(shape) == 3:
+        return {"image_size": f"{shape[1]}x{shape[2]} fed to the model"}
+    return {}
 
 
 def grouped(config: dict[str, Any]) -> list[tuple[str, list[str]]]:
@@ -36,8 +44,10 @@ def grouped(config: dict[str, Any]) -> list[tuple[str, list[str]]]:
     return [(group, keys) for group, keys in out if keys]
 
 
-def config_text(config: dict[str, Any]) -> Text:
-    """A group's title, then its keys and values, one a line; keys and values literal (a store may hold anything)."""
+def config_text(config: dict[str, Any], notes: dict[str, str] | None = None) -> Text:
+    """A group's title, then its keys and values, one a line; keys and values literal (a store may hold anything).
+    `notes` says after a value what it came to in the run ("None  (32x32 fed to the model)")."""
+    notes = notes or {}
     width = max((len(literal(k).plain) for k in config), default=0)
     lines = []
     for group, keys in grouped(config):
@@ -45,7 +55,10 @@ def config_text(config: dict[str, Any]) -> Text:
         for key in keys:
             name = literal(key, "cyan")
             line = Text("  ") + name + Text(" " * (width - name.cell_len + 2))
-            lines.append(line + literal(config[key]))
+            line += literal(config[key])
+            if key in notes:
+                line += literal(f"  ({notes[key]})", "dim")
+            lines.append(line)
     return Text("\n").join(lines) if lines else Text("no configuration: the run has not started", style="dim")
 
 
@@ -54,12 +67,12 @@ class ConfigScreen(ModalScreen[None]):
 
     BINDINGS = [("escape,g,q", "dismiss", "close")]
 
-    def __init__(self, name: str, config: dict[str, Any]) -> None:
+    def __init__(self, name: str, config: dict[str, Any], notes: dict[str, str] | None = None) -> None:
         super().__init__()
-        self.run_name, self.config = name, config
+        self.run_name, self.config, self.notes = name, config, notes
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog full"):
             yield Static(Text.assemble(literal(self.run_name, "bold"), "  configuration  (g or esc closes)"))
             with VerticalScroll():
-                yield Static(config_text(self.config), id="config")
+                yield Static(config_text(self.config, self.notes), id="config")
