@@ -75,3 +75,28 @@ def test_the_monitor_takes_gradient_norms_every_step_by_default(tmp_path):
     stats = layer_stats(tmp_path / "mon.mirante")
     assert [e.step for e in stats] == list(range(1, 13))
     assert [e.step for e in stats if len(e.update_ratio)] == [1, 11]
+
+
+def test_the_gradient_history_spreads_over_the_whole_run_and_opens_from_the_store_as_folded(tmp_path):
+    """A LayerStats every step for 3,000 steps: 512 rows kept over the whole run (not the last 512 steps), the
+    same rows whether the run is folded event by event or opened from its store part way and followed."""
+    from tests.runs import make_events, write_run
+    from tests.test_sources import checked, same_state
+    from tui.snapshot import load
+    from tui.state import LAYER_WINDOW
+
+    events = checked(make_events(steps=3000, layer_every=1))
+    folded = RunState()
+    folded.apply_many(events)
+    layers = folded.layers
+    assert layers.count == 3000 and layers.stride == 8 and len(layers.steps) <= LAYER_WINDOW + 1
+    assert layers.steps[0] == 0 and layers.steps[-1] == 2999  # the first probe and the newest
+    path = tmp_path / "long.mirante"
+    write_run(path, events)
+    with RunReader(path) as reader:
+        part = load(reader, upto_seq=events[len(events) // 2].seq)
+    opened = part.state
+    opened.apply_many([e for e in events if e.seq > part.last_seq])
+    opened.clock = folded.clock
+    same_state(opened, folded)
+    assert opened.layers.steps == layers.steps and opened.layers.stride == layers.stride

@@ -3,7 +3,7 @@
 A million-step run is a million Step events; folding them one by one took about a minute.
 `load` reads instead what the screens show: each scalar as arrays (a thousand column chunks)
 turned into bounded series, the epochs, diagnostics and System samples (a few thousand rows
-at most), the newest `LAYER_WINDOW` per-layer probes, the list of activation captures and the
+at most), `LAYER_WINDOW` per-layer probes spread over the run and the newest, the list of activation captures and the
 latest maps of each layer. All in one read transaction, so the state is exactly the run as of
 `last_seq`, and a source goes on with the events after it.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 from engine.diagnostics import VERSION as DIAGNOSTICS_VERSION
 from engine.diagnostics import number
 from engine.store import RunReader
-from tui.state import DEFAULT_SMOOTHING, LAYER_WINDOW, RunState, Series, maps_of
+from tui.state import DEFAULT_SMOOTHING, LAYER_WINDOW, RunState, Series, layer_stride, maps_of
 
 
 @dataclass(frozen=True)
@@ -56,8 +56,9 @@ def load(
                 series.extend(steps, values)
         for kind in ("Epoch", "Diagnostic", "System"):  # one per epoch, per finding, per 5 s: few
             state.apply_many(reader.events_of(kind, upto_seq=last_seq))
-        state.apply_many(reader.events_of("LayerStats", limit=LAYER_WINDOW, upto_seq=last_seq))
-        state.layers.count = reader.count_of("LayerStats", upto_seq=last_seq)
+        count = reader.count_of("LayerStats", upto_seq=last_seq)
+        picked = reader.events_at("LayerStats", layer_stride(count), upto_seq=last_seq)
+        state.layers.load(count, picked, reader.events_of("LayerStats", limit=LAYER_WINDOW, upto_seq=last_seq))
         for _, capture_step, layer in reader.activation_index(upto_seq=last_seq):
             state.note_capture(layer, capture_step)
         for layer in state.captures:

@@ -4,8 +4,8 @@
 followed, a replay); a run opened from its store starts from a state built by
 `tui.snapshot.load` and folds only what comes after. Everything kept is bounded, so memory
 and a redraw cost the same at step 1,000 and at step 1,000,000: scalar series are buckets
-with a running EMA (`tui.series`), per-layer statistics keep the newest `LAYER_WINDOW`
-probes, activation maps the last `MAPS_KEPT` looked at (the others are read back from the
+with a running EMA (`tui.series`), per-layer statistics `LAYER_WINDOW` probes spread over the
+whole run (`LayerHistory`), activation maps the last `MAPS_KEPT` looked at (the others are read back from the
 store through `load_maps`). Values may be NaN or infinite: they are kept as they are; what
 to draw is the widgets' call.
 """
@@ -41,35 +41,86 @@ SILENT_INTERVALS = 3  # a running run quiet for this many of its recent gaps bet
 SILENT_MIN_S = 10.0  # ... and for at least this long: a fast run's short gaps are not its logging interval
 
 
+def _f32(values: Any) -> np.ndarray:
+    return np.frombuffer(values, dtype=np.float32).copy()
+
+
+def layer_stride(count: int) -> int:
+    """Every how many LayerStats the history keeps one, after `count` of them: the least power of two that keeps
+    at most LAYER_WINDOW. It depends on the count alone, so a run opened from its store keeps the rows it would
+    have kept followed event by event."""
+    stride = 1
+    while -(-count // stride) > LAYER_WINDOW:
+        stride *= 2
+    return stride
+
+
 class LayerHistory:
-    """LayerStats over time, bounded: the newest LAYER_WINDOW probes (rows), one column per layer."""
+    """LayerStats over the whole run, bounded: the gradient norms of every `stride`-th event (at most LAYER_WINDOW
+    rows, the stride doubling as the run grows) and of the newest one; the latest weight norms and ratios."""
 
     def __init__(self) -> None:
-        self.steps: deque[int] = deque(maxlen=LAYER_WINDOW)
-        self.grad: deque[np.ndarray] = deque(maxlen=LAYER_WINDOW)
+        self.stride = 1
+        self.count = 0  # LayerStats seen in the whole run
+        self._kept: list[tuple[int, int, np.ndarray]] = []  # (index among the LayerStats, step, gradient norms)
+        self._latest: tuple[int, int, np.ndarray] | None = None
         self.weight: np.ndarray | None = None  # the latest weight norms
         self.ratio: np.ndarray | None = None  # the latest update/weight ratios
-        self.count = 0  # probes seen in the whole run
 
     def add(self, step: int, grad: np.ndarray, weight: np.ndarray, ratio: np.ndarray) -> None:
-        """One LayerStats: its gradient norms are a row (every probed step), its weight norms and update ratios the
-        latest when it has them (every `update_every` steps): an event without a field keeps the last one shown."""
+        """One LayerStats: its gradient norms (every probed step), its weight norms and update ratios when it has
+        them (every `update_every` steps: an event without a field keeps the last one shown)."""
+        index, self.count = self.count, self.count + 1
         if grad.size:
-            self.steps.append(step)
-            self.grad.append(grad)
-            self.count += 1
+            self._latest = (index, step, grad)
+            if index % self.stride == 0:
+                self._kept.append(self._latest)
+        stride = layer_stride(self.count)
+        if stride != self.stride:
+            self.stride = stride
+            self._kept = [row for row in self._kept if row[0] % stride == 0]
         if weight.size:
             self.weight = weight
         if ratio.size:
             self.ratio = ratio
 
+    def load(self, count: int, picked: list[ev.LayerStats], newest: list[ev.LayerStats]) -> None:
+        """Take the history as read from a store: `count` LayerStats in all, those at every `layer_stride(count)`-th
+        position (`picked`), and the newest few (for the latest gradient norms, weight norms and ratios)."""
+        self.count, self.stride = count, layer_stride(count)
+        self._kept = [(i * self.stride, e.step, _f32(e.grad_norm)) for i, e in enumerate(picked) if len(e.grad_norm)]
+        self._latest = None
+        for back, e in enumerate(reversed(newest)):
+            if self._latest is None and len(e.grad_norm):
+                self._latest = (count - 1 - back, e.step, _f32(e.grad_norm))
+            if self.weight is None and len(e.weight_norm):
+                self.weight = _f32(e.weight_norm)
+            if self.ratio is None and len(e.update_ratio):
+                self.ratio = _f32(e.update_ratio)
+
+    def _rows(self) -> list[tuple[int, int, np.ndarray]]:
+        rows = list(self._kept)
+        if self._latest is not None and (not rows or rows[-1][0] != self._latest[0]):
+            rows.append(self._latest)
+        return rows
+
+    @property
+    def steps(self) -> list[int]:
+        return [step for _, step, _ in self._rows()]
+
+    @property
+    def latest(self) -> np.ndarray | None:
+        """The newest gradient norms, per layer."""
+        return None if self._latest is None else self._latest[2]
+
     def matrix(self) -> np.ndarray:
-        """[time, layer] gradient norms of the kept probes (NaN-padded if the layer count changed)."""
-        if not self.grad:
+        """[time, layer] gradient norms of the kept rows (NaN-padded if the layer count changed)."""
+        rows = self._rows()
+        if not rows:
             return np.empty((0, 0), np.float32)
-        width = max(len(g) for g in self.grad)
-        out = np.full((len(self.grad), width), np.nan, np.float32)
-        for i, g in enumerate(self.grad):
+        width = max(len(g) for _, _, g in rows)
+        out = np.full((len(rows), width), np.nan, np.float32)
+        for i, (_, _, g) in enumerate(rows):
             out[i, : len(g)] = g
         return out
 
@@ -152,12 +203,7 @@ class RunState:
             series.append(e.step, value)
 
     def _layer_stats(self, e: ev.LayerStats) -> None:
-        self.layers.add(
-            e.step,
-            np.frombuffer(e.grad_norm, dtype=np.float32).copy(),
-            np.frombuffer(e.weight_norm, dtype=np.float32).copy(),
-            np.frombuffer(e.update_ratio, dtype=np.float32).copy(),
-        )
+        self.layers.add(e.step, _f32(e.grad_norm), _f32(e.weight_norm), _f32(e.update_ratio))
 
     def _epoch(self, e: ev.Epoch) -> None:
         self.epochs.append(e)
@@ -377,9 +423,10 @@ class RunState:
 
     def layer_flags(self) -> dict[str, str]:
         """Layers whose latest gradient norm is vanishing or exploding: name -> 'vanishing'|'exploding'."""
-        if not self.layers.grad:
+        latest = self.layers.latest
+        if latest is None:
             return {}
-        grad = self.layers.grad[-1].astype(np.float64)
+        grad = latest.astype(np.float64)
         finite = grad[np.isfinite(grad) & (grad <= EXPLODING_CEILING)]  # the largest healthy norm is the yardstick
         top = float(finite.max()) if finite.size else 0.0
         flags = {}

@@ -436,6 +436,24 @@ class RunReader:
         return [e for e in map(self._decode_row, rows) if e is not None]
 
     @_guarded
+    def events_at(self, kind: str, every: int, upto_seq: int | None = None) -> list[ev.Event]:
+        """The events of one kind (not Step) at positions 0, `every`, 2 x `every`, ... in seq order, seq <= `upto_seq`:
+        a thinned history, the same whichever point of the run it is read at."""
+        bound = _NO_LIMIT if upto_seq is None else upto_seq
+        with self.snapshot():
+            seqs = sorted(
+                r[0] for r in self._db.execute("SELECT seq FROM events WHERE kind=? AND seq <= ?", (kind, bound))
+            )
+            picked = seqs[::every]
+            rows = []
+            for i in range(0, len(picked), 500):
+                part = picked[i : i + 500]
+                marks = ",".join("?" * len(part))
+                rows += self._db.execute(f"SELECT {EVENT_COLUMNS} FROM events WHERE seq IN ({marks})", part).fetchall()
+        rows.sort(key=lambda row: row[0])
+        return [e for e in map(self._decode_row, rows) if e is not None]
+
+    @_guarded
     def count_of(self, kind: str, upto_seq: int | None = None) -> int:
         """How many events of one kind (not Step) the run holds, up to `upto_seq`."""
         bound = _NO_LIMIT if upto_seq is None else upto_seq

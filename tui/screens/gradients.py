@@ -58,8 +58,9 @@ class GradientsPane(Pane):
             )
             self.query_one("#heat-title", Static).update(
                 Text.assemble(
-                    f"log10 gradient norm, {len(names)} layers x the last {history.shape[0]:,} of"
-                    f" {state.layers.count:,} probes: {lo:.1f} ",
+                    f"log10 gradient norm, {len(names)} layers x {history.shape[0]:,} of {state.layers.count:,} probes"
+                    + (f" (every {state.layers.stride})" if state.layers.stride > 1 else "")
+                    + f": {lo:.1f} ",
                     colour_scale(view.color),
                     f" {hi:.1f}; flagged: {len(flags)}",
                 )
