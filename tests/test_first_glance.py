@@ -476,3 +476,15 @@ def test_the_help_lists_the_pane_own_keys_first_so_they_show_at_80x24():
             await pilot.pause(0.1)
 
     drive(MiranteApp(FollowSource(SMALLCNN), store=SMALLCNN), (80, 24), script)
+
+
+def test_the_clocks_skip_a_tab_pane_emptied_during_teardown():
+    """A redraw or a clock tick while Textual removes the panes (seen in CI: IndexError in active_pane)."""
+
+    async def script(app, pilot):
+        await app.active_pane().remove()
+        assert app.active_pane() is None
+        app.redraw(force=True)
+        app.tick()
+
+    drive(MiranteApp(FollowSource(SMALLCNN), store=SMALLCNN), (80, 24), script)

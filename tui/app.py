@@ -276,7 +276,8 @@ class MiranteApp(App[int]):
             raise ScreenStackError("no screen")
         main = self.screen_stack[0]  # the panes' screen, though a dialog may be open over it
         active = main.query_one(TabbedContent).active
-        return main.query_one(f"#{active}", TabPane).children[0] if active else None
+        children = main.query_one(f"#{active}", TabPane).children if active else []
+        return children[0] if children else None  # (a tab pane emptied while the app tears its screens down)
 
     PANE_ACTIONS = {"capture": "ActivationsPane", "depth": "ModelPane"}  # keys that act on one pane only
 
