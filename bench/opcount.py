@@ -29,7 +29,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from engine import models, probes  # noqa: E402
 
-FREE = {"empty", "empty_strided", "empty_like", "lift_fresh", "_to_copy_meta"}  # no kernel: allocation only
+FREE = {"empty", "empty_strided", "empty_like", "lift_fresh"}  # no kernel: allocation only
 
 
 class Ops(TorchDispatchMode):

@@ -388,17 +388,15 @@ class MiranteApp(App[int]):
             chart.set_window(self.view.window)
         self.redraw(force=True)
 
-    def action_speed(self, factor: float) -> None:
-        if hasattr(self.source, "speed"):
-            self.source.speed = min(1e6, max(0.01, self.source.speed * factor))
-            self.redraw(force=True)
+    def action_speed(self, factor: float) -> None:  # a replay's only (check_action)
+        self.source.speed = min(1e6, max(0.01, self.source.speed * factor))
+        self.redraw(force=True)
 
-    def action_restart(self) -> None:
-        if hasattr(self.source, "restart"):
-            self.source.restart()
-            self.tell("replay restarted")
-            if not self._reading:  # the replay had ended, and its worker with it
-                self.read_source()
+    def action_restart(self) -> None:  # a replay's only (check_action)
+        self.source.restart()
+        self.tell("replay restarted")
+        if not self._reading:  # the replay had ended, and its worker with it
+            self.read_source()
         self.redraw(force=True)
 
     def action_pause(self) -> None:
