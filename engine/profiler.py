@@ -8,7 +8,10 @@ record events; they are read after one synchronize per iteration, never one per 
 
 from __future__ import annotations
 
+import importlib
+import os
 import statistics
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -17,6 +20,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import torch.utils._pytree as pytree
 from torch import nn
 
 from engine import catalog, flops
@@ -88,26 +92,132 @@ def builder(name: str, input_shape: tuple[int, int, int], classes: int) -> Calla
 
     if name not in tv.list_models(module=tv):
         raise ProfileError(
-            f"unknown model {name!r}; choose one of: {', '.join(catalog.MODELS)}, or any torchvision classifier"
+            f"unknown model {name!r}; choose one of: {', '.join(catalog.MODELS)}, any torchvision classifier,"
+            " or your own as package.module:attr"
         )
     if channels != 3:
         raise ProfileError(f"{name}: torchvision's nets take 3 channels, not {channels}")
-    kwargs = {"init_weights": False} if name in ("googlenet", "inception_v3") else {}
+    kwargs: dict[str, Any] = {"init_weights": False} if name in ("googlenet", "inception_v3") else {}
+    if name.startswith("vit_"):  # a ViT is built for one input size: its position embeddings are per patch
+        kwargs["image_size"] = side
+        patch = int(name.split("_")[-1])
+        if side % patch:
+            raise ProfileError(f"{name} cuts its input into {patch}x{patch} patches: give a side that is a multiple")
     return lambda: tv.get_model(name, weights=None, num_classes=classes, **kwargs)
 
 
-def count_by_name(name: str, input_shape: tuple[int, int, int], classes: int) -> flops.Counts:
-    """Counts of `name` for one sample; ProfileError naming the smallest side if the input is too small."""
-    build = builder(name, input_shape, classes)
-    model = flops.on_meta(build)
+def count_by_name(
+    name: str,
+    input_shape: tuple[int, ...],
+    classes: int,
+    *,
+    kwargs: dict[str, Any] | None = None,
+    inputs: list[tuple[tuple[int, ...], str]] | None = None,
+) -> flops.Counts:
+    """Counts of `name` (the zoo, torchvision, or `package.module:attr`) for one sample.
+
+    `inputs` (each input's per-sample shape and dtype name) replaces `input_shape` for models that
+    take more than one input. ProfileError names the smallest side if an image is too small.
+    """
+    build = build_by_name(name, input_shape, classes, kwargs)
+    if inputs is None:
+        return count_built(build, input_shape, label=name)
+    return count_built(build, inputs=example_inputs(inputs, 1, torch.device("cpu")), label=name)
+
+
+def build_by_name(
+    name: str, input_shape: tuple[int, ...], classes: int, kwargs: dict[str, Any] | None = None
+) -> Callable[[], nn.Module]:
+    return user_builder(name, kwargs or {}) if is_user_model(name) else builder(name, input_shape, classes)
+
+
+def is_user_model(name: str) -> bool:
+    return ":" in name
+
+
+def user_builder(spec: str, kwargs: dict[str, Any]) -> Callable[[], nn.Module]:
+    """A function calling `package.module:attr` (a module class or a factory) with `kwargs`.
+
+    The module is imported as `python -c` would, with the working directory on the path.
+    """
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ProfileError(f"--model {spec!r}: give package.module:attr, e.g. mynets.models:UNet")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
-        return flops.count(model, input_shape)
-    except RuntimeError as exc:
-        smallest = smallest_side(model, input_shape[0])
-        raise ProfileError(
-            f"{name} cannot take {input_shape[1]}x{input_shape[2]} inputs"
-            + (f": the smallest it takes is {smallest}x{smallest}" if smallest else f" ({exc})".splitlines()[0])
-        ) from None
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 (the user's module: any error it raises is reported in one line)
+        why = f"{type(exc).__name__}: {flops.first_line(exc)}"
+        raise ProfileError(f"--model {spec}: cannot import {module_name} ({why})") from None
+    target: Any = module
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise ProfileError(f"--model {spec}: {module_name} has no {attr}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise ProfileError(f"--model {spec}: {attr} is a {type(target).__name__}, not a class or a function")
+
+    def build() -> nn.Module:
+        try:
+            model = target(**kwargs)
+        except Exception as exc:  # noqa: BLE001
+            raise ProfileError(f"{spec}(**{kwargs}) failed: {type(exc).__name__}: {flops.first_line(exc)}") from None
+        if not isinstance(model, nn.Module):
+            raise ProfileError(f"{spec} made a {type(model).__name__}, not a torch.nn.Module")
+        return model
+
+    return build
+
+
+DTYPES = {
+    "float": torch.float32,
+    "float32": torch.float32,
+    "half": torch.float16,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "long": torch.int64,
+    "int64": torch.int64,
+    "int": torch.int32,
+    "int32": torch.int32,
+    "bool": torch.bool,
+}
+"""Dtype names an input can be given with (`--input 16:long`)."""
+
+
+def example_inputs(specs: list[tuple[tuple[int, ...], str]], batch: int, device: torch.device) -> tuple:
+    """A batch of example inputs, one tensor per (per-sample shape, dtype name): noise for floats, zeros
+    (a valid index, a valid token) for integers."""
+    out = []
+    for shape, dtype_name in specs:
+        if dtype_name not in DTYPES:
+            raise ProfileError(f"input dtype {dtype_name!r}: choose one of {', '.join(DTYPES)}")
+        dtype = DTYPES[dtype_name]
+        if dtype.is_floating_point:
+            out.append(torch.randn(batch, *shape, device=device, dtype=dtype))
+        else:
+            out.append(torch.zeros(batch, *shape, device=device, dtype=dtype))
+    return tuple(out)
+
+
+def count_built(
+    build: Callable[[], nn.Module], input_shape: tuple[int, ...] | None = None, *, inputs: Any = None, label: str
+) -> flops.Counts:
+    """`flops.count_build`, its failures turned into one line for the user (the smallest side, where one exists)."""
+    try:
+        return flops.count_build(build, input_shape, inputs=inputs)
+    except ProfileError:
+        raise
+    except Exception as exc:  # noqa: BLE001 (any model's code: its failure is reported in one line)
+        side = None
+        if inputs is None and input_shape is not None and len(input_shape) == 3:
+            model, _ = flops.build_for_count(build)
+            side = smallest_side(model, input_shape[0]) if flops.on_meta(model) else None
+        if side:
+            shape = "x".join(map(str, input_shape[1:]))
+            raise ProfileError(f"{label} cannot take {shape} inputs: the smallest it takes is {side}x{side}") from None
+        given = "x".join(map(str, input_shape)) if inputs is None and input_shape else "these inputs"
+        raise ProfileError(f"{label} cannot run on {given} ({type(exc).__name__}: {flops.first_line(exc)})") from None
 
 
 def smallest_side(model: nn.Module, channels: int, upper: int = 1024) -> int | None:
@@ -118,7 +228,7 @@ def smallest_side(model: nn.Module, channels: int, upper: int = 1024) -> int | N
             with torch.no_grad():
                 model.eval()(torch.zeros(1, channels, side, side, device="meta"))
             return True
-        except RuntimeError:
+        except Exception:  # noqa: BLE001 (any failure of the model's code at this side)
             return False
 
     if not runs(upper):
@@ -278,26 +388,34 @@ def time_model(
     iters: int = 10,
     warmup: int = 3,
     peak: float | None = None,
+    inputs: list[tuple[tuple[int, ...], str]] | None = None,
 ) -> Timing:
-    """Time training and inference of `model` at `batch`; fills the rows' fwd_ms/bwd_ms (medians)."""
+    """Time training and inference of `model` at `batch`; fills the rows' fwd_ms/bwd_ms (medians).
+
+    The model runs on noise of `counts.input_shape`, or on `example_inputs(inputs)`; the loss is
+    the cross-entropy of its logits when it outputs (batch, classes), else its output's mean.
+    """
     model = model.to(device)
     channels_last = device.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    x = torch.randn(batch, *counts.input_shape, device=device)
+    xs = example_inputs(inputs or [(counts.input_shape, "float")], batch, device)
     if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    classes = _classes(model, x)
-    y = torch.randint(0, classes, (batch,), device=device)
+        xs = tuple(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x for x in xs)
+    classes = _classes(model, xs)
+    y = torch.randint(0, classes, (batch,), device=device) if classes else None
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+
+    def loss_of(output: Any) -> torch.Tensor:
+        logits = _logits(output).float()
+        return F.cross_entropy(logits, y) if y is not None else logits.mean()
 
     def step() -> tuple[float, float]:
         marks = _Clock(device)
         marks.mark("step", "fwd0")
         with autocast:
-            logits = _logits(model(x))
-            loss = F.cross_entropy(logits.float(), y)
+            loss = loss_of(model(*xs))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         marks.mark("step", "fwd1")
@@ -325,7 +443,7 @@ def time_model(
             ahead.hold()  # the GPU waits while the host queues the forward, hooks and all
             t0 = time.perf_counter()
             with autocast:
-                loss = F.cross_entropy(_logits(model(x)).float(), y)
+                loss = loss_of(model(*xs))
             optimizer.zero_grad(set_to_none=True)
             t1 = time.perf_counter()
             ahead.hold()  # and again while it queues the backward
@@ -349,7 +467,7 @@ def time_model(
         for i in range(warmup + iters):
             marks = _Clock(device)
             marks.mark("infer", "fwd0")
-            model(x)
+            model(*xs)
             marks.mark("infer", "fwd1")
             if i >= warmup:
                 infer.append(marks.spans()[("infer", "fwd")])
@@ -386,17 +504,20 @@ def _median(values: list[float] | None) -> float | None:
 
 
 def _logits(output: Any) -> torch.Tensor:
-    from engine.models import split_outputs
+    """The main output: the logits of a classifier (not its auxiliary heads), the first tensor of any other."""
+    tensors = [t for t in pytree.tree_leaves(output) if isinstance(t, torch.Tensor)]
+    if not tensors:
+        raise ProfileError(f"the model returned no tensor ({type(output).__name__}): nothing to train")
+    return tensors[0]
 
-    return split_outputs(output)[0]
 
-
-def _classes(model: nn.Module, x: torch.Tensor) -> int:
+def _classes(model: nn.Module, xs: tuple) -> int | None:
+    """The class count of a classifier's (batch, classes) float output; None for any other output."""
     model.eval()
     with torch.no_grad():
-        n = _logits(model(x[:2])).shape[1]
+        out = _logits(model(*(x[:2] for x in xs)))
     model.train()
-    return n
+    return out.shape[1] if out.dim() == 2 and out.is_floating_point() else None
 
 
 def _device_name(device: torch.device) -> str:

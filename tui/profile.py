@@ -27,6 +27,7 @@ class ProfileUsageError(ValueError):
 
 
 def parse_input(text: str) -> tuple[int, int, int]:
+    """An image input of a named model: CxHxW, square."""
     match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
     if not match or min(int(g) for g in match.groups()) < 1:
         raise ProfileUsageError(f"--input {text!r}: give channels x height x width, e.g. 3x224x224")
@@ -36,9 +37,45 @@ def parse_input(text: str) -> tuple[int, int, int]:
     return c, h, w
 
 
+def parse_tensor(text: str) -> tuple[tuple[int, ...], str]:
+    """One input of a user's model: its shape without the batch, and a dtype, e.g. 3x224x224 or 16:long."""
+    shape_text, _, dtype = text.partition(":")
+    dims = re.split(r"\s*[xX]\s*", shape_text.strip())
+    if not all(d.isdigit() and int(d) > 0 for d in dims):
+        raise ProfileUsageError(f"--input {text!r}: give a shape without the batch, e.g. 3x224x224 or 16:long")
+    return tuple(int(d) for d in dims), (dtype.strip() or "float")
+
+
+def parse_kwargs(text: str | None) -> dict[str, Any]:
+    if text is None:
+        return {}
+    try:
+        kwargs = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ProfileUsageError(f"--kwargs {text!r}: not JSON ({exc.msg})") from None
+    if not isinstance(kwargs, dict):
+        raise ProfileUsageError(f"--kwargs {text!r}: give a JSON object, e.g. '{{\"classes\": 10}}'")
+    return kwargs
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", "-m", default="resnet50", help="a model of the zoo, or any torchvision classifier")
-    p.add_argument("--input", default=None, help="CxHxW (default: 3x224x224 for torchvision nets, 3x32x32 for ours)")
+    p.add_argument(
+        "--model",
+        "-m",
+        default="resnet50",
+        help="a model of the zoo, any torchvision classifier, or your own as package.module:attr (a module "
+        "class or a function returning one, imported from the working directory)",
+    )
+    p.add_argument(
+        "--kwargs", default=None, metavar="JSON", help="arguments for package.module:attr, e.g. '{\"depth\": 4}'"
+    )
+    p.add_argument(
+        "--input",
+        action="append",
+        default=None,
+        help="one sample's shape, CxHxW (default: 3x224x224 for torchvision nets and your own, 3x32x32 for ours); "
+        "for your own model, once per input, any shape, with a dtype if not float: --input 3x64x64 --input 16:long",
+    )
     p.add_argument("--classes", type=int, default=None, help="output classes (default: 1000, ours 10)")
     p.add_argument("--batch", type=int, default=64, help="batch size for --time (default: 64)")
     p.add_argument("--depth", type=int, default=2, help="nesting depth of the rows shown (default: 2)")
@@ -77,6 +114,11 @@ def si(n: float, unit: str = "") -> str:
     return f"{n:,.0f} {unit}".rstrip()
 
 
+def macs_text(macs: int) -> str:
+    """A model's forward MACs as torchvision publishes them, in GMACs, from a tenth of a GMAC up."""
+    return f"{macs / 1e9:.2f} GMACs" if macs >= 1e8 else si(macs, "MACs")
+
+
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
@@ -110,15 +152,19 @@ def layer_table(counts: Any, depth: int, timed: bool) -> Table:
 
 def totals_lines(name: str, counts: Any, timing: Any | None) -> list[str]:
     c = counts
-    shape = "x".join(map(str, c.input_shape))
+    shape = " + ".join(c.inputs) or "x".join(map(str, c.input_shape))
     lines = [
         f"{name} at {shape}: {c.params:,} params ({c.trainable:,} trainable, {c.frozen:,} frozen)",
-        f"forward: {si(c.macs, 'MACs')} = {si(c.flops, 'FLOPs')} per image;"
+        f"forward: {macs_text(c.macs)} = {si(c.flops, 'FLOPs')} per image;"
         f" backward: {si(2 * c.backward_macs, 'FLOPs')}; training: {si(c.train_flops, 'FLOPs')} per image"
         f" ({c.train_flops / max(1, c.flops):.2f}x forward)",
         f"activations kept for backward: {si(c.act_bytes, 'B')} per image (float32)",
         "convention: MACs are multiply-accumulates, FLOPs = 2 x MACs (torchvision's published GFLOPS are MACs)",
     ]
+    lines += [f"note: {note}" for note in c.notes]
+    if c.unknown:
+        ops = ", ".join(f"{op} x{calls} (first in '{where}')" for op, (calls, where) in sorted(c.unknown.items()))
+        lines.append(f"not counted, no rule for: {ops}")
     if timing is not None:
         t = timing
         mfu = t.mfu(c)
@@ -142,7 +188,8 @@ def totals_lines(name: str, counts: Any, timing: Any | None) -> list[str]:
 def write_outputs(args: argparse.Namespace, name: str, counts: Any, timing: Any | None) -> None:
     rows = [r.as_dict() for r in counts.rows]
     if args.json:
-        doc = {"model": name, "totals": counts.summary(), "rows": rows}
+        doc = {"model": name, "totals": counts.summary(), "rows": rows, "inputs": counts.inputs}
+        doc |= {"not_counted": {op: calls for op, (calls, _) in counts.unknown.items()}, "notes": counts.notes}
         if timing is not None:
             doc["timing"] = timing.__dict__ | {"train_img_s": timing.train_img_s, "mfu": timing.mfu(counts)}
         _write(args.json, json.dumps(doc, indent=1))
@@ -172,17 +219,34 @@ def run(args: argparse.Namespace) -> int:
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)  # a pipe: no wrapping
     if args.compare is not None:
         return compare(args, console)
-    shape = parse_input(args.input) if args.input else profiler.default_input(args.model)
-    classes = args.classes or (1000 if args.model not in _ours() else 10)
-    counts = profiler.count_by_name(args.model, shape, classes)
+    shape, inputs, classes = _model_inputs(args, args.model)
+    kwargs = parse_kwargs(args.kwargs)
+    if kwargs and not profiler.is_user_model(args.model):
+        raise ProfileUsageError("--kwargs is for your own model (--model package.module:attr)")
+    counts = profiler.count_by_name(args.model, shape, classes, kwargs=kwargs, inputs=inputs)
     timing = None
     if args.time:
-        timing = _time(args, args.model, shape, classes, counts)
+        timing = _time(args, args.model, shape, classes, counts, kwargs, inputs)
     console.print(layer_table(counts, args.depth, timing is not None))
     for line in totals_lines(args.model, counts, timing):
         console.print(line)
     write_outputs(args, args.model, counts, timing)
     return 0
+
+
+def _model_inputs(args: argparse.Namespace, name: str) -> tuple[tuple[int, ...], Any, int]:
+    """(first input's shape, every input as (shape, dtype) for a user's model with several, classes)."""
+    from engine import profiler
+
+    given = args.input or []
+    if profiler.is_user_model(name):
+        tensors = [parse_tensor(t) for t in given] or [((3, 224, 224), "float")]
+        several = len(tensors) > 1 or tensors[0][1] != "float"
+        return tensors[0][0], tensors if several else None, args.classes or 1000
+    if len(given) > 1:
+        raise ProfileUsageError(f"{name} takes one input: give --input once")
+    shape = parse_input(given[0]) if given else profiler.default_input(name)
+    return shape, None, args.classes or (1000 if name not in _ours() else 10)
 
 
 def _ours() -> set[str]:
@@ -191,7 +255,15 @@ def _ours() -> set[str]:
     return {n for n, s in MODELS.items() if not s.pretrained}
 
 
-def _time(args: argparse.Namespace, name: str, shape: tuple[int, int, int], classes: int, counts: Any) -> Any:
+def _time(
+    args: argparse.Namespace,
+    name: str,
+    shape: tuple[int, ...],
+    classes: int,
+    counts: Any,
+    kwargs: dict[str, Any],
+    inputs: Any,
+) -> Any:
     import torch
 
     from engine import profiler
@@ -209,9 +281,11 @@ def _time(args: argparse.Namespace, name: str, shape: tuple[int, int, int], clas
         peak = profiler.peak_tflops(torch.cuda.get_device_name(device), dtype)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    model = profiler.builder(name, shape, classes)()
+    build = (
+        profiler.user_builder(name, kwargs) if profiler.is_user_model(name) else profiler.builder(name, shape, classes)
+    )
     return profiler.time_model(
-        model, counts, batch=args.batch, device=device, amp_dtype=amp, iters=args.iters, peak=peak
+        build(), counts, batch=args.batch, device=device, amp_dtype=amp, iters=args.iters, peak=peak, inputs=inputs
     )
 
 
@@ -224,9 +298,9 @@ def compare(args: argparse.Namespace, console: Console) -> int:
     if args.compare:
         entries = []
         for name in args.compare:
-            shape = parse_input(args.input) if args.input else profiler.default_input(name)
-            classes = args.classes or (1000 if name not in _ours() else 10)
-            entries.append((f"{name} ({'x'.join(map(str, shape))})", profiler.count_by_name(name, shape, classes)))
+            shape, inputs, classes = _model_inputs(args, name)
+            counts = profiler.count_by_name(name, shape, classes, inputs=inputs)
+            entries.append((f"{name} ({' + '.join(counts.inputs)})", counts))
     else:
         cin, cout, k, side = args.conv
         conv, twin = profiler.separable_twin(cin, cout, k)
