@@ -59,6 +59,7 @@ class Monitor:
         config: dict[str, Any] | None = None,
         batch_size: int | None = None,
         input_shape: tuple[int, int, int] | None = None,
+        example_inputs: Any = None,
         sample: Tensor | None = None,
         log_every: int = 10,
         probe_every: int = 1,
@@ -71,7 +72,9 @@ class Monitor:
         """Start recording to `runs_dir/run.mirante` (or to `run` itself if it ends in .mirante).
 
         `input_shape` (C, H, W) adds parameter and MAC counts, and with `batch_size` TFLOP/s and,
-        given the device's `peak_tflops`, MFU; `sample` (one input, [1, C, H, W])
+        given the device's `peak_tflops`, MFU; `example_inputs` does the same for a model that takes
+        more than an image: a batch of what it takes (a tensor, a tuple of positional arguments or a
+        dict of keyword arguments), counted per sample; `sample` (one input, [1, C, H, W])
         enables activation captures every `capture_every` steps; `live` is a queue for the app.
         The lecture's checks run on what is recorded (they warn; they never stop your loop): the
         optimizer's settings are read from `optimizer`, and the class count for the initial-loss
@@ -107,6 +110,9 @@ class Monitor:
             if len(shape) != 3 or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape):
                 raise ValueError(f"input_shape must be (channels, height, width), not {input_shape!r}")
             counts = _fits(lambda: flops.count(model, shape), f"input_shape {shape}")
+        elif example_inputs is not None:
+            counts = _fits(lambda: flops.count(model, inputs=example_inputs), "example_inputs")
+        if counts is not None:
             summary |= counts.summary()
         else:
             summary["params"] = sum(p.numel() for p in model.parameters())

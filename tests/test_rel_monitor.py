@@ -369,3 +369,28 @@ def test_a_config_the_store_cannot_keep_leaves_no_store(tmp_path):
     one_line(exc)
     assert not list(tmp_path.iterdir())
     Monitor(torch.nn.Linear(4, 3), run="cfg", runs_dir=tmp_path, config={"weights": "ok"}).close()  # the name is free
+
+
+def test_example_inputs_count_a_model_with_two_inputs_per_sample(tmp_path):
+    """A model that takes an image and a tag: MACs (and so MFU) come from a batch of what it takes."""
+
+    class Tagged(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+            self.emb = torch.nn.Embedding(5, 4)
+
+        def forward(self, image: torch.Tensor, tag: torch.Tensor) -> torch.Tensor:
+            return self.conv(image).mean((2, 3)) + self.emb(tag)
+
+    model = Tagged()
+    image, tag = torch.zeros(8, 3, 6, 6), torch.zeros(8, dtype=torch.long)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Monitor(model, optimizer, run="tagged", runs_dir=tmp_path, example_inputs={"image": image, "tag": tag}):
+        pass
+    started = next(e for e in stored(tmp_path / "tagged.mirante")[2] if isinstance(e, ev.RunStarted))
+    assert started.model_summary["macs"] == 4 * 4 * 4 * 27  # per sample: the batch of 8 divided out
+    assert started.model_summary["params"] == 4 * 27 + 4 + 20
+    with pytest.raises(ValueError) as exc:
+        Monitor(model, optimizer, run="bad", runs_dir=tmp_path, example_inputs=(image,))
+    assert one_line(exc).startswith("example_inputs does not fit the model:")
