@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -72,3 +74,19 @@ def test_the_overhead_benchmark_runs(tmp_path):
 def test_the_op_count_benchmark_runs():
     out = run(["bench/opcount.py", "--models", "smallcnn"], timeout=120)
     assert "| smallcnn |" in out and "launching ops per batch" in out, out
+
+
+def test_the_profiler_table_runs(tmp_path):
+    """bench/profiler_table.py (BENCHMARKS.md's side-by-side table), on three models."""
+    rows_path = tmp_path / "rows.json"
+    out = run(["bench/profiler_table.py", "--tiny", "--json", str(rows_path)], timeout=300)
+    rows = {r["model"]: r for r in json.loads(rows_path.read_text())}
+    assert set(rows) == {"resnet18", "mobilenet_v3_small", "vit_b_32"}
+    for r in rows.values():
+        assert r["params"] == r["tv_params"] and abs(r["gmacs"] - r["tv_gmacs"]) <= 5e-4, r
+        assert r["fcm_gmacs"] == pytest.approx(r["gmacs"], rel=1e-6)  # the forward: the same products
+        assert r["unknown"] == []
+    # the backward of depthwise convs: FlopCounterMode counts their weight gradient once per group
+    assert rows["mobilenet_v3_small"]["fcm_train_gflops"] > 5 * rows["mobilenet_v3_small"]["train_gflops"]
+    assert rows["resnet18"]["fcm_train_gflops"] == pytest.approx(rows["resnet18"]["train_gflops"], rel=0.01)
+    assert "3 of 3 models" in out

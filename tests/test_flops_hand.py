@@ -175,6 +175,7 @@ def test_example_inputs_a_tuple_or_a_dict_divided_by_the_batch():
     by_dict = flops.count(model, inputs={"image": image, "tag": tag})
     assert by_tuple.macs == by_dict.macs == 12 * 4  # per sample: the batch of 8 divided out
     assert by_tuple.inputs == ["12", "scalar (int64)"]
+    assert flops.count(nn.Linear(12, 4), inputs=torch.zeros(8, 12)).macs == 48  # a tensor: the one argument
 
 
 def test_a_model_that_reads_a_value_is_counted_on_the_cpu():
