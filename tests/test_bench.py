@@ -5,35 +5,22 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.procs import run_group
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(args: list[str], timeout: float) -> str:
     """Run a bench script in its own session; on a timeout, kill its whole process group."""
-    proc = subprocess.Popen(
-        [sys.executable, *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    assert proc.returncode == 0, out
-    return out
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = run_group([sys.executable, *args], cwd=ROOT, timeout=timeout, env=env, merge=True)
+    assert result.returncode == 0, result.stdout
+    return result.stdout
 
 
 def test_the_app_benchmark_runs(tmp_path):

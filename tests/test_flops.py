@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from torch import nn
 from torchvision import models as tv
 
 from engine import flops, profiler
+from tests.procs import run_group
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSIFIERS = tv.list_models(module=tv)  # every torchvision classifier, CNNs and transformers: 80 in 0.29
@@ -120,22 +120,8 @@ def test_peak_table_matches_names():
 
 def mirante(*args: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess:
     """`mirante ARGS` in its own session; on a timeout its whole process group is killed."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tui.cli", *args],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return run_group([sys.executable, "-m", "tui.cli", *args], cwd=cwd, timeout=timeout, env=env)
 
 
 def test_profile_command_prints_resnet50_and_writes_the_same_rows(tmp_path):
