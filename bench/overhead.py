@@ -39,9 +39,10 @@ import torch  # noqa: E402
 
 from engine import models  # noqa: E402
 from engine.config import TrainConfig  # noqa: E402
+from engine.device import device_info  # noqa: E402
 from engine.emit import Emitter  # noqa: E402
 from engine.store import RunWriter  # noqa: E402
-from engine.train import Setup, Trainer, device_info, setup  # noqa: E402
+from engine.train import Setup, Trainer, setup  # noqa: E402
 
 NEVER = 10**9  # a cadence that never comes due
 

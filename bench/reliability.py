@@ -1156,7 +1156,7 @@ def report(results: list[dict]) -> tuple[str, int]:
 def machine() -> str:
     import platform
 
-    from engine.train import cpu_name
+    from engine.device import cpu_name
 
     cpu = cpu_name()
     return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}"

@@ -24,42 +24,12 @@ import torch.utils._pytree as pytree
 from torch import nn
 
 from engine import catalog, flops
-
-# Dense peak TFLOP/s per GPU from the vendors' datasheets, by autocast dtype. "fp32" is TF32
-# on the tensor cores where the GPU has them: PyTorch runs fp32 convolutions that way by default.
-# Matched against the device name, longest key first ("H100 PCIe" before "H100").
-PEAK_TFLOPS: dict[str, dict[str, float]] = {
-    "H200": {"bf16": 989.4, "fp16": 989.4, "fp32": 494.7},
-    "H100 PCIe": {"bf16": 756.0, "fp16": 756.0, "fp32": 378.0},
-    "H100": {"bf16": 989.4, "fp16": 989.4, "fp32": 494.7},
-    "A100": {"bf16": 312.0, "fp16": 312.0, "fp32": 156.0},
-    "L40S": {"bf16": 362.1, "fp16": 362.1, "fp32": 183.0},
-    "L4": {"bf16": 121.0, "fp16": 121.0, "fp32": 60.0},
-    "A10": {"bf16": 125.0, "fp16": 125.0, "fp32": 62.5},
-    "RTX 4090": {"bf16": 165.2, "fp16": 165.2, "fp32": 82.6},
-    "RTX 3090": {"bf16": 71.0, "fp16": 71.0, "fp32": 35.6},
-    "V100": {"fp16": 125.0, "fp32": 15.7},
-    "T4": {"fp16": 65.0, "fp32": 8.1},
-}
+from engine.config import ConfigError
+from engine.device import device_name, device_peak, mfu, pick_device, pick_precision, precision_name
 
 
 class ProfileError(ValueError):
     """A profile request that cannot be met; the message is one line for the user."""
-
-
-def peak_tflops(device_name: str, dtype: str) -> float | None:
-    """The device's dense peak for `dtype` ("bf16", "fp16", "fp32"), or None if unknown."""
-    for key in sorted(PEAK_TFLOPS, key=len, reverse=True):
-        if key.lower() in device_name.lower():
-            return PEAK_TFLOPS[key].get(dtype)
-    return None
-
-
-def mfu(train_flops_per_sample: int, samples_per_s: float, peak: float | None) -> float | None:
-    """Model FLOPs utilisation: training FLOPs per second over the peak (in TFLOP/s)."""
-    if not peak:
-        return None
-    return train_flops_per_sample * samples_per_s / (peak * 1e12)
 
 
 # --- models by name ---------------------------------------------------------------------
@@ -486,8 +456,8 @@ def time_model(
     layers_ms = sum((r.fwd_ms or 0.0) + (r.bwd_ms or 0.0) for r in counts.rows if r.leaf)
     fwd_bwd = statistics.median(p[0] for p in plain)
     return Timing(
-        device=_device_name(device),
-        dtype={None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype],
+        device=device_name(device),
+        dtype=precision_name(amp_dtype),
         batch=batch,
         iters=iters,
         step_ms=statistics.median(p[0] + p[1] for p in plain),
@@ -497,6 +467,34 @@ def time_model(
         peak_memory_bytes=peak_memory,
         peak_tflops=peak,
     )
+
+
+def time_by_name(
+    name: str,
+    input_shape: tuple[int, ...],
+    classes: int,
+    counts: flops.Counts,
+    *,
+    kwargs: dict[str, Any],
+    inputs: list[tuple[tuple[int, ...], str]] | None,
+    device: str,
+    precision: str,
+    batch: int,
+    iters: int,
+    peak: float | None,
+) -> Timing:
+    """`time_model` for `mirante profile --time`: the model built by name on `device` ("auto", "cuda", ...),
+    at `precision`; the peak from the table of GPUs unless given."""
+    try:
+        where = pick_device(device)
+        amp = pick_precision(precision, where)
+    except ConfigError as exc:
+        raise ProfileError(str(exc)) from None
+    if where.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    model = build_by_name(name, input_shape, classes, kwargs)()
+    peak = peak if peak is not None else device_peak(where, amp)
+    return time_model(model, counts, batch=batch, device=where, amp_dtype=amp, iters=iters, peak=peak, inputs=inputs)
 
 
 def _median(values: list[float] | None) -> float | None:
@@ -518,11 +516,3 @@ def _classes(model: nn.Module, xs: tuple) -> int | None:
         out = _logits(model(*(x[:2] for x in xs)))
     model.train()
     return out.shape[1] if out.dim() == 2 and out.is_floating_point() else None
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    from engine.train import cpu_name
-
-    return cpu_name()

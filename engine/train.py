@@ -34,6 +34,7 @@ from engine import events as ev
 from engine.config import ConfigError, TrainConfig
 from engine.control import OWNER_ENV, Channel, ControlError
 from engine.data import Data, DataError, build_data
+from engine.device import device_info, device_peak, pick_device, pick_precision
 from engine.diagnostics import Diagnostics
 from engine.distributed import Dist
 from engine.emit import Emitter, NullEmitter
@@ -42,29 +43,6 @@ from engine.recorder import Recorder
 from engine.store import SUFFIX, RunReader, RunWriter, StoreError
 
 # --- setup ------------------------------------------------------------------------------
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available here (try --device cpu)")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError("--device mps: no MPS device is available here (try --device cpu)")
-    return torch.device(name)
-
-
-def pick_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32."""
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError("--precision fp16 needs a CUDA device (use bf16 or fp32)")
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def init_weights(model: nn.Module, how: str, std: float) -> None:
@@ -270,37 +248,6 @@ def _version() -> str:
         return version("mirante")
     except Exception:
         return "unknown"
-
-
-def device_info(device: torch.device) -> dict[str, Any]:
-    info: dict[str, Any] = {"type": device.type, "host": platform.node(), "threads": torch.get_num_threads()}
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        info |= {"name": props.name, "memory_gb": round(props.total_memory / 2**30, 1), "count": 1}
-    else:
-        info["name"] = cpu_name()
-    return info
-
-
-def device_peak(device: torch.device, amp_dtype: torch.dtype | None) -> float | None:
-    """The GPU's dense peak TFLOP/s for the dtype in use, from the profiler's table; None elsewhere."""
-    if device.type != "cuda":
-        return None
-    from engine.profiler import peak_tflops
-
-    dtype = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
-    return peak_tflops(torch.cuda.get_device_name(device), dtype)
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # --- checkpoints ------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torchvision import models as tv
 
-from engine import flops, profiler
+from engine import device, flops, profiler
 from tests.procs import run_group
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,12 +110,13 @@ def test_timing_fills_every_leaf_row():
 
 
 def test_peak_table_matches_names():
-    assert profiler.peak_tflops("NVIDIA H100 PCIe", "bf16") == 756.0
-    assert profiler.peak_tflops("NVIDIA H100 80GB HBM3", "bf16") == 989.4
-    assert profiler.peak_tflops("NVIDIA L4", "bf16") == 121.0
-    assert profiler.peak_tflops("NVIDIA L40S", "bf16") == 362.1
-    assert profiler.peak_tflops("Some CPU", "fp32") is None
-    assert profiler.mfu(1_000_000_000_000, 100.0, 200.0) == pytest.approx(0.5)
+    assert device.peak_tflops("NVIDIA H100 PCIe", "bf16") == 756.0
+    assert device.peak_tflops("NVIDIA H100 80GB HBM3", "bf16") == 989.4
+    assert device.peak_tflops("NVIDIA L4", "bf16") == 121.0
+    assert device.peak_tflops("NVIDIA L40S", "bf16") == 362.1
+    assert device.peak_tflops("Some CPU", "fp32") is None
+    assert device.mfu(1_000_000_000_000, 100.0, 200.0) == pytest.approx(0.5)
+    assert [device.precision_name(device.PRECISIONS[n]) for n in ("fp32", "bf16", "fp16")] == ["fp32", "bf16", "fp16"]
 
 
 def mirante(*args: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -226,7 +226,10 @@ def run(args: argparse.Namespace) -> int:
     counts = profiler.count_by_name(args.model, shape, classes, kwargs=kwargs, inputs=inputs)
     timing = None
     if args.time:
-        timing = _time(args, args.model, shape, classes, counts, kwargs, inputs)
+        timing = profiler.time_by_name(
+            args.model, shape, classes, counts, kwargs=kwargs, inputs=inputs, device=args.device,
+            precision=args.precision, batch=args.batch, iters=args.iters, peak=args.peak_tflops,
+        )  # fmt: skip
     console.print(layer_table(counts, args.depth, timing is not None))
     for line in totals_lines(args.model, counts, timing):
         console.print(line)
@@ -253,40 +256,6 @@ def _ours() -> set[str]:
     from engine.catalog import MODELS
 
     return {n for n, s in MODELS.items() if not s.pretrained}
-
-
-def _time(
-    args: argparse.Namespace,
-    name: str,
-    shape: tuple[int, ...],
-    classes: int,
-    counts: Any,
-    kwargs: dict[str, Any],
-    inputs: Any,
-) -> Any:
-    import torch
-
-    from engine import profiler
-    from engine.config import ConfigError
-    from engine.train import pick_device, pick_precision
-
-    try:
-        device = pick_device(args.device)
-        amp = pick_precision(args.precision, device)
-    except ConfigError as exc:
-        raise ProfileUsageError(str(exc)) from None
-    dtype = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp]
-    peak = args.peak_tflops
-    if peak is None and device.type == "cuda":
-        peak = profiler.peak_tflops(torch.cuda.get_device_name(device), dtype)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    build = (
-        profiler.user_builder(name, kwargs) if profiler.is_user_model(name) else profiler.builder(name, shape, classes)
-    )
-    return profiler.time_model(
-        build(), counts, batch=args.batch, device=device, amp_dtype=amp, iters=args.iters, peak=peak, inputs=inputs
-    )
 
 
 def compare(args: argparse.Namespace, console: Console) -> int:
