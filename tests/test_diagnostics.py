@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -385,3 +386,28 @@ def test_ordered_lists_every_check_then_the_runs_own_codes():
 def test_settings_come_from_the_run_config():
     s = Stream(on_divergence="warn")
     assert s.diag.settings.on_divergence == "warn"
+
+
+def test_no_check_depends_on_another_or_on_their_order(monkeypatch):
+    """Each check alone, and all of them in reverse order, say exactly what they say together: they read the
+    run's facts (learning rate, first and recent losses), which the runner fills before any check runs."""
+    import engine.diagnostics as diagnostics
+    from tests.runs import make_events
+
+    events = make_events(steps=3000)
+    events[0] = dataclasses.replace(events[0], config={**events[0].config, "num_classes": 10})
+
+    def said(kinds: tuple) -> list[tuple[int, str, str, str]]:
+        monkeypatch.setattr(diagnostics, "CHECK_TYPES", kinds)
+        d = Diagnostics()
+        for e in events:
+            d.observe(e)
+        return [(f.step, f.code, f.level, f.message) for f in d.history]
+
+    together = said(diagnostics.CHECK_TYPES)
+    assert {code for _, code, _, _ in together} >= {"initial-loss", "lr-decay", "divergence", "update-ratio"}
+    backwards = said(tuple(reversed(diagnostics.CHECK_TYPES)))
+    assert sorted(backwards) == sorted(together)
+    for kind in diagnostics.CHECK_TYPES:
+        codes = kind.codes or (kind.code,)
+        assert said((kind,)) == [f for f in together if f[1] in codes], kind.__name__

@@ -66,17 +66,35 @@ def test_empty_state_shows_waiting():
     assert len(state.series("train/loss")) == 0 and state.layer_flags() == {}
 
 
-def test_vanishing_and_exploding_layers_are_flagged():
+def probe(grads: list[float], config: dict | None = None) -> RunState:
+    """A state folded from a RunStarted and one LayerStats with these gradient norms (layers a, b, c, ...)."""
     header = {"seq": 1, "wall_time": 0.0, "step": 0}
-    started = ev.RunStarted(**header, name="r", model="m", dataset="d", layers=("a", "b", "c", "d", "e"))
+    names = tuple("abcdefgh"[: len(grads)])
+    started = ev.RunStarted(**header, name="r", model="m", dataset="d", layers=names, config=config or {})
     stats = ev.LayerStats(
-        **{**header, "seq": 2},
-        grad_norm=[1e-9, 1e-6, 0.5, 5e3, math.nan],
-        weight_norm=[1.0] * 5,
-        update_ratio=[1e-3] * 5,
+        **{**header, "seq": 2}, grad_norm=grads, weight_norm=[1.0] * len(grads), update_ratio=[1e-3] * len(grads)
     )
-    state = folded([started, stats])
+    return folded([started, stats])
+
+
+def test_vanishing_and_exploding_layers_are_flagged():
+    state = probe([1e-9, 1e-6, 0.5, 5e3, math.inf, 0.4])
     assert state.layer_flags() == {"a": "vanishing", "b": "vanishing", "d": "exploding", "e": "exploding"}
+
+
+def test_the_pane_and_the_check_use_one_rule():
+    """One small layer in the middle while the first and last layers' norms match: the check says 'no
+    vanishing', and the pane marks nothing (it used to mark the layer 'vanishing' on its own rule)."""
+    state = probe([0.5, 1e-5, 0.5, 0.5])
+    assert state.layer_flags() == {}
+    finding = state.checks.states["vanishing-gradients"]
+    assert finding.level == "ok" and "no vanishing" in finding.message
+
+
+def test_the_pane_uses_the_thresholds_the_run_stored():
+    grads = [1e-4, 1e-4, 0.5, 0.5]  # the first layers 5,000x smaller than the last: vanishing by default
+    assert probe(grads).layer_flags() == {"a": "vanishing", "b": "vanishing"}
+    assert probe(grads, {"vanishing_ratio": 1e-5}).layer_flags() == {}
 
 
 def test_a_resumed_run_is_running_again():

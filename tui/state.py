@@ -24,15 +24,11 @@ import numpy as np
 
 from engine import events as ev
 from engine.diagnostics import VERSION as DIAGNOSTICS_VERSION
-from engine.diagnostics import Diagnostics, Finding, RangeTest, Settings, number, ordered
+from engine.diagnostics import Diagnostics, Finding, RangeTest, number, ordered
 from tui.series import Buckets, Series, ema_debiased
 
 __all__ = ["Buckets", "LayerHistory", "MapCapture", "RunState", "Series", "ema_debiased"]
 
-_S = Settings()
-VANISHING_FLOOR = _S.vanishing_floor  # a gradient norm below this is vanishing, whatever the other layers do
-VANISHING_RATIO = _S.vanishing_ratio  # ... or this far below the largest layer's
-EXPLODING_CEILING = _S.exploding_ceiling  # a gradient norm above this (or not finite) is exploding
 LEVEL_ORDER = {"fail": 0, "warn": 1, "ok": 2}
 MAPS_KEPT = 20  # activation captures kept in memory; the others are read back from the store when shown
 LAYER_WINDOW = 512  # per-layer probes kept: the heatmap shows the newest, one per column, and no screen is wider
@@ -180,7 +176,8 @@ class RunState:
             self.skipped += 1
         else:
             handler(self, event)
-            if self.check_here and handler not in _NOT_CHECKED and self.checks.observe(event):
+            # the checks run here only for a run that did not store them; their facts learn from every run
+            if handler not in _NOT_CHECKED and self.checks.observe(event, check=self.check_here):
                 self.diagnostics_version += 1
 
     def apply_many(self, events: Iterable[ev.Event]) -> None:
@@ -422,20 +419,13 @@ class RunState:
         return s.last if s is not None else None
 
     def layer_flags(self) -> dict[str, str]:
-        """Layers whose latest gradient norm is vanishing or exploding: name -> 'vanishing'|'exploding'."""
+        """Layers whose latest gradient norm is vanishing or exploding: name -> 'vanishing'|'exploding'.
+
+        The rule is the gradient check's (`engine.diagnostics.gradient_health`), with the run's thresholds;
+        the check warns once it has held for a few probes in a row."""
         latest = self.layers.latest
-        if latest is None:
-            return {}
-        grad = latest.astype(np.float64)
-        finite = grad[np.isfinite(grad) & (grad <= EXPLODING_CEILING)]  # the largest healthy norm is the yardstick
-        top = float(finite.max()) if finite.size else 0.0
-        flags = {}
-        for name, g in zip(self.layer_names, grad, strict=False):
-            if not math.isfinite(g) or g > EXPLODING_CEILING:
-                flags[name] = "exploding"
-            elif g < VANISHING_FLOOR or (top > 0 and g < VANISHING_RATIO * top):
-                flags[name] = "vanishing"
-        return flags
+        health = self.checks.gradient_health(latest.tolist()) if latest is not None else None
+        return health.flags() if health is not None else {}
 
     @property
     def capture_layers(self) -> list[str]:
