@@ -115,3 +115,16 @@ def test_steps_that_go_back_join_the_newest_bucket():
     b = series.buckets()
     assert (np.diff(b.step) > 0).all() and b.count.sum() == 4550 and len(b) <= BUCKETS
     assert b.max.max() == 3.0 and b.last[-1] == 3.0
+
+
+def test_the_engines_smoother_is_the_charts_ema():
+    """One debiased EMA: the lr-find check's, one value at a time, equals the charts', over arrays, NaN and
+    infinities included (they pass through and leave the average alone)."""
+    from engine.diagnostics import Smoother
+
+    values = np.sin(np.arange(300) / 7.0) + np.arange(300) / 100
+    values[[5, 50, 51, 200]] = [np.nan, np.inf, -np.inf, np.nan]
+    for weight in (0.0, 0.6, 0.9, 0.99):
+        smoother = Smoother(weight)
+        streamed = np.array([smoother.add(float(v)) for v in values])
+        np.testing.assert_allclose(streamed, ema_debiased(values, weight), rtol=1e-12, equal_nan=True)

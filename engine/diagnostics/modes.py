@@ -72,15 +72,16 @@ class Overfit(Check):
 
 
 class Smoother:
-    """A debiased exponential moving average; a non-finite value makes it (and what follows) infinite."""
+    """A debiased exponential moving average, one value at a time: the charts' smoothing, which
+    `tui.series.ema_debiased` computes over whole arrays (a test holds the two equal). A NaN or
+    infinite value is returned as it is and leaves the average alone."""
 
     def __init__(self, beta: float) -> None:
-        self.beta, self.avg, self.n, self.broken = beta, 0.0, 0, False
+        self.beta, self.avg, self.n = beta, 0.0, 0
 
     def add(self, value: float) -> float:
-        if self.broken or not math.isfinite(value):
-            self.broken = True
-            return math.inf
+        if not math.isfinite(value):
+            return value
         self.avg = self.beta * self.avg + (1 - self.beta) * value
         self.n += 1
         return self.avg / (1 - self.beta**self.n)
@@ -116,7 +117,12 @@ class RangeTest:
 
     def suggestion(self) -> dict[str, Any] | None:
         """Where the smoothed loss was lowest, where it fell fastest, and the learning rate to use."""
-        points = [(lr, s) for lr, s in zip(self.lrs, self.smoothed, strict=True) if math.isfinite(s) and lr > 0]
+        points = []
+        for lr, s in zip(self.lrs, self.smoothed, strict=True):
+            if not math.isfinite(s):
+                break  # the loss blew up here: the sweep ends
+            if lr > 0:
+                points.append((lr, s))
         if len(points) < 5:
             return None
         i_min = min(range(len(points)), key=lambda i: points[i][1])
