@@ -21,7 +21,6 @@ LOSSES = ("ce", "mse")
 INITS = ("default", "kaiming", "xavier", "normal")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cuda", "mps", "cpu")
-ACTIVATIONS = ("relu", "sigmoid", "tanh")
 DIVERGENCE_ACTIONS = ("stop", "warn")
 DATASETS = ("shapes", "mnist", "fashionmnist", "cifar10", "cifar100")  # or a path to an ImageFolder
 
@@ -55,7 +54,7 @@ class TrainConfig:
     )
     data_dir: str = _opt("where torchvision datasets are downloaded and looked for", default="data")
     image_size: int | None = _opt("input side fed to the model (default: the data's, or the model's own)", default=None)
-    activation: str = _opt("activation of plainnet", default="relu", choices=ACTIVATIONS)
+    activation: str = _opt("activation of plainnet", default="relu", choices=catalog.ACTIVATIONS)
     depth: int | None = _opt("conv layers of plainnet after its stem (default 20)", default=None)
     pretrained: bool = _opt("start from torchvision's ImageNet weights (downloads them)", default=False)
     aux_logits: bool = _opt("train googlenet/inception_v3 with their auxiliary heads", default=False)

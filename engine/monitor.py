@@ -29,7 +29,6 @@ import atexit
 import contextlib
 import numbers
 import os
-import platform
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -145,22 +144,17 @@ class Monitor:
                 capture_every=capture_every,
                 sample=sample,
             )
-            summary["layer_types"] = list(self.rec.norms.types)
             if counts is not None:
                 self.rec.train_flops, self.rec.peak_tflops = counts.train_flops, peak_tflops
             known = optimizer_config(optimizer) | ({"num_classes": num_classes} if num_classes else {})
             known["diagnostics"] = VERSION  # the checks run live, here
-            self.out.emit(
-                ev.RunStarted,
+            self.rec.start(
                 0,
                 name=self.name,
                 model=type(model).__name__,
                 dataset=dataset,
                 config=known | dict(config or {}),
-                model_summary=summary,
-                layers=self.rec.layers,
-                device={"type": device.type, "host": platform.node()},
-                versions={"python": platform.python_version(), "torch": str(torch.__version__)},
+                summary=summary,
             )
         except BaseException:  # a run that never started leaves no store behind to block its name
             with contextlib.suppress(Exception):

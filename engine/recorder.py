@@ -12,8 +12,10 @@ steps it captures activation maps. Values reach the store when their copy has fi
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
 import os
+import platform
 import time
 from typing import Any
 
@@ -22,10 +24,20 @@ from torch import Tensor, nn
 
 from engine import events as ev
 from engine import probes
+from engine.device import device_info
 from engine.diagnostics import DEAD_SHARE_PREFIX, ZERO_SHARE_PREFIX
 from engine.emit import Emitter
 
 SYSTEM_EVERY_S = 5.0  # seconds between System events
+
+
+def versions() -> dict[str, str]:
+    """What a run records of the software that ran it."""
+    try:
+        mirante = importlib.metadata.version("mirante")
+    except importlib.metadata.PackageNotFoundError:
+        mirante = "unknown"
+    return {"python": platform.python_version(), "torch": str(torch.__version__), "mirante": mirante}
 
 
 class Recorder:
@@ -132,6 +144,24 @@ class Recorder:
             self.capture(step)
         if step % self.log_every == 0:
             self.flush(step)
+
+    def start(
+        self, step: int, *, name: str, model: str, dataset: str, config: dict[str, Any], summary: dict[str, Any]
+    ) -> None:
+        """Emit the run's RunStarted: the one place its fields are made, for mirante's loop and the Monitor."""
+        world = self.dist.world if self.dist is not None else 1
+        self.out.emit(
+            ev.RunStarted,
+            step,
+            name=name,
+            model=model,
+            dataset=dataset,
+            config=config,
+            model_summary=summary | {"layer_types": list(self.norms.types)},
+            layers=self.layers,
+            device=device_info(self.device) | ({"count": world} if world > 1 else {}),
+            versions=versions(),
+        )
 
     def flush(self, step: int, wait: bool = False) -> None:
         """End an interval: start copying its values, deliver the copies that have finished."""

@@ -12,7 +12,6 @@ import errno
 import itertools
 import math
 import os
-import platform
 import signal
 import sys
 import time
@@ -20,7 +19,7 @@ import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from engine import events as ev
 from engine.config import ConfigError, TrainConfig
 from engine.control import OWNER_ENV, Channel, ControlError
 from engine.data import Data, DataError, build_data
-from engine.device import device_info, device_peak, pick_device, pick_precision
+from engine.device import device_peak, pick_device, pick_precision
 from engine.diagnostics import Diagnostics
 from engine.distributed import Dist
 from engine.emit import Emitter, NullEmitter
@@ -137,7 +136,6 @@ class Setup:
     loss_fn: Callable[[Tensor, Tensor], Tensor]
     total_steps: int
     counts: flops.Counts
-    versions: dict[str, str] = field(default_factory=dict)
     sample: Tensor | None = None  # validation image 0, for activation maps: read here, so a bad file fails setup
 
     def autocast(self) -> Any:
@@ -225,7 +223,6 @@ def setup(config: TrainConfig, dist: Dist | None = None) -> Setup:
         loss_fn=loss_function(c, data.spec.num_classes),
         total_steps=total,
         counts=counts,
-        versions={"python": platform.python_version(), "torch": str(torch.__version__), "mirante": _version()},
         sample=data.fixed_sample(0)[0],
     )
 
@@ -239,15 +236,6 @@ def check_capture_layer(model: nn.Module, model_name: str, layer: str) -> None:
     kind, shown = ("conv layers", convs) if convs else ("layers", names)
     listed = ", ".join(shown[:8]) + (f", ... ({len(shown)} in all)" if len(shown) > 8 else "")
     raise ConfigError(f"--capture-layer {layer!r}: {model_name} has no layer of that name; its {kind}: {listed}")
-
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("mirante")
-    except Exception:
-        return "unknown"
 
 
 # --- checkpoints ------------------------------------------------------------------------
@@ -407,18 +395,13 @@ class Trainer:
         plan["diagnostics"] = diagnostics.VERSION  # the checks run here, live: readers need not run them again
         if self.dist is not None:
             plan |= {"world_size": world, "backend": self.dist.backend, "batch_per_rank": s.data.local_batch}
-        self.out.emit(
-            ev.RunStarted,
+        self.rec.start(
             self.step,
             name=self.run_name,
             model=self.c.model,
             dataset=s.data.spec.name,
             config=self.c.to_dict() | plan | resumed_from,
-            model_summary=s.counts.summary()
-            | {"layer_types": list(self.rec.norms.types), "peak_tflops": self.peak_tflops},
-            layers=self.rec.layers,
-            device=device_info(s.device) | ({"count": world} if world > 1 else {}),
-            versions=s.versions,
+            summary=s.counts.summary() | {"peak_tflops": self.peak_tflops},
         )
         if discarded:  # said in the run's own record, so nothing recorded vanishes silently
             self.out.emit(

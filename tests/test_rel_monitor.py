@@ -394,3 +394,26 @@ def test_example_inputs_count_a_model_with_two_inputs_per_sample(tmp_path):
     with pytest.raises(ValueError) as exc:
         Monitor(model, optimizer, run="bad", runs_dir=tmp_path, example_inputs=(image,))
     assert one_line(exc).startswith("example_inputs does not fit the model:")
+
+
+def test_the_monitor_and_the_trainer_start_a_run_alike(tmp_path, small_shapes):
+    """One RunStarted for both: the device's name and threads, the versions, the layers' types."""
+    from engine import train
+    from engine.config import TrainConfig
+
+    _, _, mon = make(tmp_path, name="mon")
+    mon.close()
+    config = TrainConfig(
+        model="smallcnn", dataset="shapes", steps=1, batch_size=4, image_size=8, runs_dir=str(tmp_path), name="train"
+    )
+    assert train.run(config) == 0
+
+    def started(name: str) -> ev.RunStarted:
+        return next(e for e in stored(tmp_path / f"{name}.mirante")[2] if isinstance(e, ev.RunStarted))
+
+    mine = started("mon")
+    theirs = started("train")
+    assert set(mine.device) == set(theirs.device) >= {"type", "name", "host", "threads"}
+    assert set(mine.versions) == set(theirs.versions) == {"python", "torch", "mirante"}
+    assert mine.model_summary["layer_types"] == ["Linear"]
+    assert theirs.model_summary["layer_types"][0] == "Conv2d"
