@@ -41,7 +41,7 @@ from engine import events as ev
 from engine import flops
 from engine.diagnostics import VERSION, Diagnostics, Settings
 from engine.emit import Emitter
-from engine.names import check_name
+from engine.names import check_name, store_path
 from engine.recorder import Recorder
 from engine.store import SUFFIX, RunWriter
 
@@ -360,7 +360,7 @@ def _store_path(run: Any, runs_dir: Any) -> Path:
         path = Path(run)
         check_name(path.name.removesuffix(SUFFIX))
         return path
-    return Path(runs_dir) / f"{check_name(str(run))}{SUFFIX}"
+    return store_path(runs_dir, str(run))
 
 
 def _fits(call: Callable[[], Any], what: str) -> Any:

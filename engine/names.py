@@ -8,6 +8,9 @@ with a dot (hidden files, '..'), and stays short enough for every file system.
 from __future__ import annotations
 
 import re
+from pathlib import Path
+
+from engine.store.schema import SUFFIX
 
 MAX_LENGTH = 200  # NAME.mirante.ctl must fit in a 255-byte file name
 _ALLOWED = re.compile(r"[A-Za-z0-9._-]+")
@@ -30,3 +33,16 @@ def check_name(name: str) -> str:
     if name.startswith("."):
         raise RunNameError(f"run name {name!r} cannot start with a dot")
     return name
+
+
+def store_path(runs_dir: str | Path, name: str) -> Path:
+    """Where the run `name` keeps its events: runs_dir/NAME.mirante."""
+    return Path(runs_dir) / f"{check_name(name)}{SUFFIX}"
+
+
+def find_run(run: str | Path, runs_dir: str | Path) -> Path | None:
+    """A run given as a path to its store, or by name in `runs_dir` (with or without the suffix); None if neither."""
+    candidates = [Path(run)]
+    if not Path(run).is_absolute():
+        candidates += [Path(runs_dir) / run, Path(runs_dir) / f"{run}{SUFFIX}"]
+    return next((c for c in candidates if c.exists()), None)

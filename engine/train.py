@@ -37,6 +37,7 @@ from engine.device import device_peak, pick_device, pick_precision
 from engine.diagnostics import Diagnostics
 from engine.distributed import Dist
 from engine.emit import Emitter, NullEmitter
+from engine.names import find_run, store_path
 from engine.progress import PrintingQueue, Progress
 from engine.recorder import Recorder
 from engine.store import SUFFIX, RunReader, RunWriter, StoreError
@@ -655,10 +656,6 @@ class Trainer:
 # --- entry points -----------------------------------------------------------------------
 
 
-def store_path(config: TrainConfig, name: str) -> Path:
-    return Path(config.runs_dir) / f"{name}{SUFFIX}"
-
-
 class Terminated(Exception):
     """SIGTERM: torchrun stopping the ranks because one failed, or a scheduler ending the job."""
 
@@ -695,7 +692,7 @@ def run(
                 )
         name = config.run_name if resumed is None else path.name.removesuffix(SUFFIX)
         if resumed is None:
-            path = store_path(config, name)
+            path = store_path(config.runs_dir, name)
         if main:  # before the slow setup: commands sent meanwhile wait in the pipe
             channel = Channel(path, queue=commands, lifeline=lifeline, owner=os.environ.get(OWNER_ENV))
         try:
@@ -838,10 +835,8 @@ def end_run(emitter: Any, step: int, status: str, reason: str, room: Path | None
 
 def prepare_resume(runs_dir: str, run: str, overrides: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any], Path]:
     """The stored config with `overrides` applied, the last checkpoint, and the run's store."""
-    path = Path(run)
-    if not path.exists():
-        path = Path(runs_dir) / (run if run.endswith(SUFFIX) else f"{run}{SUFFIX}")
-    if not path.exists():
+    path = find_run(run, runs_dir)
+    if path is None:
         raise FileNotFoundError(f"{run}: no such run (looked in {runs_dir}/)")
     name = path.name.removesuffix(SUFFIX)
     ckpt = checkpoint_dir(path.parent, name) / "last.pt"
@@ -902,7 +897,7 @@ def main(argv: list[str] | None = None) -> int:
     live = PrintingQueue(progress) if dist is None or dist.is_main else None
     code = run(config, live=live, resume=args.resume, overrides=overrides, dist=dist)
     if progress.started is not None:
-        print(progress.summary(str(store_path(config, progress.started.name))), flush=True)
+        print(progress.summary(str(store_path(config.runs_dir, progress.started.name))), flush=True)
     return code
 
 

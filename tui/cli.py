@@ -12,7 +12,7 @@ from typing import NoReturn
 
 from engine.config import ConfigError, finite_float
 from engine.export import printable
-from engine.names import RunNameError, check_name
+from engine.names import RunNameError, find_run, store_path
 from engine.store import SUFFIX, RunReader, RunSummary, StoreError, find_runs
 
 EXIT_USAGE = 2
@@ -32,12 +32,9 @@ class Parser(argparse.ArgumentParser):
 
 def resolve_run(run: str) -> Path:
     """A run given as a path, or as a name in ./runs (with or without the suffix)."""
-    path = Path(run)
-    if path.exists():
+    path = find_run(run, RUNS_DIR)
+    if path is not None:
         return path
-    for candidate in (RUNS_DIR / run, RUNS_DIR / f"{run}{SUFFIX}"):
-        if candidate.exists():
-            return candidate
     raise CliError(f"{run}: no such run (not a file, and not a run in {RUNS_DIR}/)")
 
 
@@ -142,15 +139,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides = {k: v for k, v in vars(args).items() if k in given}
         if Path(args.resume).exists():  # a path to a store
             store = resolve_run(args.resume)
+            store = store if store.suffix == SUFFIX else store.with_name(store.name + SUFFIX)
         else:  # the name of a run in --runs-dir
             try:
-                store = Path(config.runs_dir) / check_name(args.resume)
+                store = store_path(config.runs_dir, args.resume.removesuffix(SUFFIX))
             except RunNameError as exc:
                 raise CliError(f"--resume: {exc}") from None
-        store = store if store.suffix == SUFFIX else store.with_name(store.name + SUFFIX)
     else:
         config.name = config.run_name  # fixed here, so the child and this process agree on it
-        store = Path(config.runs_dir) / f"{config.name}{SUFFIX}"
+        store = store_path(config.runs_dir, config.name)
         if store.exists():
             raise CliError(f"{store}: a run with this name exists (--resume it, or choose another --name)")
     if args.nproc is not None:
@@ -282,7 +279,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     config.schedule, config.warmup_steps = "none", 0
     config.name = config.name or config.default_name("lrfind-")
     config.validate()
-    store = Path(config.runs_dir) / f"{config.name}{SUFFIX}"
+    store = store_path(config.runs_dir, config.name)
     if store.exists():
         raise CliError(f"{store}: a run with this name exists (choose another --name)")
     if config.headless or not sys.stdout.isatty():
