@@ -74,7 +74,8 @@ class Monitor:
         given the device's `peak_tflops`, MFU; `example_inputs` does the same for a model that takes
         more than an image: a batch of what it takes (a tensor, a tuple of positional arguments or a
         dict of keyword arguments), counted per sample; `sample` (one input, [1, C, H, W])
-        enables activation captures every `capture_every` steps; `live` is a queue for the app.
+        enables activation captures every `capture_every` steps (0: at each `epoch()`, as `--capture-every 0`
+        means in `mirante train`); `live` is a queue for the app.
         The lecture's checks run on what is recorded (they warn; they never stop your loop): the
         optimizer's settings are read from `optimizer`, and the class count for the initial-loss
         check from `num_classes` or the first `logits` passed to `step`.
@@ -121,8 +122,7 @@ class Monitor:
                 raise ValueError(f"sample must be one input of shape [1, C, H, W], not {what}")
             if sample.device != device:
                 raise ValueError(f"sample is on {sample.device}, the model on {device}")
-            if capture_every:
-                _fits(lambda: _forward(model, sample), f"sample of shape {tuple(sample.shape)}")
+            _fits(lambda: _forward(model, sample), f"sample of shape {tuple(sample.shape)}")
         self.model = model
         self.optimizer = optimizer
         self.batch_size = batch_size
@@ -262,6 +262,8 @@ class Monitor:
         if self.steps == self._epoch_start:
             raise RuntimeError(f"epoch() with no step() since {'the last epoch' if self.epochs else 'the start'}")
         # all checked: from here on the epoch is kept
+        if self.rec.capture_every == 0 and self.rec.sample is not None:  # 0: at epoch ends, as in mirante train
+            self.rec.capture(self.steps)
         self.rec.flush(self.steps, wait=True)
         mean_loss, mean_acc = self.rec.take_epoch()
         self.epochs += 1

@@ -417,3 +417,21 @@ def test_the_monitor_and_the_trainer_start_a_run_alike(tmp_path, small_shapes):
     assert set(mine.versions) == set(theirs.versions) == {"python", "torch", "mirante"}
     assert mine.model_summary["layer_types"] == ["Linear"]
     assert theirs.model_summary["layer_types"][0] == "Conv2d"
+
+
+def test_capture_every_zero_captures_at_each_epoch_as_in_mirante_train(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(144, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 3, (8,))
+    with Monitor(model, optimizer, run="caps", runs_dir=tmp_path, sample=x[:1], capture_every=0, log_every=2) as mon:
+        for _ in range(2):
+            for _ in range(3):
+                optimizer.zero_grad()
+                loss = F.cross_entropy(model(x), y)
+                loss.backward()
+                mon.step(loss)
+                optimizer.step()
+            mon.epoch()
+    captures = [e for e in stored(tmp_path / "caps.mirante")[2] if isinstance(e, ev.Activation) and e.layer == "input"]
+    assert [e.step for e in captures] == [3, 6]
