@@ -81,7 +81,8 @@ def write_run(path: Path, events: list[ev.Event] | None = None, **kwargs) -> lis
     """Write `events` (default: `make_events(**kwargs)`) to a new store at `path` and close it."""
     events = make_events(**kwargs) if events is None else events
     with RunWriter(path) as writer:
-        writer.write_many(events)
+        for event in events:
+            writer.write(event)
     return events
 
 

@@ -541,3 +541,24 @@ def test_a_run_with_no_command_pipe_says_so(tmp_path):
         asyncio.run(main())
     finally:
         writer.close()
+
+
+class RecoveringSource:
+    """A live source whose feed fell behind once: it read 150 events back from the store."""
+
+    def __init__(self, events: list[ev.Event]) -> None:
+        self.events, self.done, self.recovered = events, False, 0
+
+    def read(self, timeout: float = 0.1) -> list[ev.Event]:
+        if self.recovered:
+            self.done = True
+            return []
+        self.recovered = 150
+        return self.events
+
+
+def test_the_status_line_says_when_the_live_feed_fell_behind():
+    async def script(app, pilot):
+        assert "the live feed fell behind: 150 events read from the store" in app.note
+
+    drive(MiranteApp(RecoveringSource(make_events(steps=50))), (100, 30), script)

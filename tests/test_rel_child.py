@@ -60,7 +60,8 @@ def store_of_a_dead_trainer(path: Path, n_steps: int = 40) -> list[ev.Event]:
     """A store as a killed trainer leaves it: RunStarted and steps, no RunEnded, nobody writing."""
     events = [dataclasses.replace(e, wall_time=time.time()) for e in make_events(steps=n_steps, end=None)]
     with RunWriter(path) as writer:
-        writer.write_many(events)
+        for event in events:
+            writer.write(event)
     return events
 
 
@@ -153,7 +154,8 @@ def test_a_resumed_run_whose_trainer_died_before_starting_again_keeps_its_ending
     store = tmp_path / "r.mirante"
     events = make_events(steps=20, end="interrupted")
     with RunWriter(store) as writer:
-        writer.write_many(events)
+        for event in events:
+            writer.write(event)
     outcome = settle(store, -signal.SIGKILL, since=time.time())
     assert outcome.died == "the trainer process died (killed by SIGKILL) before the run started"
     with RunReader(store) as run:
@@ -358,7 +360,8 @@ def test_the_status_line_shows_a_run_name_and_a_reason_as_written(tmp_path):
     seq = events[-1].seq
     events.append(ev.RunEnded(seq=seq + 1, wall_time=events[-1].wall_time, step=20, status="failed", reason="x[/]y"))
     with RunWriter(store) as writer:
-        writer.write_many(events)
+        for event in events:
+            writer.write(event)
     app = MiranteApp(FollowSource(store), store=store)
 
     async def main() -> None:

@@ -64,8 +64,6 @@ def observe(path) -> dict:
             }
         for step in (0, 5, 1500, 2600, 10**6):
             out[f"seq_at_step {step}"] = run.seq_at_step(step)
-        steps, matrix = run.vectors()
-        out["vectors"] = (steps.tolist(), matrix.tobytes())
         summary = run.summary()
         out["summary"] = (summary.status, summary.steps, summary.best_val_acc, summary.started, summary.duration)
         out["ended"] = run.ended() and ev.encode(run.ended())
@@ -100,7 +98,8 @@ def test_truncate_then_append_reads_as_a_store_written_so(tmp_path, where):
         assert run.last_seq() == len(prefix)
     more = appended(len(prefix))
     with RunWriter(tmp_path / "run.mirante", append=True) as writer:
-        writer.write_many(more)
+        for event in more:
+            writer.write(event)
     expected = prefix + more
     assert [e.seq for e in expected] == list(range(1, len(expected) + 1))
     write_run(tmp_path / "fresh.mirante", expected)
@@ -116,9 +115,11 @@ def test_truncate_in_an_open_chunk_then_write_in_the_same_session(tmp_path):
     keep = STEP_SEQS[2100]
     with RunWriter(path, append=True, keep_upto_seq=keep, flush_interval=0.01) as writer:
         more = appended(keep, count=CHUNK_ROWS + 5)  # fills the rewritten chunk and starts another
-        writer.write_many(more[:10])
+        for event in more[:10]:
+            writer.write(event)
         writer.flush()
-        writer.write_many(more[10:])
+        for event in more[10:]:
+            writer.write(event)
     with RunReader(path) as run:
         back = run.follow(0, limit=None)
         assert [e.seq for e in back] == list(range(1, keep + len(more) + 1))
@@ -205,7 +206,8 @@ def test_a_bad_event_raises_in_write_and_the_run_goes_on(tmp_path):
             assert writer.last_seq == 1
         writer.flush()
         assert writer.committed_seq == 1
-        writer.write_many(good[1:])
+        for event in good[1:]:
+            writer.write(event)
         for bad in bad_events(len(good) + 1):
             with pytest.raises((ValueError, TypeError)):
                 writer.write(bad)
@@ -271,12 +273,14 @@ def test_a_full_disk_keeps_the_events_until_space_is_freed(tmp_path):
         path = disk / "run.mirante"
         first = make_events(steps=1)[:1]
         with RunWriter(path, flush_interval=0.01) as writer:
-            writer.write_many(first)
+            for event in first:
+                writer.write(event)
             writer.flush()
             filler = fill(disk)
             events = run_events(400, after=1)
             with pytest.raises(StoreError) as info:  # the first write after the failure says so, or flush does
-                writer.write_many(events)
+                for event in events:
+                    writer.write(event)
                 writer.flush()
             message = str(info.value)
             assert "disk full" in message and str(path) in message and "\n" not in message
@@ -286,7 +290,8 @@ def test_a_full_disk_keeps_the_events_until_space_is_freed(tmp_path):
             with pytest.raises(StoreError, match="disk full"):
                 writer.flush(timeout=10)
             filler.unlink()  # as the trainer removing a partial checkpoint
-            writer.write_many(events[kept:])
+            for event in events[kept:]:
+                writer.write(event)
             writer.flush(timeout=10)
         with RunReader(path) as run:
             back = run.follow(0, limit=None)
@@ -297,13 +302,16 @@ def test_a_disk_that_stays_full_says_at_close_how_many_events_were_lost(tmp_path
     with small_disk(tmp_path / "disk", 1024) as disk:
         path = disk / "run.mirante"
         writer = RunWriter(path, flush_interval=0.01)
-        writer.write_many(make_events(steps=1)[:1])
+        for event in make_events(steps=1)[:1]:
+            writer.write(event)
         writer.flush()
         filler = fill(disk)
         events = run_events(400, after=1)
         with contextlib.suppress(StoreError):
-            writer.write_many(events)
-        writer.write_many(events[writer.last_seq - 1 :])
+            for event in events:
+                writer.write(event)
+        for event in events[writer.last_seq - 1 :]:
+            writer.write(event)
         with pytest.raises(StoreError) as info:
             writer.close()
         message = str(info.value)
@@ -326,7 +334,8 @@ def test_a_store_that_cannot_be_created_leaves_nothing_behind(tmp_path):
         assert leftovers(path) == []
         filler.unlink()
         with RunWriter(path) as writer:  # the name is free
-            writer.write_many(make_events(steps=1)[:1])
+            for event in make_events(steps=1)[:1]:
+                writer.write(event)
         subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
         for target in (disk / "other.mirante", disk / "sub" / "other.mirante"):
             with pytest.raises(StoreError) as info:
@@ -357,16 +366,19 @@ def test_a_full_disk_faked(tmp_path):
     writer = RunWriter(path, flush_interval=0.01)
     fake = writer._db = FullDisk(writer._db)
     events = make_events(steps=2000)
-    writer.write_many(events[:100])
+    for event in events[:100]:
+        writer.write(event)
     writer.flush()
     fake.full = True
-    writer.write_many(events[100:1500])  # more than a chunk held while the disk is full
+    for event in events[100:1500]:  # more than a chunk held while the disk is full
+        writer.write(event)
     with pytest.raises(StoreError, match="disk full") as info:
         writer.flush(timeout=10)
     assert str(path) in str(info.value) and "rollback" not in str(info.value)
     fake.full = False
     writer.flush(timeout=10)
-    writer.write_many(events[1500:1900])
+    for event in events[1500:1900]:
+        writer.write(event)
     fake.full = True
     with pytest.raises(StoreError, match=r"disk full.* 400 events could not be written"):
         writer.close()
@@ -384,14 +396,16 @@ def crashed_copy(
     """At `dst`, a store as a killed writer leaves it: its -wal (and -shm if `shm`) beside it, holding `events`."""
     path = src_dir / dst.name
     with RunWriter(path, flush_interval=0.01) as writer:
-        writer.write_many(events[:1])
+        for event in events[:1]:
+            writer.write(event)
     if strip_id:  # as stores written before store ids
         db = sqlite3.connect(path)
         db.execute("DELETE FROM meta WHERE key = 'store_id'")
         db.commit()
         db.close()
     writer = RunWriter(path, append=True, flush_interval=0.01)
-    writer.write_many(events[1:])
+    for event in events[1:]:
+        writer.write(event)
     writer.flush()
     dst.parent.mkdir(parents=True, exist_ok=True)
     for suffix in ("", "-wal") + (("-shm",) if shm else ()):
@@ -467,7 +481,8 @@ def test_a_failure_at_interpreter_exit_is_one_line(tmp_path, capsys):
     writer = RunWriter(tmp_path / "run.mirante", flush_interval=0.01)
     fake = writer._db = FullDisk(writer._db)
     fake.full = True
-    writer.write_many(make_events(steps=3)[:3])
+    for event in make_events(steps=3)[:3]:
+        writer.write(event)
     writer._close_at_exit()  # what atexit calls for a script that did not close its writer
     err = capsys.readouterr().err
     assert err.startswith("mirante: error: ") and "disk full" in err and err.count("\n") == 1

@@ -103,7 +103,8 @@ def test_live_source_fills_dropped_batches_from_the_store(tmp_path):
     path = tmp_path / "live.mirante"
     events = make_events(steps=300)
     with RunWriter(path) as writer:
-        writer.write_many(events)
+        for event in events:
+            writer.write(event)
     q: queue.Queue = queue.Queue()
     q.put(events[:50])
     # batches 50..199 were dropped (the queue was full); the next one arrives
@@ -138,7 +139,8 @@ def test_live_source_holds_events_after_a_gap_until_the_store_has_committed_it(t
     events = make_events(steps=300)
     writer = RunWriter(path, flush_interval=3600)  # commits only when told to
     try:
-        writer.write_many(events[:120])
+        for event in events[:120]:
+            writer.write(event)
         writer.flush()
         q: queue.Queue = queue.Queue()
         q.put(events[:50])
@@ -148,7 +150,8 @@ def test_live_source_holds_events_after_a_gap_until_the_store_has_committed_it(t
         got = source.read(timeout=0.01)
         assert [e.seq for e in got] == [e.seq for e in events[:50]]
         assert source.read(timeout=0.01) == [] and source.read(timeout=0.01) == []  # held, not delivered
-        writer.write_many(events[120:])
+        for event in events[120:]:
+            writer.write(event)
         writer.flush()
         got += source.read(timeout=0.01)
     finally:
@@ -187,12 +190,14 @@ def test_follow_opens_a_run_from_its_store_then_follows(tmp_path):
     events = checked(make_events(steps=3000, end=None))
     writer = RunWriter(path, flush_interval=3600)
     try:
-        writer.write_many(events[:-100])
+        for event in events[:-100]:
+            writer.write(event)
         writer.flush()
         source = FollowSource(path, sleep=lambda s: None)
         first = source.read()
         assert len(first) == 1 and isinstance(first[0], Snapshot) and first[0].last_seq == events[-101].seq
-        writer.write_many(events[-100:])
+        for event in events[-100:]:
+            writer.write(event)
         writer.flush()
         after = source.read()
         assert [e.seq for e in after] == [e.seq for e in events[-100:]]  # only what came after the snapshot

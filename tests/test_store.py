@@ -11,7 +11,7 @@ import pytest
 
 from engine import events as ev
 from engine.store import CHUNK_ROWS, RunReader, RunWriter, StoreError, downsample, find_runs
-from tests.runs import LAYERS, bits, make_events, same, write_run
+from tests.runs import bits, make_events, same, write_run
 
 
 @pytest.fixture
@@ -99,21 +99,11 @@ def test_chunks_stay_full_when_events_trickle(run_path):
         assert run.scalars("x")[1].tolist() == [float(s) for s in range(CHUNK_ROWS + 300)]
 
 
-def test_vectors_are_aligned_with_layers_and_thinned(run_path):
-    write_run(run_path, steps=3000, layer_every=10)
-    with RunReader(run_path) as run:
-        steps, grads = run.vectors("grad_norm", points=50)
-        assert run.started().layers == LAYERS
-    assert grads.shape == (50, len(LAYERS)) and steps[0] == 0 and steps[-1] == 2990
-    assert grads[-1].tolist() == pytest.approx([10.0 ** -(i + 2990 / 3000) for i in range(len(LAYERS))], rel=1e-6)
-    with pytest.raises(StoreError, match="unknown LayerStats field"), RunReader(run_path) as run:
-        run.vectors("nope")
-
-
 def test_status_follows_the_run_lifecycle(run_path):
     events = make_events(steps=50, end=None)
     writer = RunWriter(run_path)
-    writer.write_many(events)
+    for event in events:
+        writer.write(event)
     writer.flush()
     with RunReader(run_path) as run:
         assert run.status() == "running"
@@ -192,7 +182,7 @@ def test_readers_leave_a_finished_run_byte_for_byte_alone(run_path):
     write_run(run_path, steps=2000)
     before = run_path.read_bytes()
     with RunReader(run_path) as run:
-        run.summary(), run.follow(0, limit=None), run.series("train/loss"), run.vectors()
+        run.summary(), run.follow(0, limit=None), run.series("train/loss"), run.epochs()
     assert run_path.read_bytes() == before
     assert sorted(p.name for p in run_path.parent.iterdir()) == ["run.mirante"]
 

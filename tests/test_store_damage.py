@@ -13,7 +13,7 @@ from tests.runs import same, write_run
 
 
 def read_everything(path):
-    """Everything a user can ask of a run: metadata, every event, every series, the vectors."""
+    """Everything a user can ask of a run: metadata, every event, every series, the epochs."""
     with RunReader(path) as run:
         out = {
             "meta": run.meta(),
@@ -21,7 +21,6 @@ def read_everything(path):
             "summary": run.summary(),
             "events": run.follow(0, limit=None),
             "series": {name: run.scalars(name) for name in run.scalar_names()},
-            "vectors": run.vectors("grad_norm", points=10_000),
             "epochs": run.epochs(),
         }
     return out

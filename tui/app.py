@@ -92,6 +92,7 @@ class MiranteApp(App[int]):
         self._drawn = -1
         self._range_shown = False  # an lr-find run opens on its chart, once
         self._reading = False  # the source worker runs (it ends when the source is done)
+        self._recovered = 0  # events the source has read back from the store after the live feed dropped them
 
     def compose(self) -> ComposeResult:
         yield Static("enlarge the terminal (at least 60x16)", id="too-small")
@@ -115,6 +116,10 @@ class MiranteApp(App[int]):
         try:
             while not worker.is_cancelled:
                 events = self.source.read()
+                recovered = getattr(self.source, "recovered", 0)
+                if recovered > self._recovered:
+                    gap, self._recovered = recovered - self._recovered, recovered
+                    self.call_from_thread(self.tell, f"the live feed fell behind: {gap:,} events read from the store")
                 if getattr(self.source, "restarted", False):
                     self.source.restarted = False
                     self.call_from_thread(self._reset)

@@ -486,36 +486,6 @@ class RunReader:
         return self._decode_row(row) if row else None  # type: ignore[return-value]
 
     @_guarded
-    def vectors(self, field: str = "grad_norm", points: int = 200) -> tuple[np.ndarray, np.ndarray]:
-        """One LayerStats field over time: (steps, matrix [time, layer]), at most `points` rows.
-
-        The rows are evenly spaced over the run, the last one always included.
-        """
-        if field not in ("grad_norm", "weight_norm", "update_ratio"):
-            raise ValueError(f"unknown LayerStats field {field!r}")
-        with self.snapshot():
-            seqs = [r[0] for r in self._db.execute("SELECT seq FROM events WHERE kind='LayerStats' ORDER BY step")]
-            if len(seqs) > points:
-                picks = np.unique(np.linspace(0, len(seqs) - 1, points).round().astype(int))
-                seqs = [seqs[i] for i in picks]
-            rows = []
-            for i in range(0, len(seqs), 500):
-                part = seqs[i : i + 500]
-                marks = ",".join("?" * len(part))
-                rows += self._db.execute(
-                    f"SELECT {EVENT_COLUMNS} FROM events WHERE seq IN ({marks}) ORDER BY seq", part
-                ).fetchall()
-        stats = [self._decode_row(r) for r in rows]
-        if not stats:
-            return np.empty(0, np.int64), np.empty((0, 0), np.float32)
-        width = max(len(getattr(s, field)) for s in stats)
-        matrix = np.full((len(stats), width), np.nan, np.float32)
-        for i, s in enumerate(stats):
-            v = np.frombuffer(getattr(s, field), dtype=np.float32)
-            matrix[i, : len(v)] = v
-        return np.array([s.step for s in stats], np.int64), matrix
-
-    @_guarded
     def extent(self, upto_seq: int | None = None) -> tuple[int, int, float | None, float | None]:
         """(last seq, largest step, first wall time, last wall time) of the events with seq <= `upto_seq`."""
         bound = _NO_LIMIT if upto_seq is None else upto_seq

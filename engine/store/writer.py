@@ -279,10 +279,6 @@ class RunWriter:
             self._full_told = True
             raise StoreError(self._full_message())
 
-    def write_many(self, batch: list[ev.Event]) -> None:
-        for event in batch:
-            self.write(event)
-
     def flush(self, timeout: float | None = None) -> None:
         """Block until everything written so far is committed; StoreError ("disk full") if a try fails meanwhile."""
         target = self.last_seq
