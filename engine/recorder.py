@@ -2,12 +2,13 @@
 
 Shared by mirante's own loop (`engine.train`) and the `Monitor` API for users' loops. Per
 step it keeps the loss (and correct count) as device tensors and the learning rate as a host
-float: no kernel launch beyond an argmax, no copy. Every `log_every` steps it stacks them
-and starts one non-blocking copy. Every `probe_every` steps (by default every step) it folds
-per-layer gradient norms into a device ring, read back with the interval; every
-`update_every` steps it takes weight norms and update/weight ratios; every `capture_every`
-steps it captures activation maps. Values reach the store when their copy has finished
-(`probes.ReadBack`), so no step waits for the device on the monitor's account.
+float: no kernel launch beyond the three of the correct count (argmax, compare, sum), no
+copy. Every `log_every` steps it stacks them and starts one non-blocking copy. Every
+`probe_every` steps (by default every step) it folds per-layer gradient norms into a device
+ring, read back with the interval; every `update_every` steps it takes weight norms and
+update/weight ratios; every `capture_every` steps it captures activation maps. Values reach
+the store when their copy has finished (`probes.ReadBack`), so no step waits for the device
+on the monitor's account.
 """
 
 from __future__ import annotations

@@ -388,7 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="learning-rate range test: suggests a learning rate",
         description="Train from random weights while the learning rate grows exponentially from --min-lr to "
         "--max-lr (400 steps unless --steps), stop when the loss blows up, draw loss against learning rate, and "
-        "suggest a rate: a tenth of the one with the lowest smoothed loss. Takes the options of `mirante train` "
+        "suggest a rate: the smaller of where the smoothed loss falls fastest and a tenth of where it is lowest. "
+        "Takes the options of `mirante train` "
         "(--lr and --schedule are ignored). Models:\n" + models_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

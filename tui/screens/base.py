@@ -28,7 +28,7 @@ class View:
 
 
 class Pane(Container):
-    """A view of the run. `draw` is called at most ~10 times a second, only when the state moved."""
+    """A view of the run. `draw` is called at most 5 times a second (REDRAW_S), only when the state moved."""
 
     TITLE = ""
     KEY = ""
