@@ -80,7 +80,6 @@ class NullEmitter:
     writer = None
     live = None
     diagnostics = None
-    dropped = 0
 
     def emit(self, kind: type[ev.Event], step: int, **fields: Any) -> None:
         return None

@@ -50,7 +50,9 @@ def test_make_shapes_is_deterministic_balanced_uint8():
 
 
 def test_shapes_defeat_a_linear_classifier():
-    """Multinomial logistic regression on standardised raw pixels, trained to fit: far below 60% on validation."""
+    """Multinomial logistic regression on standardised raw pixels, trained to fit: it reaches 24.3% on its
+    training images but 11.0% on validation (torch 2.14.1, CPU), chance for 10 classes. Bounds: above 20% on
+    training (it learned), below 15% on validation (no better than chance, with the seed's noise)."""
     torch.manual_seed(0)
     images, y = make_shapes(24_000, seed=0)
     x = torch.from_numpy(images).flatten(1).float()
@@ -70,7 +72,7 @@ def test_shapes_defeat_a_linear_classifier():
         train_accuracy = (model(x_train).argmax(1) == y_train).float().mean().item()
         val_accuracy = (model(x_val).argmax(1) == y_val).float().mean().item()
     assert train_accuracy > 0.2  # it did learn: it fits the training images well above chance
-    assert val_accuracy < 0.6
+    assert val_accuracy < 0.15
 
 
 # ---------------------------------------------------------------------------------------------------------

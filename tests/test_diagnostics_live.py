@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from engine.config import TrainConfig
 from engine.diagnostics import Finding
 from engine.monitor import Monitor
 from engine.store import RunReader
+from tests.procs import run_group
 from tui.state import RunState
 
 pytestmark = pytest.mark.usefixtures("one_thread", "small_shapes")
@@ -139,31 +139,14 @@ def test_sample_runs_show_their_diagnostics(run_name, code, level):
 
 def test_lr_find_suggests_a_rate_that_trains(tmp_path):
     """`mirante lr-find` on smallcnn/shapes with its defaults but 16x16 images (17 s, not 48 s, on 2 cores; it
-    suggests 0.048 at either size); --lr 0.05 trains this to 96.8% (README)."""
+    suggests 0.048 at either size); the README's table: --lr 0.02 and 0.05 train it (89.9%, 96.8%), 0.1 does
+    not (32.8%). Bounds: within 1.5x of the measured 0.048, all of it rates that train."""
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tui.cli",
-            "lr-find",
-            "--headless",
-            "--device",
-            "cpu",
-            "--name",
-            "find",
-            "--image-size",
-            "16",
-        ],
-        cwd=tmp_path,
-        env=env | {"PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    argv = [sys.executable, "-m", "tui.cli", "lr-find", "--headless", "--device", "cpu", "--name", "find"]
+    out = run_group([*argv, "--image-size", "16"], cwd=tmp_path, env=env | {"PYTHONPATH": str(ROOT)}, timeout=300)
     assert out.returncode == 0, out.stderr
     suggested = float(re.search(r"ok: suggested learning rate ([0-9.e+-]+)", out.stdout).group(1))
-    assert 0.05 / 10 <= suggested <= 0.05 * 10
+    assert 0.032 <= suggested <= 0.072
     assert "learning rate" in out.stdout and "┤" in out.stdout  # the chart, drawn in the terminal
     with RunReader(tmp_path / "runs" / "find.mirante") as reader:
         lrs = reader.scalars("lr")[1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 import torch
 
 from engine.store import RunReader
+from tests.procs import run_group
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMON = ["--device", "cpu", "--batch-size", "64", "--log-every", "2", "--probe-every", "2", "--capture-every", "0"]
@@ -28,13 +30,14 @@ def torchrun(tmp_path: Path, name: str, *args: str, nproc: int = 2) -> subproces
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
     command += ["-m", "engine.train", *COMMON, "--runs-dir", str(tmp_path), "--name", name, *args]
     return subprocess.Popen(
-        command, cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+        command, cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,  # torchrun and its ranks: killed together should the test fail
+    )  # fmt: skip
 
 
 def single(tmp_path: Path, name: str, *args: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "engine.train", *COMMON, "--runs-dir", str(tmp_path), "--name", name, *args]
-    return subprocess.run(command, cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
+    return run_group(command, cwd=tmp_path, env=env(), timeout=300)
 
 
 def losses(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -48,7 +51,7 @@ def ddp_run(tmp_path_factory) -> tuple[Path, str]:
     tmp = tmp_path_factory.mktemp("ddp")
     command = [sys.executable, "-m", "tui.cli", "train", "--nproc", "2", *COMMON, "--runs-dir", str(tmp)]
     command += ["--name", "ddp", "--steps", "12"]
-    done = subprocess.run(command, cwd=tmp, env=env(), capture_output=True, text=True, timeout=300)
+    done = run_group(command, cwd=tmp, env=env(), timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     return tmp, done.stdout
 
@@ -89,7 +92,7 @@ def test_the_loss_matches_one_process_with_the_same_global_batch(ddp_run, tmp_pa
 
 def test_resuming_needs_the_same_world_size(ddp_run):
     tmp, _ = ddp_run
-    done = single(tmp, "ignored", "--resume", "ddp", "--steps", "14")
+    done = single(tmp, "ignored", "--resume", "ddp", "--steps", "14")  # refused before it writes anything
     assert done.returncode == 2
     assert "trained by 2 processes: resume it with as many, not 1" in done.stderr
 
@@ -139,7 +142,15 @@ def rank_pid(parent: int, rank: int, timeout: float = 60.0) -> int:
 
 def test_killing_a_rank_ends_the_run_as_failed_and_the_others_exit(tmp_path):
     proc = torchrun(tmp_path, "killed", "--steps", "100000")
-    store = tmp_path / "killed.mirante"
+    try:
+        killed_a_rank(proc, tmp_path / "killed.mirante")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+
+
+def killed_a_rank(proc: subprocess.Popen, store: Path) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # wait until it trains: some steps are in the store
         if store.exists():
@@ -150,7 +161,6 @@ def test_killing_a_rank_ends_the_run_as_failed_and_the_others_exit(tmp_path):
                 pass
         time.sleep(0.5)
     else:
-        proc.kill()
         pytest.fail("the run never started training")
     os.kill(rank_pid(proc.pid, 1), signal.SIGKILL)
     killed_at = time.monotonic()
@@ -163,14 +173,14 @@ def test_killing_a_rank_ends_the_run_as_failed_and_the_others_exit(tmp_path):
     assert ended.status == "failed" and "rank 1" in ended.reason, (ended.reason, out[-2000:])
 
 
-def test_a_distributed_run_resumes_with_the_same_world_size(ddp_run):
-    tmp, _ = ddp_run
-    command = [sys.executable, "-m", "tui.cli", "train", "--nproc", "2", *COMMON, "--runs-dir", str(tmp)]
-    done = subprocess.run(
-        [*command, "--resume", "ddp", "--steps", "16"], cwd=tmp, env=env(), capture_output=True, text=True, timeout=300
-    )
+def test_a_distributed_run_resumes_with_the_same_world_size(ddp_run, tmp_path):
+    shared, _ = ddp_run  # resumed in a copy: the other tests read the run as it was
+    shutil.copy(shared / "ddp.mirante", tmp_path / "ddp.mirante")
+    shutil.copytree(shared / "ddp.ckpt", tmp_path / "ddp.ckpt")
+    command = [sys.executable, "-m", "tui.cli", "train", "--nproc", "2", *COMMON, "--runs-dir", str(tmp_path)]
+    done = run_group([*command, "--resume", "ddp", "--steps", "16"], cwd=tmp_path, env=env(), timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    steps, _ = losses(tmp / "ddp.mirante")
+    steps, _ = losses(tmp_path / "ddp.mirante")
     assert steps.tolist() == list(range(1, 17))  # 13 to 16 added to the same store, none repeated
 
 

@@ -142,3 +142,17 @@ def test_planned_epochs_follow_the_steps():
     assert folded(started({"epochs": 3, "total_steps": 300, "steps_per_epoch": 337})).planned_epochs == 1
     assert folded(started({"epochs": 3, "total_steps": 1011, "steps_per_epoch": 337})).planned_epochs == 3
     assert folded(started({"epochs": 5})).planned_epochs == 5
+
+
+def test_nan_gradients_are_frozen_layers_until_the_loss_itself_is_nan():
+    header = {"seq": 1, "wall_time": 0.0, "step": 0}
+    started = ev.RunStarted(**header, name="r", model="m", dataset="d", layers=("a", "b", "c"))
+
+    def flags(loss: float) -> dict[str, str]:
+        step = ev.Step(**{**header, "seq": 2}, scalars={"train/loss": loss})
+        grads = [math.nan, 0.4, 0.5]
+        stats = ev.LayerStats(**{**header, "seq": 3}, grad_norm=grads, weight_norm=[1.0] * 3, update_ratio=[1e-3] * 3)
+        return folded([started, step, stats]).layer_flags()
+
+    assert flags(2.3) == {}  # a layer without a gradient this step (frozen, or unused)
+    assert flags(math.nan) == {"a": "exploding"}  # the NaN is the gradient's own

@@ -16,6 +16,7 @@ from engine import train
 from engine.config import ConfigError, TrainConfig
 from engine.monitor import Monitor
 from engine.store import RunReader
+from tests.procs import run_group
 
 pytestmark = pytest.mark.usefixtures("one_thread", "small_shapes")
 
@@ -261,25 +262,81 @@ def test_lr_schedules():
     assert peak == pytest.approx(1.0, abs=1e-3) and train.lr_factor(one, 999, 100, 1000) < 1e-3
 
 
-def test_cli_rejects_bad_input_in_one_line(tmp_path):
-    cases = [
+@pytest.mark.parametrize(
+    "args, words",
+    [
         (["--model", "nope"], "unknown model 'nope'"),
         (["--lr", "0"], "--lr must be positive"),
-        (["--dataset", str(tmp_path / "missing")], "unknown dataset"),
+        (["--dataset", "missing-folder"], "unknown dataset"),
         (["--device", "cuda", "--epochs", "1"], "no CUDA device"),
         (["--model", "alexnet", "--image-size", "32"], "alexnet cannot take 32x32 inputs: the smallest it takes is 63"),
-    ]
-    for args, words in cases:
-        if torch.cuda.is_available() and "cuda" in args:
-            continue  # CUDA is there: nothing to reject
-        result = subprocess.run(
-            [sys.executable, "-m", "tui.cli", "train", "--headless", "--runs-dir", str(tmp_path), *args],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert result.returncode == 2, (args, result.stderr)
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and words in lines[0] and "Traceback" not in result.stderr, result.stderr
-    assert not list(tmp_path.glob("*.mirante"))  # bad input leaves no run behind
+    ],
+)
+def test_cli_rejects_bad_input_in_one_line(tmp_path, monkeypatch, capfd, args, words):
+    """In process (and its trainer child), each case; a real process's exit code and stderr, once, below."""
+    from tui import cli
+
+    if torch.cuda.is_available() and "cuda" in args:
+        pytest.skip("CUDA is here: nothing to reject")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["train", "--headless", "--runs-dir", str(tmp_path), *args]) == 2
+    lines = capfd.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], lines
+    assert not list(tmp_path.rglob("*.mirante"))  # bad input leaves no run behind
+
+
+def test_a_bad_option_ends_the_process_with_one_line_and_code_2(tmp_path):
+    argv = [sys.executable, "-m", "tui.cli", "train", "--headless", "--runs-dir", str(tmp_path), "--lr", "0"]
+    result = run_group(argv, cwd=ROOT, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == "mirante: error: --lr must be positive, got 0.0", result.stderr
+
+
+# --- the options no other test runs: each once, on the tiny net, with its effect checked
+
+
+def moved(tmp_path: Path, **options) -> tuple[torch.Tensor, torch.Tensor]:
+    """The parameters before and after 6 steps of plain SGD (no momentum, no weight decay) with `options`."""
+    config = tiny(tmp_path, steps=6, momentum=0.0, weight_decay=0.0, **options)
+    s = train.setup(config)  # the same seed as the run: the same initial weights
+    names = [n for n, _ in s.eager.named_parameters()]
+    before = torch.cat([p.detach().flatten() for p in s.eager.parameters()])
+    assert train.run(config) == 0
+    saved = torch.load(Path(config.runs_dir) / f"{config.name}.ckpt" / "last.pt", weights_only=True)["model"]
+    return before, torch.cat([saved[n].flatten() for n in names])
+
+
+def test_clip_grad_bounds_each_step(tmp_path):
+    before, after = moved(tmp_path, clip_grad=1e-6)
+    assert 0 < (after - before).norm() <= 6 * 0.05 * 1e-6 * 1.001  # steps x lr x the clipped norm
+
+
+def test_l1_shrinks_the_weights(tmp_path):
+    _, plain = moved(tmp_path / "plain")
+    _, l1 = moved(tmp_path / "l1", l1=0.05)
+    assert l1.abs().sum() < 0.9 * plain.abs().sum()  # each step takes lr x l1 = 0.0025 off every weight
+
+
+def test_label_smoothing_is_the_loss_trained_on(tmp_path):
+    logits, y = torch.randn(8, 10), torch.randint(0, 10, (8,))
+    smoothed = train.loss_function(tiny(tmp_path, label_smoothing=0.1), 10)(logits, y)
+    assert smoothed == pytest.approx(F.cross_entropy(logits, y, label_smoothing=0.1).item())
+    assert smoothed != pytest.approx(F.cross_entropy(logits, y).item())
+    assert train.run(tiny(tmp_path, steps=3, label_smoothing=0.1)) == 0
+
+
+def test_plateau_cuts_the_learning_rate_after_patience_epochs(tmp_path):
+    config = tiny(tmp_path, schedule="plateau", patience=1, gamma=0.5)
+    trainer = train.Trainer(train.setup(config), train.NullEmitter(), name="tiny")
+    for val_loss, factor in [(1.0, 1.0), (0.5, 1.0), (0.6, 1.0), (0.55, 0.5), (0.5, 0.5), (0.49, 0.5)]:
+        trainer.update_plateau(val_loss)
+        assert trainer.plateau_factor == factor, val_loss
+
+
+def test_compile_trains_the_same_run(tmp_path):
+    """--compile (inductor, on the CPU): the run trains, records and checkpoints as without it."""
+    config = tiny(tmp_path, steps=3, image_size=8, compile=True, capture_every=0)
+    assert train.run(config) == 0
+    with RunReader(Path(config.runs_dir) / "tiny.mirante") as run:
+        assert run.status() == "finished" and run.started().config["compile"] is True
+        assert run.scalars("train/loss")[0].tolist() == [1, 2, 3]

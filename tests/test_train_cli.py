@@ -11,22 +11,16 @@ from pathlib import Path
 
 from engine import events as ev
 from engine.store import RunReader
+from tests.procs import finish, start
 
 ROOT = Path(__file__).resolve().parents[1]
 EVERY_KIND = {"RunStarted", "Step", "LayerStats", "Epoch", "Activation", "Filters", "System", "RunEnded"}
 
 
-def mirante(*args: str, cwd: Path, **kwargs) -> subprocess.Popen:
+def mirante(*args: str, cwd: Path) -> subprocess.Popen:
+    """`mirante ARGS` in its own session (its process group: the trainer and its child)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "tui.cli", *args],
-        cwd=cwd,
-        env=env,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        **kwargs,
-    )
+    return start([sys.executable, "-m", "tui.cli", *args], cwd=cwd, env=env)
 
 
 def test_the_default_job_learns_shapes(tmp_path):
@@ -47,7 +41,7 @@ def test_the_default_job_learns_shapes(tmp_path):
         "16",
         cwd=tmp_path,
     )
-    out, err = proc.communicate(timeout=600)
+    out, err = finish(proc, 600)
     seconds = time.monotonic() - started
     assert proc.returncode == 0, err
     assert out.strip().splitlines()[-1].startswith("finished: 504 steps"), out
@@ -73,7 +67,6 @@ def test_ctrl_c_stops_with_a_checkpoint_and_resume_finishes(tmp_path):
         "--image-size",
         "16",  # a quarter of the default's pixels: this is about Ctrl-C and --resume, not the model
         cwd=tmp_path,
-        start_new_session=True,
     )
     seen = []
     for line in proc.stdout:  # wait until training is under way
@@ -81,7 +74,7 @@ def test_ctrl_c_stops_with_a_checkpoint_and_resume_finishes(tmp_path):
         if line.startswith("epoch 1/1  step") and "img/s" in line:
             break
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
-    out, err = proc.communicate(timeout=120)
+    out, err = finish(proc, 120)
     assert proc.returncode == 130, (seen, out, err)
     assert "interrupted" in out.splitlines()[-1], out
     store = tmp_path / "runs" / "stopme.mirante"
@@ -91,7 +84,7 @@ def test_ctrl_c_stops_with_a_checkpoint_and_resume_finishes(tmp_path):
     assert 0 < stopped_at < 168 and (tmp_path / "runs" / "stopme.ckpt" / "last.pt").exists()
 
     proc = mirante("train", "--headless", "--resume", "stopme", cwd=tmp_path)
-    out, err = proc.communicate(timeout=600)
+    out, err = finish(proc, 600)
     assert proc.returncode == 0, err
     with RunReader(store) as run:
         events = run.follow(0, limit=None)

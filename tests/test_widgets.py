@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -349,13 +347,3 @@ def test_chart_widget_follows_no_color(monkeypatch):
     strips = asyncio.run(main())
     assert "loss" in strips[0].text
     assert not any(segment.style and segment.style.color for strip in strips for segment in strip)
-
-
-# the boundary
-
-
-def test_widgets_never_import_torch():
-    modules = "tui.widgets, tui.widgets.chart, tui.widgets.heatmap, tui.widgets.sparkline"
-    code = f"import sys, {modules}; print('torch' in sys.modules, 'textual' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "True"]

@@ -463,9 +463,10 @@ class RunState:
         return sorted(stored + local, key=lambda f: f.step)
 
     def worst_diagnostics(self, n: int = 3) -> list[Finding]:
-        """The latest state of each check, fails first, then warnings, then the latest oks."""
+        """The latest state of each check: fails first, the earliest first (the first failure is the cause, what
+        fails after it its consequence: a NaN loss, then NaN gradients), then warnings and oks, the latest first."""
         states = list(self.check_states().values())
-        return sorted(states, key=lambda f: (LEVEL_ORDER.get(f.level, 3), -f.step))[:n]
+        return sorted(states, key=lambda f: (LEVEL_ORDER.get(f.level, 3), f.step if f.level == "fail" else -f.step))[:n]
 
     @property
     def is_range_test(self) -> bool:

@@ -96,12 +96,19 @@ class RunFacts:
             return list(range(len(self.layers)))
         return [i for i, t in enumerate(self.layer_types) if t in WEIGHT_TYPES] or list(range(len(self.layers)))
 
+    @property
+    def loss_finite(self) -> bool:
+        """Whether the latest training loss is a number (True before any)."""
+        return not self.recent_losses or math.isfinite(self.recent_losses[-1])
+
     def weight_values(self, vector: Iterable[float]) -> list[tuple[str, float]]:
-        """(layer name, value) of a LayerStats vector over the weight layers, NaN (no value) left out."""
+        """(layer name, value) of a LayerStats vector over the weight layers. NaN is a layer without a value
+        (frozen, or unused by the step) and is left out, unless the loss itself is no longer finite: then
+        the NaN is the gradient's own, and kept."""
         values = list(vector)
         out = []
         for i in self.weight_layers():
-            if i < len(values) and not math.isnan(values[i]):
+            if i < len(values) and (not math.isnan(values[i]) or not self.loss_finite):
                 out.append((self.layers[i] if i < len(self.layers) else str(i), float(values[i])))
         return out
 
