@@ -21,6 +21,7 @@ import stat
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from queue import Empty
 from typing import Any
@@ -298,3 +299,87 @@ class Channel:
                 self.path.unlink()
         except FileNotFoundError:
             pass
+
+
+# --- the trainer's side: whether the run goes on -------------------------------------------
+
+STOP_VOTE_STEPS = 10
+"""Under torchrun, steps between the ranks' votes on stopping (one small host collective each): a
+Ctrl-C or a check's stop takes effect within this many steps, whatever --log-every is."""
+
+
+class RunControl:
+    """Whether a run goes on: its stop (why, and the status it ends with), its pause, the commands asking.
+
+    The trainer owns it; the monitoring side (recorder, emitter, checks) decides nothing. A stop is
+    asked by a command, by a check (a divergence, lr-find's end) or by the parent's death. With one
+    process it holds at once. Under torchrun every rank must stop at the same step, so a rank's wish
+    waits for the next vote (`vote`: every `vote_every` steps, the same steps on every rank), after
+    which all stop together.
+    """
+
+    def __init__(
+        self,
+        channel: Channel | None = None,
+        *,
+        poll_every: int = 1,
+        agree: Callable[[bool], bool] | None = None,
+        vote_every: int = STOP_VOTE_STEPS,
+    ) -> None:
+        self.channel = channel
+        self.poll_every = poll_every  # steps between looks at the commands (host work: a pipe read, a queue drain)
+        self.agree = agree  # under torchrun: this rank's wish in, whether any rank wishes to stop out
+        self.vote_every = vote_every
+        self.reason: str | None = None  # once set, the run stops at the next step
+        self.status = "interrupted"  # the RunEnded status of a stopped run: a check may say otherwise
+        self.wish: tuple[str, str] | None = None  # under torchrun: (reason, status), until the vote
+        self.paused = False
+
+    @property
+    def stopped(self) -> bool:
+        return self.reason is not None
+
+    def request(self, reason: str, status: str = "interrupted") -> None:
+        """Stop at the next step; under torchrun at the next vote, all ranks together. The first asking wins."""
+        if self.reason is not None or self.wish is not None:
+            return
+        if self.agree is None:
+            self.reason, self.status = reason, status
+        else:
+            self.wish = (reason, status)
+
+    def failing(self) -> bool:
+        """Whether the run is to end as failed (a divergence): its weights are not worth a checkpoint."""
+        if self.reason is not None:
+            return self.status == "failed"
+        return self.wish is not None and self.wish[1] == "failed"
+
+    def vote(self, step: int) -> None:
+        """Under torchrun, at every `vote_every`-th step: the ranks agree whether any wants to stop."""
+        if self.agree is None or self.reason is not None or step % self.vote_every:
+            return
+        if self.agree(self.wish is not None):
+            self.reason, self.status = self.wish or ("stopped on another rank", "interrupted")
+
+    def poll(self, step: int, act: Callable[[str], None], idle: Callable[[], None] = lambda: None) -> None:
+        """The commands, every `poll_every` steps. Stop, pause and resume are taken here; capture and detach,
+        and "gone" when the parent died, go to `act`. While paused, waits here (calling `idle` every 0.1 s)."""
+        if self.channel is None or step % self.poll_every:
+            return
+        while True:
+            for command in self.channel.poll():
+                if command == "stop":
+                    self.request("stopped by a command from the app or mirante stop")
+                elif command == "pause" and self.agree is not None:  # the other ranks would time out waiting
+                    print("mirante: pause is not available under torchrun; ignored", file=sys.stderr)
+                elif command in ("pause", "resume"):
+                    self.paused = command == "pause"
+                else:
+                    act(command)
+            if self.channel.parent_gone and self.reason is None and self.wish is None:
+                act("gone")
+                self.request(self.channel.gone_reason)
+            if not self.paused or self.reason is not None or self.wish is not None:
+                return
+            idle()
+            time.sleep(0.1)

@@ -70,6 +70,10 @@ class Dist:
         dist.all_gather(rows, mine, group=self.control)
         return [r.tolist() for r in rows]
 
+    def any_(self, flag: bool) -> bool:
+        """Whether `flag` holds on any rank (every rank calls this at the same point): one gloo all-gather."""
+        return any(row[0] for row in self.gather_host([float(flag)]))
+
     def sum_(self, tensor: Tensor) -> Tensor:
         """Add `tensor` up over the ranks in place, on its device; no host wait on NCCL."""
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)

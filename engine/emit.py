@@ -5,10 +5,10 @@ from __future__ import annotations
 import contextlib
 import queue
 import time
+from collections.abc import Callable
 from typing import Any
 
 from engine import events as ev
-from engine.diagnostics import Diagnostics
 from engine.store import RunWriter
 
 QUEUE_BATCH_SECONDS = 0.1  # how often batches go to the UI queue
@@ -20,17 +20,14 @@ class Emitter:
 
     The store gets every event (the log is complete even if the UI dies). The queue, when
     there is one, gets lists of events; if it is full the batch is dropped, never waited
-    for, and the UI catches up from the store (`dropped` counts what it missed).
-    `diagnostics`, when given, sees every event and its findings are emitted as Diagnostic
-    events right after the event that caused them.
+    for, and the UI catches up from the store. Each of `watchers` is called with every event
+    (the live checks, `engine.checks`, whose findings come right after the event causing them).
     """
 
-    def __init__(
-        self, writer: RunWriter, live: Any | None = None, clock=time.time, diagnostics: Diagnostics | None = None
-    ) -> None:
+    def __init__(self, writer: RunWriter, live: Any | None = None, clock=time.time) -> None:
         self.writer = writer
         self.live = live
-        self.diagnostics = diagnostics
+        self.watchers: list[Callable[[ev.Event], None]] = []  # called with every event emitted (the live checks)
         self.sequencer = ev.Sequencer(last_seq=writer.last_seq, clock=clock)
         self._batch: list[ev.Event] = []
         self._last_send = time.monotonic()
@@ -47,18 +44,9 @@ class Emitter:
             self._batch.append(event)
             if len(self._batch) >= QUEUE_BATCH_EVENTS or time.monotonic() - self._last_send > QUEUE_BATCH_SECONDS:
                 self.send()
-        if self.diagnostics is not None and not isinstance(event, (ev.Diagnostic, ev.RunEnded)):
-            self._diagnose(self.diagnostics.observe(event))
+        for watcher in self.watchers:
+            watcher(event)
         return event
-
-    def finish_checks(self, step: int) -> None:
-        """The checks' final verdicts (overfit, lr-find): call before emitting RunEnded."""
-        if self.diagnostics is not None:
-            self._diagnose(self.diagnostics.finish(step))
-
-    def _diagnose(self, findings: list) -> None:
-        for f in findings:
-            self.emit(ev.Diagnostic, f.step, level=f.level, code=f.code, message=f.message, evidence=f.evidence)
 
     def send(self) -> None:
         """Put the pending batch on the live queue now (if there is room)."""
@@ -79,13 +67,10 @@ class NullEmitter:
 
     writer = None
     live = None
-    diagnostics = None
+    watchers: list = []  # nothing is emitted: nothing to watch
 
     def emit(self, kind: type[ev.Event], step: int, **fields: Any) -> None:
         return None
-
-    def finish_checks(self, step: int) -> None:
-        pass
 
     def send(self) -> None:
         pass

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from engine import events as ev
 from engine import flops
+from engine.checks import LiveChecks
 from engine.diagnostics import VERSION, Diagnostics, Settings
 from engine.emit import Emitter
 from engine.names import check_name, store_path
@@ -133,7 +134,8 @@ class Monitor:
         self._probed_step: int | None = None  # a probe waiting for the weights to move
         writer = RunWriter(path)  # all checked: from here on a store exists
         try:
-            self.out = Emitter(writer, live, diagnostics=Diagnostics(Settings(on_divergence="warn")))
+            self.out = Emitter(writer, live)
+            self.checks = LiveChecks(self.out, Diagnostics(Settings(on_divergence="warn")))  # warn: never stop a loop
             self.rec = Recorder(
                 self.out,
                 model,
@@ -201,7 +203,7 @@ class Monitor:
             self._probed_step = self.steps + 1
         correct = None
         if self.steps == 0 and logits is not None:
-            self.out.diagnostics.learn(num_classes=logits.shape[1])  # a shape: host metadata, no sync
+            self.checks.learn(num_classes=logits.shape[1])  # a shape: host metadata, no sync
         if logits is not None and targets is not None:
             labels = targets.argmax(dim=1) if targets.dim() == 2 else targets  # soft labels: their top class
             correct = self._on_device((logits.detach().argmax(dim=1) == labels).sum(), "logits")
@@ -292,7 +294,7 @@ class Monitor:
         if self._probed_step is not None:
             self.rec.probe_update(self._probed_step)
         self.rec.flush(self.steps, wait=True)
-        self.out.finish_checks(self.steps)
+        self.checks.finish(self.steps)
         self.out.emit(ev.RunEnded, self.steps, status=status, reason=reason)
         self.out.close()
 

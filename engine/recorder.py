@@ -62,8 +62,6 @@ class Recorder:
         self.out = emitter
         self.dist = dist  # engine.distributed.Dist under torchrun: rank 0 records, every rank joins the collectives
         self.main = dist is None or dist.is_main
-        self.stop_wanted = False  # set by the trainer: this rank wants the run to stop
-        self.any_stop = False  # some rank wanted to stop, as of the last interval (all ranks agree on it)
         self.model = model
         self.device = device
         self.log_every = log_every
@@ -171,9 +169,8 @@ class Recorder:
             n = len(self._losses)
             seconds = time.perf_counter() - self._interval_start
             images, data_time, sizes = sum(self._sizes), self._data_time, self._sizes
-            if self.dist is not None:  # one host collective per interval: images, data time, stop, memory
-                ranks = self.dist.gather_host([images, data_time, float(self.stop_wanted), *rank_memory(self.device)])
-                self.any_stop = any(r[2] for r in ranks)
+            if self.dist is not None:  # one host collective per interval: images, data time, memory
+                ranks = self.dist.gather_host([images, data_time, *rank_memory(self.device)])
                 images = int(sum(r[0] for r in ranks))
                 data_time = sum(r[1] for r in ranks) / len(ranks)
                 sizes = [size * self.dist.world for size in sizes]
@@ -209,7 +206,7 @@ class Recorder:
             for rank, row in enumerate(ranks or []):
                 if rank == 0:
                     continue  # rank 0's own figures went out just above, with its utilisation
-                others = {k: v for k, v in zip(RANK_MEMORY, row[3:], strict=True) if v == v}  # NaN: not measured
+                others = {k: v for k, v in zip(RANK_MEMORY, row[2:], strict=True) if v == v}  # NaN: not measured
                 self.out.emit(ev.System, step, rank=rank, metrics=others)
         self.out.send()
 

@@ -30,11 +30,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from engine import diagnostics, flops, models, probes
 from engine import events as ev
+from engine.checks import LiveChecks
 from engine.config import ConfigError, TrainConfig
-from engine.control import OWNER_ENV, Channel, ControlError
+from engine.control import OWNER_ENV, Channel, ControlError, RunControl
 from engine.data import Data, DataError, build_data
 from engine.device import device_peak, pick_device, pick_precision
-from engine.diagnostics import Diagnostics
 from engine.distributed import Dist
 from engine.emit import Emitter, NullEmitter
 from engine.names import find_run, store_path
@@ -337,12 +337,21 @@ class Trainer:
     """Runs a Setup to the end, emitting events as it goes."""
 
     def __init__(
-        self, s: Setup, emitter: Emitter, control: Channel | None = None, *, name: str, dist: Dist | None = None
+        self,
+        s: Setup,
+        emitter: Emitter,
+        channel: Channel | None = None,
+        *,
+        name: str,
+        dist: Dist | None = None,
+        checks: LiveChecks | None = None,
     ) -> None:
         self.s = s
         self.c = s.config
         self.out = emitter
-        self.control = control  # commands from the app and other terminals; whether the parent died
+        # whether the run goes on: commands from the app and other terminals, the parent's death, the ranks' vote
+        self.control = RunControl(channel, poll_every=self.c.log_every, agree=dist.any_ if dist else None)
+        self.checks = checks  # the lecture's checks, live (rank 0): a divergence or lr-find's end stops the run
         self.run_name = name
         self.dist = dist
         self.main = dist is None or dist.is_main
@@ -370,10 +379,6 @@ class Trainer:
         self.plateau_factor = 1.0
         self.plateau_best = math.inf
         self.plateau_wait = 0
-        self.stop_reason: str | None = None  # once set, the run stops at the next step (on every rank at once)
-        self.pending_stop: tuple[str, str] | None = None  # under torchrun: (reason, status) until the ranks agree
-        self.stop_status = "interrupted"  # the RunEnded status of a stopped run: a diagnostic may say otherwise
-        self.paused = False
         # --overfit-batches and lr-find are sanity checks, not training: no validation, no checkpoints
         self.sanity_check = bool(self.c.overfit_batches or self.c.range_test)
         self.subset: list[tuple[Tensor, Tensor]] | None = None
@@ -418,18 +423,19 @@ class Trainer:
     def fit(self) -> str:
         """Train to the end; returns the RunEnded status."""
         c, data = self.c, self.s.data
+        control = self.control
         self.rec.capture(self.step)
-        while self.stop_reason is None and self.step < self.s.total_steps:
+        while not control.stopped and self.step < self.s.total_steps:
             self.train_one_epoch()
-            if self.stop_reason is not None and self.step_in_epoch < data.steps_per_epoch:
+            if control.stopped and self.step_in_epoch < data.steps_per_epoch:
                 break  # stopped mid-epoch: no validation of a partial epoch
             self.end_epoch()
         self.rec.flush(self.step, wait=True)
         self.check_stop()  # a divergence in the last values read back fails the run: it did not finish
-        if self.stop_reason is not None:
-            if self.stop_status == "interrupted" and not self.sanity_check:
+        if control.stopped:
+            if control.status == "interrupted" and not self.sanity_check:
                 self.save()  # to resume from; a diverged run's weights are not worth keeping
-            return self.stop_status
+            return control.status
         if c.test:
             loss, acc = self.evaluate(data.test_batches())
             self.out.emit(ev.Step, self.step, scalars={"test/loss": loss, "test/acc": acc})
@@ -456,10 +462,10 @@ class Trainer:
 
     def save(self, best: bool = False) -> None:
         """last.pt (and best.pt when `best`); rank 0 writes them: the weights are the same on all ranks."""
-        if self.sanity_check or not self.main or self.failing():
+        if self.sanity_check or not self.main or self.control.failing():
             return
         if not all_finite(self.s.eager):  # note: a CPU-GPU sync point, once per checkpoint
-            self.request_stop(
+            self.control.request(
                 f"diverged: the weights hold NaN or inf at step {self.step}; no checkpoint written", "failed"
             )
             return
@@ -476,7 +482,7 @@ class Trainer:
         params = rec.norms.params
         model.train()
         batches: Iterator[tuple[Tensor, Tensor]] = self.batches()
-        while self.step < s.total_steps and self.stop_reason is None:
+        while self.step < s.total_steps and not self.control.stopped:
             t0 = time.perf_counter()
             batch = next(batches, None)
             data_time = time.perf_counter() - t0
@@ -516,11 +522,9 @@ class Trainer:
                 rec.probe_update(self.step)
             correct = (logits.detach().argmax(dim=1) == y).sum()
             rec.record(self.step, loss, lr, correct=correct, batch_size=len(y), data_time=data_time)
-            self.poll_commands()
+            self.control.poll(self.step, self.act, idle=self.out.send)
             self.check_stop()
-            if self.dist is not None and rec.any_stop and self.stop_reason is None:  # agreed at the last interval
-                reason, self.stop_status = self.pending_stop or ("stopped on another rank", "interrupted")
-                self.stop_reason = reason
+            self.control.vote(self.step)  # under torchrun: every rank stops at the same step
 
     def batches(self) -> Iterator[tuple[Tensor, Tensor]]:
         """This epoch's training batches; with --overfit-batches the same few, over and over."""
@@ -532,21 +536,15 @@ class Trainer:
         return itertools.cycle(self.subset)
 
     def check_stop(self) -> None:
-        """Stop if a check asked to, as of the values read back so far (host state: no sync)."""
-        if self.out.diagnostics is not None and self.out.diagnostics.stop is not None:
-            self.stop_for(self.out.diagnostics.stop)
-
-    def failing(self) -> bool:
-        """Whether the run has been decided to fail (a divergence): its weights are not worth a checkpoint."""
-        if self.stop_reason is not None:
-            return self.stop_status == "failed"
-        return self.pending_stop is not None and self.pending_stop[1] == "failed"
-
-    def stop_for(self, finding: Any) -> None:
-        """A check asked the run to stop: lr-find once the loss blew up (its end), divergence (a failure)."""
-        sweep_over = finding.code == "lr-find"
-        reason = "the loss blew up: the sweep is over" if sweep_over else f"diverged: {finding.message}"
-        self.request_stop(reason, "finished" if sweep_over else "failed")
+        """Stop if a check asked to, as of the values read back so far (host state: no sync): lr-find once the
+        loss blew up (its end), a divergence (a failure)."""
+        finding = self.checks.stop if self.checks is not None else None
+        if finding is None:
+            return
+        if finding.code == "lr-find":
+            self.control.request("the loss blew up: the sweep is over", "finished")
+        else:
+            self.control.request(f"diverged: {finding.message}", "failed")
 
     # -- epoch end
 
@@ -573,7 +571,7 @@ class Trainer:
     def end_epoch(self) -> None:
         self.rec.flush(self.step, wait=True)
         self.check_stop()  # the epoch's last values are in: a divergence among them ends the run here
-        if self.stop_reason is not None and self.failing():
+        if self.control.stopped and self.control.failing():
             return  # no validation of broken weights, no checkpoint of them
         val_loss: float | None = None
         val_acc: float | None = None
@@ -614,43 +612,16 @@ class Trainer:
 
     # -- control
 
-    def poll_commands(self) -> None:
-        """Commands (stop, pause, resume, capture, detach) and the parent's death; checked once per interval.
-
-        Host work only (a pipe read, a queue drain): no device sync. While paused, checked every 0.1 s.
-        """
-        if self.control is None or self.step % self.c.log_every:
-            return
-        while True:
-            for command in self.control.poll():
-                if command == "stop":
-                    self.request_stop("stopped by a command from the app or mirante stop")
-                elif command == "pause" and self.dist is not None:  # the other ranks would time out waiting
-                    print("mirante: pause is not available under torchrun; ignored", file=sys.stderr)
-                elif command in ("pause", "resume"):
-                    self.paused = command == "pause"
-                elif command == "capture":
-                    self.rec.capture(self.step)
-                elif command == "detach":  # the app has gone: stop feeding a queue nobody reads
-                    self.out.send()
-                    self.out.live = None
-            if self.control.parent_gone and self.stop_reason is None and self.pending_stop is None:
-                self.out.live = None  # nobody reads the live queue any more
-                self.request_stop(self.control.gone_reason)
-            if not self.paused or self.stop_reason is not None or self.pending_stop is not None:
-                return
+    def act(self, command: str) -> None:
+        """A command RunControl leaves to the trainer: capture now; detach, or the parent gone (nobody reads the
+        live queue any more)."""
+        if command == "capture":
+            self.rec.capture(self.step)
+        elif command == "detach":
             self.out.send()
-            time.sleep(0.1)  # paused: wait for "resume" without spinning
-
-    def request_stop(self, reason: str, status: str = "interrupted") -> None:
-        """Stop at the next step; under torchrun at the end of the next logging interval, all ranks together."""
-        if self.stop_reason is not None or self.pending_stop is not None:
-            return
-        if self.dist is None:
-            self.stop_reason, self.stop_status = reason, status
-        else:
-            self.pending_stop = (reason, status)
-            self.rec.stop_wanted = True
+            self.out.live = None
+        elif command == "gone":
+            self.out.live = None
 
 
 # --- entry points -----------------------------------------------------------------------
@@ -710,12 +681,13 @@ def run(
     except (ConfigError, ControlError, models.ModelError, DataError, StoreError, CheckpointError, OSError) as exc:
         print(f"mirante: error: {exc}", file=sys.stderr)
         return 2
-    emitter: Any = Emitter(writer, live, diagnostics=Diagnostics()) if main else NullEmitter()
-    trainer = Trainer(s, emitter, channel, name=name, dist=dist)
+    emitter: Any = Emitter(writer, live) if main else NullEmitter()
+    checks = LiveChecks(emitter) if main else None
+    trainer = Trainer(s, emitter, channel, name=name, dist=dist, checks=checks)
     previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
 
     def on_interrupt(signum: int, frame: Any) -> None:
-        trainer.request_stop("interrupted (Ctrl-C)")
+        trainer.control.request("interrupted (Ctrl-C)")
         if dist is None:  # a second Ctrl-C stops at once; under torchrun the agent passes the first one on again
             signal.signal(signal.SIGINT, previous[0])
 
@@ -733,7 +705,7 @@ def run(
     try:
         trainer.start(resumed)
         status = trainer.fit()
-        reason = trainer.stop_reason or ""
+        reason = trainer.control.reason or ""
         code = {"finished": 0, "failed": 1}.get(status, 130)
     except torch.cuda.OutOfMemoryError:
         ending()
@@ -764,7 +736,7 @@ def run(
         ending()
         if channel is not None:
             channel.close()  # first: a run that has ended takes no commands, and leaves no pipe behind
-        unrecorded = end_run(emitter, trainer.step, status, reason, room)
+        unrecorded = end_run(emitter, trainer.step, status, reason, room, checks)
         signal.signal(signal.SIGINT, previous[0])
         signal.signal(signal.SIGTERM, previous[1])
     if unrecorded is not None:  # the store could not take the run's end: whatever the run did, it failed
@@ -804,7 +776,9 @@ def release_room(path: Path) -> None:
         path.parent.rmdir()  # the checkpoint folder, when the run left nothing else in it
 
 
-def end_run(emitter: Any, step: int, status: str, reason: str, room: Path | None = None) -> str | None:
+def end_run(
+    emitter: Any, step: int, status: str, reason: str, room: Path | None = None, checks: LiveChecks | None = None
+) -> str | None:
     """Emit RunEnded and close the store. None, or when the store could not take it (a full disk) why the run failed.
 
     `room` (`reserve_room`) is given back first. On a full disk the writer keeps what it could not
@@ -813,7 +787,8 @@ def end_run(emitter: Any, step: int, status: str, reason: str, room: Path | None
     the events held did not), so the store says "failed" and why, rather than reading as crashed.
     """
     try:
-        emitter.finish_checks(step)
+        if checks is not None:
+            checks.finish(step)
         emitter.emit(ev.RunEnded, step, status=status, reason=reason)
     except StoreError:  # the disk is full: the event is kept and tried again by close()
         pass

@@ -444,3 +444,78 @@ def test_a_detached_trainer_goes_on_until_mirante_stop(tmp_path):
         wait_for(lambda: gone(trainer), 15, "the trainer to end")
     finally:
         kill_group(proc)
+
+
+# --- RunControl: the trainer's decisions, apart from monitoring
+
+
+class FakeChannel:
+    def __init__(self, *batches: list[str]) -> None:
+        self.batches, self.parent_gone, self.gone_reason = list(batches), False, "its parent process died"
+
+    def poll(self) -> list[str]:
+        return self.batches.pop(0) if self.batches else []
+
+
+def test_a_stop_holds_at_once_with_one_process_and_the_first_reason_wins():
+    from engine.control import RunControl
+
+    control = RunControl()
+    control.request("diverged: NaN", "failed")
+    control.request("interrupted (Ctrl-C)")
+    assert (control.stopped, control.reason, control.status, control.failing()) == (
+        True,
+        "diverged: NaN",
+        "failed",
+        True,
+    )
+
+
+def test_under_torchrun_a_wish_waits_for_the_vote_on_its_own_cadence_whatever_the_logging_interval():
+    from engine.control import RunControl
+
+    votes: list[bool] = []
+    others_want = {"stop": False}
+
+    def agree(mine: bool) -> bool:
+        votes.append(mine)
+        return mine or others_want["stop"]
+
+    control = RunControl(FakeChannel(), poll_every=1000, agree=agree, vote_every=10)
+    control.request("interrupted (Ctrl-C)")
+    assert not control.stopped and control.wish == ("interrupted (Ctrl-C)", "interrupted")
+    for step in range(1, 10):
+        control.vote(step)
+    assert votes == [] and not control.stopped  # no vote between the vote steps
+    control.vote(10)
+    assert votes == [True] and control.reason == "interrupted (Ctrl-C)"
+
+    other = RunControl(agree=agree, vote_every=10)
+    others_want["stop"] = True
+    other.vote(20)
+    assert (other.reason, other.status) == ("stopped on another rank", "interrupted")
+
+
+def test_commands_pause_until_resumed_and_the_rest_go_to_the_trainer():
+    from engine.control import RunControl
+
+    acted, idled = [], []
+    control = RunControl(FakeChannel(["capture", "pause"], [], ["resume"]), poll_every=5)
+    control.poll(3, acted.append)  # not a polling step
+    assert acted == []
+    control.poll(5, acted.append, idle=lambda: idled.append(1))
+    assert acted == ["capture"] and not control.paused and len(idled) == 2  # paused over two polls, then resumed
+    control.channel = FakeChannel(["stop"])
+    control.poll(10, acted.append)
+    assert control.reason == "stopped by a command from the app or mirante stop"
+
+
+def test_the_parent_gone_stops_the_run_and_tells_the_trainer():
+    from engine.control import RunControl
+
+    channel = FakeChannel()
+    channel.parent_gone = True
+    acted: list[str] = []
+    control = RunControl(channel)
+    control.poll(0, acted.append)
+    assert acted == ["gone"] and control.reason == "its parent process died"

@@ -136,7 +136,7 @@ def test_ctrl_c_checkpoints_and_resume_continues_the_same_store(tmp_path):
     def stop_at_step_7(step, *args, **kwargs):
         original(step, *args, **kwargs)
         if step == 7:
-            trainer.request_stop("interrupted (Ctrl-C)")
+            trainer.control.request("interrupted (Ctrl-C)")
 
     trainer.rec.record = stop_at_step_7
     assert trainer.fit() == "interrupted"
