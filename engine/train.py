@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import itertools
-import math
 import os
 import signal
 import sys
@@ -40,6 +39,7 @@ from engine.emit import Emitter, NullEmitter
 from engine.names import find_run, store_path
 from engine.progress import PrintingQueue, Progress
 from engine.recorder import Recorder
+from engine.schedule import Plateau, lr_factor, range_test_lr
 from engine.store import SUFFIX, RunReader, RunWriter, StoreError
 
 # --- setup ------------------------------------------------------------------------------
@@ -74,40 +74,6 @@ def build_optimizer(config: TrainConfig, params: list[nn.Parameter]) -> torch.op
 
 OVERFIT_STEPS = 200  # --overfit-batches without --steps
 RANGE_TEST_STEPS = 400  # mirante lr-find without --steps: about 60 steps a decade from 1e-6 to 10
-
-
-def range_test_lr(config: TrainConfig, step: int, total_steps: int) -> float:
-    """lr-find: the learning rate swept exponentially from --min-lr to --max-lr over the run."""
-    lo, hi = config.range_test
-    return lo * (hi / lo) ** (step / max(1, total_steps - 1))
-
-
-def lr_factor(config: TrainConfig, step: int, steps_per_epoch: int, total_steps: int) -> float:
-    """The schedule's multiplier of --lr at `step` (host arithmetic: no device work, no sync).
-
-    reduce-on-plateau is not a function of the step: `Trainer` applies its decays on top.
-    """
-    c = config
-    warm = min(1.0, (step + 1) / c.warmup_steps) if c.warmup_steps else 1.0
-    epoch = step / steps_per_epoch
-    progress = min(1.0, step / max(1, total_steps))
-    if c.schedule == "step":
-        factor = c.gamma ** int(epoch // c.step_size)
-    elif c.schedule == "multistep":
-        factor = c.gamma ** sum(epoch >= m for m in c.milestones)
-    elif c.schedule == "exponential":
-        factor = c.gamma**epoch
-    elif c.schedule == "cosine":
-        factor = 0.5 * (1 + math.cos(math.pi * progress))
-    elif c.schedule == "onecycle":  # up for 30% of the run, then cosine down to lr/1e4
-        rise = 0.3
-        if progress < rise:
-            factor = 0.04 + 0.96 * progress / rise
-        else:
-            factor = 1e-4 + (1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * (progress - rise) / (1 - rise)))
-    else:  # none, plateau
-        factor = 1.0
-    return warm * factor
 
 
 def loss_function(config: TrainConfig, num_classes: int) -> Callable[[Tensor, Tensor], Tensor]:
@@ -376,9 +342,7 @@ class Trainer:
         self.epoch = 0
         self.step_in_epoch = 0
         self.best_val_acc = -1.0
-        self.plateau_factor = 1.0
-        self.plateau_best = math.inf
-        self.plateau_wait = 0
+        self.plateau = Plateau(self.c.patience, self.c.gamma)
         # --overfit-batches and lr-find are sanity checks, not training: no validation, no checkpoints
         self.sanity_check = bool(self.c.overfit_batches or self.c.range_test)
         self.subset: list[tuple[Tensor, Tensor]] | None = None
@@ -393,8 +357,7 @@ class Trainer:
         discarded = writer.discarded if resumed is not None and writer is not None else 0
         resumed_from = {"resumed_at_step": resumed["state"]["step"], "discarded_events": discarded} if resumed else {}
         if resumed is not None:  # (the weights and the optimizer's state were restored by `restore`)
-            for key in STATE_KEYS:
-                setattr(self, key, resumed["state"][key])
+            self.load_state(resumed["state"])
         world = self.dist.world if self.dist is not None else 1
         per_epoch = s.total_steps if self.c.overfit_batches else s.data.steps_per_epoch  # overfit: one long epoch
         plan = {"steps_per_epoch": per_epoch, "total_steps": s.total_steps, "num_classes": s.data.spec.num_classes}
@@ -437,14 +400,31 @@ class Trainer:
                 self.save()  # to resume from; a diverged run's weights are not worth keeping
             return control.status
         if c.test:
-            loss, acc = self.evaluate(data.test_batches())
+            loss, acc = evaluate(self.s, self.dist, data.test_batches())
             self.out.emit(ev.Step, self.step, scalars={"test/loss": loss, "test/acc": acc})
         return "finished"
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint needs besides the weights; `seq`: the store's last event it accounts for."""
         world = self.dist.world if self.dist is not None else 1
-        return {k: getattr(self, k) for k in STATE_KEYS} | {"world_size": world, "seq": self.durable_seq()}
+        p = self.plateau
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "best_val_acc": self.best_val_acc,
+            "plateau_factor": p.factor,
+            "plateau_best": p.best,
+            "plateau_wait": p.wait,
+            "world_size": world,
+            "seq": self.durable_seq(),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.step, self.epoch, self.step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
+        self.best_val_acc = state["best_val_acc"]
+        self.plateau.factor, self.plateau.best = state["plateau_factor"], state["plateau_best"]
+        self.plateau.wait = state["plateau_wait"]
 
     def durable_seq(self) -> int:
         """Commit every event emitted so far to the store, and return the last one's seq.
@@ -492,7 +472,7 @@ class Trainer:
             if c.range_test:
                 lr = range_test_lr(c, self.step, s.total_steps)
             else:
-                lr = c.lr * lr_factor(c, self.step, s.data.steps_per_epoch, s.total_steps) * self.plateau_factor
+                lr = c.lr * lr_factor(c, self.step, s.data.steps_per_epoch, s.total_steps) * self.plateau.factor
             for group in optimizer.param_groups:
                 group["lr"] = lr
             probe_now, update_now = rec.is_probe_step(self.step), rec.is_update_step(self.step)
@@ -548,26 +528,6 @@ class Trainer:
 
     # -- epoch end
 
-    def evaluate(self, batches: Iterator[tuple[Tensor, Tensor]]) -> tuple[float, float]:
-        """Mean loss and accuracy over `batches`."""
-        s = self.s
-        s.model.eval()
-        total = torch.zeros(2, device=s.device)
-        seen = 0
-        model = s.eager if self.dist is not None else s.model  # each rank its share; DDP's forward would sync buffers
-        with torch.no_grad(), s.autocast():
-            for x, y in batches:
-                logits, _ = models.split_outputs(model(x))
-                total += torch.stack([s.loss_fn(logits, y) * len(y), (logits.argmax(dim=1) == y).sum().float()])
-                seen += len(y)
-        s.model.train()
-        if self.dist is not None:  # one collective per evaluation: the ranks' shares added up
-            total = self.dist.sum_(torch.cat([total, torch.tensor([float(seen)], device=total.device)]))
-            seen = 0
-        loss_sum, correct, *counted = total.tolist()  # note: a CPU-GPU sync point, once per evaluation
-        seen = int(counted[0]) if counted else seen
-        return loss_sum / max(1, seen), correct / max(1, seen)
-
     def end_epoch(self) -> None:
         self.rec.flush(self.step, wait=True)
         self.check_stop()  # the epoch's last values are in: a divergence among them ends the run here
@@ -576,7 +536,7 @@ class Trainer:
         val_loss: float | None = None
         val_acc: float | None = None
         if not self.sanity_check:
-            val_loss, val_acc = self.evaluate(self.s.data.val_batches())
+            val_loss, val_acc = evaluate(self.s, self.dist, self.s.data.val_batches())
         train_loss, train_acc = self.rec.take_epoch()
         self.out.emit(
             ev.Epoch,
@@ -589,7 +549,7 @@ class Trainer:
             scalars={"lr": self.s.optimizer.param_groups[0]["lr"]},
         )
         if self.c.schedule == "plateau" and val_loss is not None:
-            self.update_plateau(val_loss)
+            self.plateau.update(val_loss)
         self.epoch += 1
         self.step_in_epoch = 0
         if self.c.capture_every == 0:
@@ -599,16 +559,6 @@ class Trainer:
             self.best_val_acc = max(self.best_val_acc, val_acc)
             self.save(best=improved)
         self.rec.flush(self.step)
-
-    def update_plateau(self, val_loss: float) -> None:
-        """reduce-on-plateau: cut the learning rate by --gamma after --patience epochs without improvement."""
-        if val_loss < self.plateau_best * (1 - 1e-4):
-            self.plateau_best, self.plateau_wait = val_loss, 0
-            return
-        self.plateau_wait += 1
-        if self.plateau_wait > self.c.patience:
-            self.plateau_factor *= self.c.gamma
-            self.plateau_wait = 0
 
     # -- control
 
@@ -622,6 +572,26 @@ class Trainer:
             self.out.live = None
         elif command == "gone":
             self.out.live = None
+
+
+def evaluate(s: Setup, dist: Dist | None, batches: Iterator[tuple[Tensor, Tensor]]) -> tuple[float, float]:
+    """Mean loss and accuracy over `batches` (under torchrun, each rank its share, added up)."""
+    s.model.eval()
+    total = torch.zeros(2, device=s.device)
+    seen = 0
+    model = s.eager if dist is not None else s.model  # each rank its share; DDP's forward would sync buffers
+    with torch.no_grad(), s.autocast():
+        for x, y in batches:
+            logits, _ = models.split_outputs(model(x))
+            total += torch.stack([s.loss_fn(logits, y) * len(y), (logits.argmax(dim=1) == y).sum().float()])
+            seen += len(y)
+    s.model.train()
+    if dist is not None:  # one collective per evaluation: the ranks' shares added up
+        total = dist.sum_(torch.cat([total, torch.tensor([float(seen)], device=total.device)]))
+        seen = 0
+    loss_sum, correct, *counted = total.tolist()  # note: a CPU-GPU sync point, once per evaluation
+    seen = int(counted[0]) if counted else seen
+    return loss_sum / max(1, seen), correct / max(1, seen)
 
 
 # --- entry points -----------------------------------------------------------------------

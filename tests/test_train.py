@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from engine import events as ev
-from engine import train
+from engine import schedule, train
 from engine.config import ConfigError, TrainConfig
 from engine.monitor import Monitor
 from engine.store import RunReader
@@ -250,16 +250,16 @@ def test_overfitting_more_batches_than_the_data_has_is_one_clear_error(tmp_path,
 
 def test_lr_schedules():
     c = TrainConfig(lr=1.0, schedule="cosine", warmup_steps=10)
-    assert train.lr_factor(c, 0, 100, 1000) == pytest.approx(0.1)
-    assert train.lr_factor(c, 500, 100, 1000) == pytest.approx(0.5)
-    assert train.lr_factor(c, 1000, 100, 1000) == pytest.approx(0.0)
+    assert schedule.lr_factor(c, 0, 100, 1000) == pytest.approx(0.1)
+    assert schedule.lr_factor(c, 500, 100, 1000) == pytest.approx(0.5)
+    assert schedule.lr_factor(c, 1000, 100, 1000) == pytest.approx(0.0)
     step = TrainConfig(schedule="step", step_size=2, gamma=0.1)
-    assert [train.lr_factor(step, e * 100, 100, 1000) for e in (0, 1, 2, 4)] == pytest.approx([1, 1, 0.1, 0.01])
+    assert [schedule.lr_factor(step, e * 100, 100, 1000) for e in (0, 1, 2, 4)] == pytest.approx([1, 1, 0.1, 0.01])
     multi = TrainConfig(schedule="multistep", milestones=[1, 3], gamma=0.5)
-    assert [train.lr_factor(multi, e * 100, 100, 1000) for e in (0, 1, 2, 3)] == pytest.approx([1, 0.5, 0.5, 0.25])
+    assert [schedule.lr_factor(multi, e * 100, 100, 1000) for e in (0, 1, 2, 3)] == pytest.approx([1, 0.5, 0.5, 0.25])
     one = TrainConfig(schedule="onecycle")
-    peak = max(train.lr_factor(one, s, 100, 1000) for s in range(1000))
-    assert peak == pytest.approx(1.0, abs=1e-3) and train.lr_factor(one, 999, 100, 1000) < 1e-3
+    peak = max(schedule.lr_factor(one, s, 100, 1000) for s in range(1000))
+    assert peak == pytest.approx(1.0, abs=1e-3) and schedule.lr_factor(one, 999, 100, 1000) < 1e-3
 
 
 @pytest.mark.parametrize(
@@ -325,12 +325,23 @@ def test_label_smoothing_is_the_loss_trained_on(tmp_path):
     assert train.run(tiny(tmp_path, steps=3, label_smoothing=0.1)) == 0
 
 
-def test_plateau_cuts_the_learning_rate_after_patience_epochs(tmp_path):
-    config = tiny(tmp_path, schedule="plateau", patience=1, gamma=0.5)
-    trainer = train.Trainer(train.setup(config), train.NullEmitter(), name="tiny")
+def test_plateau_cuts_the_learning_rate_after_patience_epochs():
+    plateau = schedule.Plateau(patience=1, gamma=0.5)
     for val_loss, factor in [(1.0, 1.0), (0.5, 1.0), (0.6, 1.0), (0.55, 0.5), (0.5, 0.5), (0.49, 0.5)]:
-        trainer.update_plateau(val_loss)
-        assert trainer.plateau_factor == factor, val_loss
+        plateau.update(val_loss)
+        assert plateau.factor == factor, val_loss
+
+
+def test_plateau_drives_the_learning_rate_of_a_run(tmp_path):
+    """--schedule plateau end to end: after an epoch with no better validation loss the rate is cut."""
+    config = tiny(tmp_path, epochs=3, schedule="plateau", patience=0, gamma=0.1)
+    s = train.setup(config)
+    trainer = train.Trainer(s, train.NullEmitter(), name="tiny")
+    trainer.plateau.best = 0.0  # as if an earlier epoch had been perfect: no epoch here improves on it
+    trainer.start()
+    assert trainer.fit() == "finished"
+    assert trainer.plateau.factor == pytest.approx(0.1**3)
+    assert s.optimizer.param_groups[0]["lr"] == pytest.approx(0.05 * 0.1**2)  # the third epoch ran at lr x 0.01
 
 
 def test_compile_trains_the_same_run(tmp_path):
