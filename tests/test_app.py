@@ -11,6 +11,7 @@ import pytest
 from textual.widgets import TabbedContent
 
 from engine import events as ev
+from tests.apps import drive, text_of
 from tests.runs import LAYERS, make_events, write_run
 from tui.app import MiranteApp
 from tui.sources import FollowSource, ReplaySource
@@ -18,13 +19,6 @@ from tui.sources import FollowSource, ReplaySource
 ROOT = Path(__file__).resolve().parents[1]
 
 SIZES = [(80, 24), (160, 48)]
-
-
-def text_of(widget) -> str:
-    """What a widget shows, as plain text."""
-    if hasattr(widget, "strips"):
-        return "\n".join(strip.text for strip in widget.strips())
-    return str(widget.render())
 
 
 def diverging_events() -> list[ev.Event]:
@@ -46,19 +40,6 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     write_run(d / "good.mirante", steps=2500)
     write_run(d / "nan.mirante", events=diverging_events())
     return {"good": d / "good.mirante", "nan": d / "nan.mirante"}
-
-
-def drive(app: MiranteApp, size: tuple[int, int], script) -> None:
-    async def main() -> None:
-        async with app.run_test(size=size) as pilot:
-            for _ in range(100):  # let the source worker deliver everything
-                await pilot.pause(0.05)
-                if app.source.done and app.state.ended is not None:
-                    break
-            await pilot.pause(0.2)
-            await script(app, pilot)
-
-    asyncio.run(main())
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from engine import train
 from engine.config import TrainConfig
 from engine.diagnostics import Finding
 from engine.monitor import Monitor
 from engine.store import RunReader
+from tests.loops import monitored_step
 from tests.procs import run_group
 from tui.state import RunState
 
@@ -112,13 +112,7 @@ def test_the_monitor_runs_the_checks_on_a_users_loop(tmp_path):
     optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
     with Monitor(model, optimizer, run="mine", runs_dir=tmp_path, log_every=2) as mon:
         for _ in range(4):
-            x, y = torch.randn(16, 3, 2, 2), torch.randint(0, 5, (16,))
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            optimizer.zero_grad()
-            loss.backward()
-            mon.step(loss, logits=logits, targets=y)
-            optimizer.step()
+            monitored_step(mon, model, optimizer, torch.randn(16, 3, 2, 2), torch.randint(0, 5, (16,)))
     findings = stored(tmp_path / "mine.mirante")
     assert findings["optimizer"].level == "warn" and "adam with lr 0.1" in findings["optimizer"].message
     assert findings["initial-loss"].evidence["formula"] == "ln 5"  # the class count came from the logits

@@ -3,7 +3,6 @@ the keys say what they do."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 import tempfile
 import time
@@ -14,32 +13,13 @@ import pytest
 from engine import events as ev
 from engine.export import printable
 from engine.store import RunReader
+from tests.apps import drive, text_of
 from tests.runs import write_run
 from tui.app import MiranteApp
 from tui.sources import FollowSource, ReplaySource
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALLCNN = ROOT / "sample_runs" / "smallcnn-shapes.mirante"
-
-
-def text_of(widget) -> str:
-    """What a widget shows, as plain text."""
-    if hasattr(widget, "strips"):
-        return "\n".join(strip.text for strip in widget.strips())
-    return str(widget.render())
-
-
-def drive(app: MiranteApp, size: tuple[int, int], script, wait_end: bool = True) -> None:
-    async def main() -> None:
-        async with app.run_test(size=size) as pilot:
-            for _ in range(100):  # let the source worker deliver everything
-                await pilot.pause(0.05)
-                if not wait_end or app.source.done and app.state.ended is not None:
-                    break
-            await pilot.pause(0.2)
-            await script(app, pilot)
-
-    asyncio.run(main())
 
 
 def visible(app, selector: str, size: tuple[int, int]) -> list[str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from engine import events as ev
+from tests.apps import text_of
 from tests.runs import make_events, write_run
 
 TITLE = "\x1b]0;pwned\x07"  # sets the terminal's title
@@ -102,12 +103,6 @@ def test_an_lr_find_report_escapes_the_verdict(tmp_path):
     text = report(tmp_path / "lr.mirante", color=False)
     assert_escaped(text)
     assert SHOWN in text
-
-
-def text_of(widget) -> str:
-    if hasattr(widget, "strips"):
-        return "\n".join(strip.text for strip in widget.strips())
-    return str(widget.render())
 
 
 def table_text(table) -> str:

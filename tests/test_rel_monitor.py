@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +14,8 @@ import torch.nn.functional as F
 from engine import events as ev
 from engine.monitor import Monitor
 from engine.store import RunReader
+from tests.loops import monitored_step
+from tests.procs import run_group
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,14 +29,7 @@ def make(tmp_path, name="mine", **kwargs):
 
 
 def good_step(mon, model, optimizer):
-    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
-    optimizer.zero_grad()
-    logits = model(x)
-    loss = F.cross_entropy(logits, y)
-    loss.backward()
-    mon.step(loss, logits=logits, targets=y)
-    optimizer.step()
-    return loss
+    return monitored_step(mon, model, optimizer, torch.randn(8, 4), torch.randint(0, 3, (8,)))
 
 
 def stored(path):
@@ -256,35 +249,20 @@ def test_bad_settings_are_refused_before_a_store_is_made(tmp_path, kwargs):
 UNCLOSED = """
 import sys, torch, torch.nn.functional as F
 from engine.monitor import Monitor
+from tests.loops import monitored_step
 torch.manual_seed(0)
 model = torch.nn.Sequential(torch.nn.Linear(4, 3))
 optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
 mon = Monitor(model, optimizer, run=sys.argv[1], runs_dir=sys.argv[2], log_every=10, probe_every=3, update_every=3)
 for step in range(23):  # 23: the last three steps are still on their way at exit
-    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
-    logits = model(x)
-    loss = F.cross_entropy(logits, y)
-    optimizer.zero_grad()
-    loss.backward()
-    mon.step(loss, logits=logits, targets=y)
-    optimizer.step()
+    monitored_step(mon, model, optimizer, torch.randn(8, 4), torch.randint(0, 3, (8,)))
     if step == 11:
         mon.epoch(val_acc=0.5)
 """
 
 
 def run_script(tmp_path, *args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", UNCLOSED, *args], cwd=ROOT, start_new_session=True, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        out, err = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return run_group([sys.executable, "-c", UNCLOSED, *args], cwd=ROOT, timeout=60)
 
 
 def test_a_script_that_never_closes_its_monitor_ends_the_run_finished(tmp_path):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from textual.widgets import TabbedContent
 
+from tests import apps
 from tui.app import MiranteApp
 from tui.sources import FollowSource
 
@@ -21,19 +22,7 @@ def lines_of(widget) -> list[str]:
 
 
 def drive(store: Path, size: tuple[int, int], script) -> None:
-    """Open a finished store in the app, wait for all of it, then run `script(app, pilot)`."""
-    app = MiranteApp(FollowSource(store), store=store)
-
-    async def main() -> None:
-        async with app.run_test(size=size) as pilot:
-            for _ in range(200):
-                await pilot.pause(0.05)
-                if app.source.done and app.state.ended is not None:
-                    break
-            await pilot.pause(0.2)
-            await script(app, pilot)
-
-    asyncio.run(main())
+    apps.drive(MiranteApp(FollowSource(store), store=store), size, script, tries=200)
 
 
 # -- 1. Model: the last layers can be reached at 80x24

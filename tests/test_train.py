@@ -16,6 +16,7 @@ from engine import schedule, train
 from engine.config import ConfigError, TrainConfig
 from engine.monitor import Monitor
 from engine.store import RunReader
+from tests.loops import monitored_step
 from tests.procs import run_group
 
 pytestmark = pytest.mark.usefixtures("one_thread", "small_shapes")
@@ -181,12 +182,7 @@ def test_monitor_drives_a_hand_written_loop(tmp_path):
     ) as mon:
         for _ in range(2):
             for _ in range(6):
-                optimizer.zero_grad()
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
-                loss.backward()
-                mon.step(loss, logits=logits, targets=y)
-                optimizer.step()
+                loss = monitored_step(mon, model, optimizer, x, y)
             mon.epoch(val_loss=loss.detach(), val_acc=0.5)
     path = tmp_path / "mine.mirante"
     events = kinds(path)

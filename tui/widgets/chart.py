@@ -451,23 +451,26 @@ def plan_axes(
     return Axes(x_range, (y_lo, y_hi), (x_ticks * scale).tolist(), x_labels, y_ticks.tolist(), y_labels, x_title)
 
 
-def build_plot(
-    plotted: list[Plotted],
-    width: int,
-    height: int,
-    x_label: str,
-    log_y: bool,
-    color: bool,
-    log_x: bool = False,
-    y_suffix: str = "",
-) -> tuple[str, Axes]:
+@dataclass(frozen=True)
+class Style:
+    """How a plot is drawn: the x axis' label, log scales, colour, the y labels' suffix ("%")."""
+
+    x_label: str
+    log_y: bool
+    color: bool
+    log_x: bool = False
+    y_suffix: str = ""
+
+
+def build_plot(plotted: list[Plotted], width: int, height: int, style: Style) -> tuple[str, Axes]:
     """Draw the prepared lines into a width x height plotext figure: its (ANSI) string, and the axes it has.
 
     Only the left and bottom axes are drawn: the rows and columns of the top and right ones go to the data.
     """
     ys = np.concatenate([p.y_values() for p in plotted])
     x_range = padded_range(np.concatenate([p.all_steps() for p in plotted]).astype(np.float64))
-    axes = plan_axes(x_range, padded_range(ys), width, height, x_label, log_y, log_x, y_suffix)
+    x_label, log_y, color = style.x_label, style.log_y, style.color
+    axes = plan_axes(x_range, padded_range(ys), width, height, x_label, log_y, style.log_x, style.y_suffix)
     fig = plt.figure
     fig.clear()
     fig.parent().limit(False, False)  # the widget's size, not the terminal's (80x24 when none answers, as in tests)
@@ -496,24 +499,15 @@ def with_x_title(text: Text, title: str, width: int) -> Text:
     return Text("\n").join(rows)
 
 
-def plot_text(
-    plotted: list[Plotted],
-    width: int,
-    height: int,
-    x_label: str,
-    log_y: bool,
-    color: bool,
-    log_x: bool = False,
-    y_suffix: str = "",
-) -> Text:
+def plot_text(plotted: list[Plotted], width: int, height: int, style: Style) -> Text:
     """The plot as a Text; plotext's notes to stdout/stderr are swallowed so they never scribble on the screen."""
     sink = io.StringIO()
     with _PLOTEXT_LOCK, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
         try:
-            out, axes = build_plot(plotted, width, height, x_label, log_y, color, log_x, y_suffix)
+            out, axes = build_plot(plotted, width, height, style)
         except Exception as exc:  # a bug in the plotting library must not take the monitor down: show it instead
             return box_message(f"chart error: {exc}", width, height)
-    return with_x_title(Text.from_ansi(out) if color else Text(out), axes.x_title, width)
+    return with_x_title(Text.from_ansi(out) if style.color else Text(out), axes.x_title, width)
 
 
 def render_chart(
@@ -556,7 +550,7 @@ def render_chart(
         title = f"{title} ({', '.join(said)})" if title else f"({', '.join(said)})"
     head = header(title, lines, color, width)
     rows = height - 1 if head.plain else height
-    plot = plot_text(plotted, width, rows, x_label, log_y, color, log_x, y_suffix)
+    plot = plot_text(plotted, width, rows, Style(x_label, log_y, color, log_x, y_suffix))
     return Text("\n").join([head, plot]) if head.plain else plot
 
 

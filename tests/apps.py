@@ -1,0 +1,28 @@
+"""Driving the app in the tests (Textual's Pilot) and reading what its widgets show."""
+
+from __future__ import annotations
+
+import asyncio
+
+
+def text_of(widget) -> str:
+    """What a widget shows, as plain text."""
+    if hasattr(widget, "strips"):
+        return "\n".join(strip.text for strip in widget.strips())
+    return str(widget.render())
+
+
+def drive(app, size: tuple[int, int], script, *, wait_end: bool = True, tries: int = 100) -> None:
+    """Run `app` at `size`, let its source deliver (until the run's end, with `wait_end`), then `await script(app,
+    pilot)`."""
+
+    async def main() -> None:
+        async with app.run_test(size=size) as pilot:
+            for _ in range(tries):
+                await pilot.pause(0.05)
+                if not wait_end or app.source.done and app.state.ended is not None:
+                    break
+            await pilot.pause(0.2)
+            await script(app, pilot)
+
+    asyncio.run(main())
