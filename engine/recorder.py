@@ -164,51 +164,65 @@ class Recorder:
 
     def flush(self, step: int, wait: bool = False) -> None:
         """End an interval: start copying its values, deliver the copies that have finished."""
-        ranks: list[list[float]] | None = None
-        if self._losses:
-            n = len(self._losses)
-            seconds = time.perf_counter() - self._interval_start
-            images, data_time, sizes = sum(self._sizes), self._data_time, self._sizes
-            if self.dist is not None:  # one host collective per interval: images, data time, memory
-                ranks = self.dist.gather_host([images, data_time, *rank_memory(self.device)])
-                images = int(sum(r[0] for r in ranks))
-                data_time = sum(r[1] for r in ranks) / len(ranks)
-                sizes = [size * self.dist.world for size in sizes]
-            timing = {"time/step_s": seconds / n, "time/data_s": data_time / n}
-            if images:
-                timing["throughput/img_s"] = images / seconds
-                if self.train_flops:
-                    timing["perf/tflops"] = images / seconds * self.train_flops / 1e12
-                    if self.peak_tflops:
-                        timing["perf/mfu"] = timing["perf/tflops"] / self.peak_tflops
-            tensors = [torch.stack(self._losses).float()]
-            if len(self._correct) == n:
-                tensors.append(torch.stack(self._correct))
-            if self.dist is not None:  # one device collective per interval: the global batch's mean loss, correct
-                both = self.dist.sum_(torch.stack([tensors[0], *[t.float() for t in tensors[1:]]]))
-                tensors = [both[0] / self.dist.world, *both[1:]]
-            first, lrs = step - n + 1, self._lrs
-            if self.main:
-                self.readback.submit(tensors, lambda host: self._emit_steps(first, host, lrs, sizes, timing))
-            self._losses, self._correct, self._sizes, self._lrs = [], [], [], []
-            self._data_time = 0.0
-            self._interval_start = time.perf_counter()
+        ranks = self._end_interval(step) if self._losses else None
         self._submit_layers()
         self.readback.ready(wait=wait)
-        now = time.monotonic()
-        if self.main and now - self._last_system > SYSTEM_EVERY_S:
-            metrics = system_metrics(self.device)
-            cpu = time.process_time()
-            if self._last_system:  # this process's CPU seconds per wall second, all threads: 100% = one core
-                metrics["cpu/util_pct"] = 100 * (cpu - self._last_cpu) / (now - self._last_system)
-            self._last_system, self._last_cpu = now, cpu
-            self.out.emit(ev.System, step, rank=0, metrics=metrics)
-            for rank, row in enumerate(ranks or []):
-                if rank == 0:
-                    continue  # rank 0's own figures went out just above, with its utilisation
-                others = {k: v for k, v in zip(RANK_MEMORY, row[2:], strict=True) if v == v}  # NaN: not measured
-                self.out.emit(ev.System, step, rank=rank, metrics=others)
+        if self.main and time.monotonic() - self._last_system > SYSTEM_EVERY_S:
+            self._emit_system(step, ranks)
         self.out.send()
+
+    def _end_interval(self, step: int) -> list[list[float]] | None:
+        """The interval's losses, correct counts and timing on their way to the host; its totals over the ranks
+        under torchrun (their rows returned, for their memory)."""
+        n = len(self._losses)
+        seconds = time.perf_counter() - self._interval_start
+        images, data_time, sizes = sum(self._sizes), self._data_time, self._sizes
+        ranks = None
+        if self.dist is not None:  # one host collective per interval: images, data time, memory
+            ranks = self.dist.gather_host([images, data_time, *rank_memory(self.device)])
+            images = int(sum(r[0] for r in ranks))
+            data_time = sum(r[1] for r in ranks) / len(ranks)
+            sizes = [size * self.dist.world for size in sizes]
+        timing = self._timing(n, seconds, images, data_time)
+        tensors = [torch.stack(self._losses).float()]
+        if len(self._correct) == n:
+            tensors.append(torch.stack(self._correct))
+        if self.dist is not None:  # one device collective per interval: the global batch's mean loss, correct
+            both = self.dist.sum_(torch.stack([tensors[0], *[t.float() for t in tensors[1:]]]))
+            tensors = [both[0] / self.dist.world, *both[1:]]
+        first, lrs = step - n + 1, self._lrs
+        if self.main:
+            self.readback.submit(tensors, lambda host: self._emit_steps(first, host, lrs, sizes, timing))
+        self._losses, self._correct, self._sizes, self._lrs = [], [], [], []
+        self._data_time = 0.0
+        self._interval_start = time.perf_counter()
+        return ranks
+
+    def _timing(self, n: int, seconds: float, images: int, data_time: float) -> dict[str, float]:
+        """Seconds per step and waiting for data; images/s, TFLOP/s and MFU when they can be known."""
+        timing = {"time/step_s": seconds / n, "time/data_s": data_time / n}
+        if images:
+            timing["throughput/img_s"] = images / seconds
+            if self.train_flops:
+                timing["perf/tflops"] = images / seconds * self.train_flops / 1e12
+                if self.peak_tflops:
+                    timing["perf/mfu"] = timing["perf/tflops"] / self.peak_tflops
+        return timing
+
+    def _emit_system(self, step: int, ranks: list[list[float]] | None) -> None:
+        """Memory and CPU use: this process's, and under torchrun each other rank's memory."""
+        now = time.monotonic()
+        metrics = system_metrics(self.device)
+        cpu = time.process_time()
+        if self._last_system:  # this process's CPU seconds per wall second, all threads: 100% = one core
+            metrics["cpu/util_pct"] = 100 * (cpu - self._last_cpu) / (now - self._last_system)
+        self._last_system, self._last_cpu = now, cpu
+        self.out.emit(ev.System, step, rank=0, metrics=metrics)
+        for rank, row in enumerate(ranks or []):
+            if rank == 0:
+                continue  # rank 0's own figures went out just above, with its utilisation
+            others = {k: v for k, v in zip(RANK_MEMORY, row[2:], strict=True) if v == v}  # NaN: not measured
+            self.out.emit(ev.System, step, rank=rank, metrics=others)
 
     def take_epoch(self) -> tuple[float | None, float | None]:
         """Mean train loss and accuracy over the steps delivered since the last call."""
