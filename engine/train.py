@@ -293,6 +293,33 @@ def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
     return saved
 
 
+class Checkpoints:
+    """A run's last.pt and best.pt, each written whole once the store holds every event it accounts for."""
+
+    def __init__(self, directory: Path, writer: RunWriter | None) -> None:
+        self.last, self.best = directory / "last.pt", directory / "best.pt"
+        self.writer = writer  # None on the ranks that do not record: they write no checkpoint
+
+    def write(self, s: Setup, state: dict[str, Any], best: bool) -> None:
+        state = state | {"seq": self.durable_seq()}
+        save_checkpoint(self.last, s, state)
+        if best:
+            save_checkpoint(self.best, s, state)
+
+    def durable_seq(self) -> int:
+        """Commit every event emitted so far to the store, and return the last one's seq.
+
+        A checkpoint relies on what the store holds at its step (the Epoch event that says the epoch
+        is done, its best accuracy): the store commits every 250 ms, so without this wait a kill in
+        that window would leave a checkpoint ahead of the record. --resume removes what the store
+        holds after this seq. A host wait on the writer thread, not on the device; once a checkpoint.
+        """
+        if self.writer is None:
+            return 0
+        self.writer.flush()
+        return self.writer.last_seq
+
+
 # --- the loop ---------------------------------------------------------------------------
 
 # the Trainer's attributes a checkpoint keeps and --resume restores
@@ -346,8 +373,7 @@ class Trainer:
         # --overfit-batches and lr-find are sanity checks, not training: no validation, no checkpoints
         self.sanity_check = bool(self.c.overfit_batches or self.c.range_test)
         self.subset: list[tuple[Tensor, Tensor]] | None = None
-        ckpt = checkpoint_dir(self.c.runs_dir, self.run_name)
-        self.last_path, self.best_path = ckpt / "last.pt", ckpt / "best.pt"
+        self.checkpoints = Checkpoints(checkpoint_dir(self.c.runs_dir, self.run_name), emitter.writer)
 
     # -- lifecycle
 
@@ -405,7 +431,7 @@ class Trainer:
         return "finished"
 
     def state(self) -> dict[str, Any]:
-        """What a checkpoint needs besides the weights; `seq`: the store's last event it accounts for."""
+        """What a checkpoint needs besides the weights (and the store's seq, which `Checkpoints` adds)."""
         world = self.dist.world if self.dist is not None else 1
         p = self.plateau
         return {
@@ -417,7 +443,6 @@ class Trainer:
             "plateau_best": p.best,
             "plateau_wait": p.wait,
             "world_size": world,
-            "seq": self.durable_seq(),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -425,20 +450,6 @@ class Trainer:
         self.best_val_acc = state["best_val_acc"]
         self.plateau.factor, self.plateau.best = state["plateau_factor"], state["plateau_best"]
         self.plateau.wait = state["plateau_wait"]
-
-    def durable_seq(self) -> int:
-        """Commit every event emitted so far to the store, and return the last one's seq.
-
-        A checkpoint relies on what the store holds at its step (the Epoch event that says the epoch
-        is done, its best accuracy): the store commits every 250 ms, so without this wait a kill in
-        that window would leave a checkpoint ahead of the record. --resume removes what the store
-        holds after this seq. A host wait on the writer thread, not on the device; once a checkpoint.
-        """
-        writer = self.out.writer
-        if writer is None:  # not the recording rank: it writes no checkpoint
-            return 0
-        writer.flush()
-        return writer.last_seq
 
     def save(self, best: bool = False) -> None:
         """last.pt (and best.pt when `best`); rank 0 writes them: the weights are the same on all ranks."""
@@ -449,10 +460,7 @@ class Trainer:
                 f"diverged: the weights hold NaN or inf at step {self.step}; no checkpoint written", "failed"
             )
             return
-        state = self.state()
-        save_checkpoint(self.last_path, self.s, state)
-        if best:
-            save_checkpoint(self.best_path, self.s, state)
+        self.checkpoints.write(self.s, self.state(), best)
 
     # -- one epoch
 
