@@ -223,6 +223,12 @@ def separable_twin(cin: int, cout: int, kernel: int) -> tuple[nn.Module, nn.Modu
     return conv, twin
 
 
+def count_separable_twin(cin: int, cout: int, kernel: int, side: int) -> tuple[flops.Counts, flops.Counts]:
+    """The counts of `separable_twin` on a side x side image."""
+    conv, twin = separable_twin(cin, cout, kernel)
+    return flops.count(conv, (cin, side, side)), flops.count(twin, (cin, side, side))
+
+
 # --- timing -----------------------------------------------------------------------------
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def loaded_after(module: str, watch: tuple[str, ...]) -> list[str]:
     """Which of `watch` are in sys.modules after importing `module` in a fresh interpreter."""
     code = f"import sys, {module}; print(' '.join(m for m in {watch!r} if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    out = run_group([sys.executable, "-c", code], cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
     return out.stdout.split()
 
 

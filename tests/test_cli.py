@@ -12,19 +12,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.procs import run_group
 from tests.runs import LAYERS, write_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def mirante(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "tui.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-    )
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    return run_group([sys.executable, "-m", "tui.cli", *args], cwd=cwd, env=env, timeout=120)
 
 
 def assert_clean_failure(result: subprocess.CompletedProcess, *words: str) -> None:

@@ -59,3 +59,17 @@ def test_non_logging_steps_never_sync_on_cuda(tmp_path, monkeypatch):
         events = run.follow(0, limit=None)
     assert len([e for e in events if isinstance(e, ev.Step) and "train/loss" in e.scalars]) == 45
     assert [e.step for e in events if isinstance(e, ev.LayerStats)] == list(range(1, 46, 4))
+
+
+def test_fp16_with_gradient_norms_every_step_and_clipping(tmp_path):
+    """fp16 autocast with its GradScaler: norms and clipping see unscaled gradients; the run records every probe."""
+    config = TrainConfig(
+        model="smallcnn", dataset="shapes", steps=20, batch_size=32, precision="fp16", clip_grad=1.0,
+        probe_every=1, log_every=5, device="cuda", runs_dir=str(tmp_path), name="fp16",
+    ).validate()  # fmt: skip
+    assert train.run(config) == 0
+    with RunReader(tmp_path / "fp16.mirante") as run:
+        stats = list(run.events_of("LayerStats"))
+        assert run.status() == "finished" and run.started().config["precision"] == "fp16"
+    grads = [g for s in stats for g in s.grad_norm]
+    assert len({s.step for s in stats}) == 20 and all(0 < g < 1e3 for g in grads)  # unscaled: not x65536

@@ -259,7 +259,7 @@ def _ours() -> set[str]:
 
 
 def compare(args: argparse.Namespace, console: Console) -> int:
-    from engine import flops, profiler
+    from engine import profiler
 
     table = Table(header_style="bold", pad_edge=False)
     for column in ("", "params", "MACs", "FLOPs", "training FLOPs", "activations"):
@@ -272,11 +272,10 @@ def compare(args: argparse.Namespace, console: Console) -> int:
             entries.append((f"{name} ({' + '.join(counts.inputs)})", counts))
     else:
         cin, cout, k, side = args.conv
-        conv, twin = profiler.separable_twin(cin, cout, k)
-        shape = (cin, side, side)
+        conv, twin = profiler.count_separable_twin(cin, cout, k, side)
         entries = [
-            (f"conv {k}x{k}, {cin} -> {cout}", flops.count(conv, shape)),
-            (f"depthwise {k}x{k} + pointwise 1x1, {cin} -> {cout}", flops.count(twin, shape)),
+            (f"conv {k}x{k}, {cin} -> {cout}", conv),
+            (f"depthwise {k}x{k} + pointwise 1x1, {cin} -> {cout}", twin),
         ]
     for label, c in entries:
         row = [label, f"{c.params:,}", f"{c.macs:,}", si(c.flops), si(c.train_flops), si(c.act_bytes, "B")]
