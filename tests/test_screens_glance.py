@@ -236,3 +236,15 @@ def test_a_gradient_heatmap_too_short_for_its_layers_says_how_many_it_shows():
         assert lines[-1].startswith(f"first {rows} of {len(app.state.layer_names)}")
 
     drive(SAMPLES / "resnet18-shapes.mirante", (80, 24), script)
+
+
+def test_the_gradients_flags_show_whole_at_80x24():
+    async def script(app, pilot):
+        await pilot.press("2")
+        await pilot.pause(0.3)
+        table = app.query_one("#layers")
+        assert "vanishing" in {str(table.get_row_at(i)[-1]) for i in range(table.row_count)}
+        # every column within the table's width (else "vanishing" shows as "vanishin" at 80 columns)
+        assert table.virtual_size.width <= table.scrollable_content_region.width, (table.virtual_size, table.size)
+
+    drive(SAMPLES / "plainnet-sigmoid.mirante", (80, 24), script)

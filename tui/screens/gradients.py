@@ -33,6 +33,7 @@ class GradientsPane(Pane):
         names = state.layer_names
         flags = state.layer_flags()
         cursor = table.cursor_row
+        spark = 20 if self.size.width > 90 else 12  # at 80 columns the flag column must show whole
         table.clear()
         if history.size:
             latest = history[-1]
@@ -42,7 +43,7 @@ class GradientsPane(Pane):
                 table.add_row(
                     literal(name, style),
                     fmt(float(latest[i]), ".3g"),
-                    sparkline(history[-40:, i], width=20, log=True),
+                    sparkline(history[-40:, i], width=spark, log=True),
                     fmt(_at(state.layers.weight, i), ".3g"),
                     fmt(_at(state.layers.ratio, i), ".2g"),
                     Text(flag, style=style),
