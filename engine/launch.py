@@ -168,7 +168,7 @@ def remove_stub(store: str | os.PathLike, since: float, empty: bool) -> None:
     """Remove a store that a trainer killed while creating it left with no event: it would block the name.
 
     Only one made since `since` (this trainer's), and with `empty` only a file of 0 bytes (nothing
-    was written to it): a store that holds anything, or that was there before, is never touched.
+    was written to it): a store that holds anything committed, or that was there before, is never touched.
     """
     path = Path(store)
     try:
@@ -211,8 +211,10 @@ def settle(
     before = f"{died} before the run started" if exitcode is None or exitcode < 0 else None
     try:
         reader = RunReader(store)
-    except StoreError:  # not created, or cut short before SQLite wrote anything (the writer's lock comes first)
-        remove_stub(store, since, empty=True)
+    except StoreError:  # not created; cut short before SQLite wrote anything (the writer's lock comes first); or
+        # killed inside the store's first transaction, its schema (a hot journal left: nothing was committed)
+        creating = Path(store).with_name(Path(store).name + "-journal").exists()
+        remove_stub(store, since, empty=not creating)
         return Outcome(None, before)
     if reader.last_seq() == 0 and not reader.writer_alive():  # killed before its first commit
         reader.close()

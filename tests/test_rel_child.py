@@ -15,7 +15,9 @@ import multiprocessing as mp
 import os
 import pickle
 import queue
+import shutil
 import signal
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -27,7 +29,7 @@ import pytest
 
 from engine import events as ev
 from engine.launch import LiveEvents, settle
-from engine.store import RunReader, RunWriter
+from engine.store import RunReader, RunWriter, StoreError
 from tests.runs import make_events
 from tests.test_control import LONG_RUN, env, kill_group, steps, trainer_of, wait_for
 
@@ -126,13 +128,35 @@ def test_a_trainer_killed_before_its_store_exists_is_said_in_one_line(tmp_path):
     assert settle(tmp_path / "never.mirante", 2, since=time.time()).died is None  # it said why itself
 
 
-@pytest.mark.parametrize("made", ["locked only", "schema, no event"])
+def killed_while_creating(store: Path) -> None:
+    """A store as SIGKILL leaves it in the middle of RunWriter's first transaction (the schema, before WAL mode):
+    the main file and a hot rollback journal. (Copied while a real transaction is open.)"""
+    making = store.with_name("making.db")
+    db = sqlite3.connect(making, isolation_level=None)
+    db.execute("PRAGMA page_size=16384")
+    db.execute("BEGIN")
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+    db.execute("INSERT INTO meta VALUES ('store_id', 'x')")
+    db.execute("PRAGMA cache_size=1")  # spill: the journal and the main file both get written before COMMIT
+    db.executemany("INSERT INTO meta VALUES (?, ?)", [(str(i), "x" * 4000) for i in range(64)])
+    shutil.copyfile(making, store)
+    shutil.copyfile(making.with_name("making.db-journal"), store.with_name(store.name + "-journal"))
+    db.execute("ROLLBACK")
+    db.close()
+    making.unlink()
+
+
+@pytest.mark.parametrize("made", ["locked only", "schema, no event", "killed while creating"])
 def test_a_store_cut_short_by_the_kill_is_removed_so_it_blocks_no_name(tmp_path, made):
     """The trainer was killed while creating its store: nothing was recorded, and the name stays free."""
     since = time.time() - 1
     store = tmp_path / "cut.mirante"
     if made == "locked only":  # the writer's lock file comes first: killed before SQLite wrote the schema
         store.write_bytes(b"")
+    elif made == "killed while creating":
+        killed_while_creating(store)
+        with pytest.raises(StoreError):
+            RunReader(store)  # a read-only reader cannot roll the hot journal back
     else:
         RunWriter(store).close()
     outcome = settle(store, -signal.SIGKILL, since=since)
