@@ -67,7 +67,7 @@ class NullEmitter:
 
     writer = None
     live = None
-    watchers: list = []  # nothing is emitted: nothing to watch
+    watchers: tuple = ()  # nothing is emitted: nothing to watch
 
     def emit(self, kind: type[ev.Event], step: int, **fields: Any) -> None:
         return None

@@ -135,7 +135,7 @@ class _Counter(TorchDispatchMode):
             entry[1] += backward
         elif what == "unknown":
             name = str(func.overloadpacket)
-            self.unknown.setdefault(name, [0, self.stack[-1] or "(top level)"])[0] += 1
+            self.unknown.setdefault(name, [0, self.stack[-1] or TOP])[0] += 1
         return out
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from engine.store.schema import SUFFIX
+SUFFIX = ".mirante"
+"""A run's store is NAME.mirante (engine.store keeps its format)."""
 
 MAX_LENGTH = 200  # NAME.mirante.ctl must fit in a 255-byte file name
 _ALLOWED = re.compile(r"[A-Za-z0-9._-]+")

@@ -43,7 +43,7 @@ def test_no_torch(module):
     assert loaded_after(module, ("torch", "torchvision")) == []
 
 
-@pytest.mark.parametrize("module", ["engine.events", "engine.control"])
+@pytest.mark.parametrize("module", ["engine.events", "engine.control", "engine.names"])
 def test_standard_library_only(module):
     assert loaded_after(module, ("numpy", "textual", "rich", "plotext", "torch")) == []
 

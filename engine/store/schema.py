@@ -7,7 +7,8 @@ import zlib
 
 import numpy as np
 
-SUFFIX = ".mirante"
+from engine.names import SUFFIX  # noqa: F401 - the store's file name, with the run names it is made from
+
 APPLICATION_ID = 0x4D495241  # "MIRA": marks a SQLite file as a mirante run store
 CHUNK_ROWS = 1024  # steps per column chunk
 PAGE_SIZE = 16384
