@@ -8,12 +8,16 @@ For each torchvision classifier at its published crop size, one sample:
 
     python bench/profiler_table.py                    # every classifier, a markdown table
     python bench/profiler_table.py --tiny --json F    # three models, for the test suite
+
+Then the wall time of `mirante profile --model M` as a user runs it, a fresh process each time,
+beside that of importing torch and torchvision alone (what most of it is).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,6 +31,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engine import flops, profiler  # noqa: E402 (after the path)
 
 TINY = ["resnet18", "mobilenet_v3_small", "vit_b_32"]
+WALL = ["resnet50", "vgg16", "vit_b_16", "regnet_y_128gf"]  # `mirante profile` timed end to end, 3 runs each
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def wall_times(models: list[str], repeat: int) -> dict[str, list[float]]:
+    """Seconds of `python -m tui.cli profile --model M > /dev/null` per model, and of importing torch alone."""
+    commands = {"import torch, torchvision": ["-c", "import torch, torchvision"]}
+    commands |= {f"mirante profile --model {m}": ["-m", "tui.cli", "profile", "--model", m] for m in models}
+    out: dict[str, list[float]] = {}
+    for label, args in commands.items():
+        for _ in range(repeat):
+            start = time.perf_counter()
+            subprocess.run([sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL, check=True, timeout=300)
+            out.setdefault(label, []).append(time.perf_counter() - start)
+    return out
 
 
 def flop_counter(name: str, crop: int) -> tuple[int, int]:
@@ -93,8 +112,11 @@ def main() -> int:
     print(f"\n{exact} of {len(rows)} models: parameters equal and GMACs within torchvision's rounding (0.0005)")
     seconds = [r["count_s"] for r in rows]
     print(f"mirante's count, in process: {sum(seconds):.1f} s for all, slowest {max(seconds):.2f} s")
+    wall = wall_times(TINY[:1] if args.tiny else WALL, 1 if args.tiny else 3)
+    for label, times in wall.items():
+        print(f"{label}: {', '.join(f'{t:.2f}' for t in times)} s")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        Path(args.json).write_text(json.dumps({"rows": rows, "wall": wall}, indent=1))
     return 0
 
 

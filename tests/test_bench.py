@@ -67,7 +67,10 @@ def test_the_profiler_table_runs(tmp_path):
     """bench/profiler_table.py (BENCHMARKS.md's side-by-side table), on three models."""
     rows_path = tmp_path / "rows.json"
     out = run(["bench/profiler_table.py", "--tiny", "--json", str(rows_path)], timeout=300)
-    rows = {r["model"]: r for r in json.loads(rows_path.read_text())}
+    doc = json.loads(rows_path.read_text())
+    rows = {r["model"]: r for r in doc["rows"]}
+    assert set(doc["wall"]) == {"import torch, torchvision", "mirante profile --model resnet18"}
+    assert all(len(t) == 1 and 0 < t[0] < 300 for t in doc["wall"].values())
     assert set(rows) == {"resnet18", "mobilenet_v3_small", "vit_b_32"}
     for r in rows.values():
         assert r["params"] == r["tv_params"] and abs(r["gmacs"] - r["tv_gmacs"]) <= 5e-4, r
