@@ -201,6 +201,9 @@ class Data:
         self._resize_to = spec.size if spec.size != loaded_size else None
         self._plan_device = device if spec.on_device else torch.device("cpu")
 
+    def close(self) -> None:
+        """Let go of whatever the batches are read with (worker processes); a closed Data reads no more."""
+
     def shard(self, rank: int, world: int) -> None:
         """Be rank `rank` of `world`: each global batch is cut in `world` equal parts, this rank takes part `rank`.
 
@@ -497,6 +500,13 @@ class _FolderData(Data):
 
     def _eval_raw(self, split: str) -> Iterator[tuple[Tensor, Tensor]]:
         return self._to_device(self._loaders[split])
+
+    def close(self) -> None:
+        """End the persistent loaders' workers now, not when the garbage collector finds a failed run's frames."""
+        for loader in self._loaders.values():
+            running, loader._iterator = loader._iterator, None  # torch keeps a persistent loader's iterator here
+            if running is not None:
+                running._shutdown_workers()
 
     def _val_image(self, index: int) -> tuple[Tensor, int]:
         image, label = self._pool[int(self._val_index[index])]

@@ -715,6 +715,7 @@ def run(
         if channel is not None:
             channel.close()  # first: a run that has ended takes no commands, and leaves no pipe behind
         unrecorded = end_run(emitter, trainer.step, status, reason, room, checks)
+        s.data.close()
         signal.signal(signal.SIGINT, previous[0])
         signal.signal(signal.SIGTERM, previous[1])
     if unrecorded is not None:  # the store could not take the run's end: whatever the run did, it failed

@@ -273,11 +273,13 @@ def test_an_image_that_cannot_be_read_at_the_start_is_one_line_naming_it(tmp_pat
     """The normalisation statistics read the training images during setup: exit 2, no store."""
     data = image_folder(tmp_path / "data")
     break_images(data / "dark")
+    before = set(multiprocessing.active_children())  # another test's process, not yet collected, is not ours
     assert train.run(tiny(tmp_path, dataset=str(data), batch_size=4, workers=workers)) == 2
     err = one_error_line(capsys)
     assert re.match(rf"mirante: error: cannot read image {re.escape(str(data))}/dark/0\d\d\.png: \S", err), err
     assert not store(tmp_path).exists()
-    assert not multiprocessing.active_children()  # the loader's workers are gone, not kept until the next gc
+    left = set(multiprocessing.active_children()) - before
+    assert not left  # the loader's workers are gone, not kept until the next gc
 
 
 @pytest.mark.parametrize("workers", [0, 1])
@@ -291,12 +293,21 @@ def test_an_image_that_cannot_be_read_during_training_fails_the_run_naming_it(tm
         return s
 
     monkeypatch.setattr(train, "setup", setup)
+    before = set(multiprocessing.active_children())
     assert train.run(tiny(tmp_path, dataset=str(data), batch_size=4, workers=workers)) == 1
+    assert not set(multiprocessing.active_children()) - before  # the persistent workers end with the run
     err = one_error_line(capsys)
     named = re.match(rf"mirante: run failed: (cannot read image ({re.escape(str(data))}/dark/0\d\d\.png): \S.*)", err)
     assert named, err
     with RunReader(store(tmp_path)) as run:
         assert run.status() == "failed" and run.ended().reason == named.group(1)
+
+
+def test_a_finished_run_leaves_no_loader_worker_behind(tmp_path):
+    data = image_folder(tmp_path / "data")
+    before = set(multiprocessing.active_children())
+    assert train.run(tiny(tmp_path, dataset=str(data), batch_size=4, workers=1)) == 0
+    assert not set(multiprocessing.active_children()) - before
 
 
 # --- item 9: --pretrained never runs code from the hub cache ------------------------------------------------
