@@ -99,14 +99,14 @@ def engine_loop(s: Setup, name: str, runs: Path) -> tuple[Callable[[int], None],
     trainer.start()
 
     def run(steps: int) -> None:
-        target = trainer.step + steps
-        while trainer.step < target:
+        target = trainer.at.step + steps
+        while trainer.at.step < target:
             s.total_steps = target
             trainer.train_one_epoch()
-            if trainer.step < target:  # the epoch's batches ran out: the next epoch, as fit() goes on
-                trainer.epoch += 1
-                trainer.step_in_epoch = 0
-        trainer.rec.flush(trainer.step)
+            if trainer.at.step < target:  # the epoch's batches ran out: the next epoch, as fit() goes on
+                trainer.at.epoch += 1
+                trainer.at.step_in_epoch = 0
+        trainer.rec.flush(trainer.at.step)
 
     return run, trainer
 

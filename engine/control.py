@@ -348,6 +348,16 @@ class RunControl:
         else:
             self.wish = (reason, status)
 
+    def heed(self, finding: Any) -> None:
+        """Stop if a live check's stopping finding (or None) says so: lr-find's end, when the loss blew up,
+        finishes the run; a divergence fails it."""
+        if finding is None:
+            return
+        if finding.code == "lr-find":
+            self.request("the loss blew up: the sweep is over", "finished")
+        else:
+            self.request(f"diverged: {finding.message}", "failed")
+
     def failing(self) -> bool:
         """Whether the run is to end as failed (a divergence): its weights are not worth a checkpoint."""
         if self.reason is not None:

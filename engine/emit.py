@@ -48,6 +48,13 @@ class Emitter:
             watcher(event)
         return event
 
+    def detach(self, flush: bool = True) -> None:
+        """Send nothing live any more: the app detached (what is pending is sent first), or the parent that
+        read the queue is gone (`flush` False: nobody would read it)."""
+        if flush:
+            self.send()
+        self.live = None
+
     def send(self) -> None:
         """Put the pending batch on the live queue now (if there is room)."""
         if self.live is None or not self._batch:
@@ -73,6 +80,9 @@ class NullEmitter:
         return None
 
     def send(self) -> None:
+        pass
+
+    def detach(self, flush: bool = True) -> None:
         pass
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from engine.config import TrainConfig
 
@@ -17,10 +18,17 @@ def range_test_lr(config: TrainConfig, step: int, total_steps: int) -> float:
     return lo * (hi / lo) ** (step / max(1, total_steps - 1))
 
 
+def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int, total_steps: int, plateau: float) -> float:
+    """The rate at `step`: lr-find's sweep, or --lr times the schedule's factor and reduce-on-plateau's `plateau`."""
+    if config.range_test:
+        return range_test_lr(config, step, total_steps)
+    return config.lr * lr_factor(config, step, steps_per_epoch, total_steps) * plateau
+
+
 def lr_factor(config: TrainConfig, step: int, steps_per_epoch: int, total_steps: int) -> float:
     """The schedule's multiplier of --lr at `step` (host arithmetic: no device work, no sync).
 
-    reduce-on-plateau is not a function of the step: `Trainer` applies its decays on top.
+    reduce-on-plateau is not a function of the step: `learning_rate` applies its decays on top.
     """
     c = config
     warm = min(1.0, (step + 1) / c.warmup_steps) if c.warmup_steps else 1.0
@@ -54,6 +62,15 @@ class Plateau:
     factor: float = 1.0  # what the schedule's rate is multiplied by
     best: float = math.inf
     wait: int = 0  # epochs since the best
+
+    KEYS = ("plateau_factor", "plateau_best", "plateau_wait")  # its state, as a checkpoint keeps it
+
+    def state(self) -> dict[str, float]:
+        return dict(zip(self.KEYS, (self.factor, self.best, self.wait), strict=True))
+
+    def restored(self, state: dict[str, Any]) -> Plateau:
+        """This plateau with the state a checkpoint kept."""
+        return Plateau(self.patience, self.gamma, *(state[key] for key in self.KEYS))
 
     def update(self, val_loss: float) -> None:
         if val_loss < self.best * (1 - 1e-4):

@@ -18,7 +18,7 @@ import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext, suppress
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from engine.emit import Emitter, NullEmitter
 from engine.names import find_run, store_path
 from engine.progress import PrintingQueue, Progress
 from engine.recorder import Recorder
-from engine.schedule import Plateau, lr_factor, range_test_lr
+from engine.schedule import Plateau, learning_rate
 from engine.store import SUFFIX, RunReader, RunWriter, StoreError
 
 # --- setup ------------------------------------------------------------------------------
@@ -322,8 +322,22 @@ class Checkpoints:
 
 # --- the loop ---------------------------------------------------------------------------
 
-# the Trainer's attributes a checkpoint keeps and --resume restores
-STATE_KEYS = ("step", "epoch", "step_in_epoch", "best_val_acc", "plateau_factor", "plateau_best", "plateau_wait")
+
+@dataclass
+class Position:
+    """Where a run is: with the plateau's state, what a checkpoint keeps and --resume restores."""
+
+    step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+    best_val_acc: float = -1.0
+
+    @classmethod
+    def restored(cls, state: dict[str, Any]) -> Position:
+        return cls(*(state[f.name] for f in fields(cls)))
+
+
+STATE_KEYS = (*(f.name for f in fields(Position)), *Plateau.KEYS)  # what a checkpoint's state must hold
 
 
 class Trainer:
@@ -339,151 +353,63 @@ class Trainer:
         dist: Dist | None = None,
         checks: LiveChecks | None = None,
     ) -> None:
-        self.s = s
-        self.c = s.config
-        self.out = emitter
+        self.s, self.c, self.out, self.dist, self.run_name = s, s.config, emitter, dist, name
         # whether the run goes on: commands from the app and other terminals, the parent's death, the ranks' vote
         self.control = RunControl(channel, poll_every=self.c.log_every, agree=dist.any_ if dist else None)
         self.checks = checks  # the lecture's checks, live (rank 0): a divergence or lr-find's end stops the run
-        self.run_name = name
-        self.dist = dist
-        self.main = dist is None or dist.is_main
-        sample = s.sample if s.sample is not None else s.data.fixed_sample(0)[0]
-        self.peak_tflops = self.c.peak_tflops or device_peak(s.device, s.amp_dtype)
-        self.rec = Recorder(
-            emitter,
-            s.eager,
-            s.device,
-            log_every=self.c.log_every,
-            probe_every=self.c.probe_every,
-            update_every=self.c.update_every,
-            capture_every=self.c.capture_every,
-            sample=sample,
-            capture_layer=self.c.capture_layer,
-            autocast=s.autocast,
-            train_flops=s.counts.train_flops,
-            peak_tflops=self.peak_tflops,
-            dist=dist,
-        )
-        self.step = 0
-        self.epoch = 0
-        self.step_in_epoch = 0
-        self.best_val_acc = -1.0
+        self.rec = run_recorder(s, emitter, dist)
+        self.at = Position()
         self.plateau = Plateau(self.c.patience, self.c.gamma)
         # --overfit-batches and lr-find are sanity checks, not training: no validation, no checkpoints
         self.sanity_check = bool(self.c.overfit_batches or self.c.range_test)
-        self.subset: list[tuple[Tensor, Tensor]] | None = None
-        self.checkpoints = Checkpoints(checkpoint_dir(self.c.runs_dir, self.run_name), emitter.writer)
-
-    # -- lifecycle
+        self.checkpoints = Checkpoints(checkpoint_dir(self.c.runs_dir, name), emitter.writer)
 
     def start(self, resumed: dict[str, Any] | None = None) -> None:
-        s = self.s
+        """Record the run's start; on --resume from the checkpoint's position (its weights and optimizer state
+        were restored by `restore`), saying what the store discarded after it."""
         writer = self.out.writer
         discarded = writer.discarded if resumed is not None and writer is not None else 0
-        resumed_from = {"resumed_at_step": resumed["state"]["step"], "discarded_events": discarded} if resumed else {}
-        if resumed is not None:  # (the weights and the optimizer's state were restored by `restore`)
-            self.load_state(resumed["state"])
-        world = self.dist.world if self.dist is not None else 1
-        per_epoch = s.total_steps if self.c.overfit_batches else s.data.steps_per_epoch  # overfit: one long epoch
-        plan = {"steps_per_epoch": per_epoch, "total_steps": s.total_steps, "num_classes": s.data.spec.num_classes}
-        plan["diagnostics"] = diagnostics.VERSION  # the checks run here, live: readers need not run them again
-        if self.dist is not None:
-            plan |= {"world_size": world, "backend": self.dist.backend, "batch_per_rank": s.data.local_batch}
-        self.rec.start(
-            self.step,
-            name=self.run_name,
-            model=self.c.model,
-            dataset=s.data.spec.name,
-            config=self.c.to_dict() | plan | resumed_from,
-            summary=s.counts.summary() | {"peak_tflops": self.peak_tflops},
-        )
-        if discarded:  # said in the run's own record, so nothing recorded vanishes silently
-            self.out.emit(
-                ev.Diagnostic,
-                self.step,
-                level="info",
-                code="resume",
-                message=f"resumed from step {self.step}; {discarded} events recorded after that checkpoint "
-                "were discarded",
-                evidence={"step": self.step, "discarded": discarded},
-            )
+        if resumed is not None:
+            self.at, self.plateau = Position.restored(resumed["state"]), self.plateau.restored(resumed["state"])
+        record_start(self.rec, self.s, self.run_name, self.dist, self.at.step, discarded if resumed else None)
 
     def fit(self) -> str:
         """Train to the end; returns the RunEnded status."""
-        c, data = self.c, self.s.data
         control = self.control
-        self.rec.capture(self.step)
-        while not control.stopped and self.step < self.s.total_steps:
+        self.rec.capture(self.at.step)
+        while not control.stopped and self.at.step < self.s.total_steps:
             self.train_one_epoch()
-            if control.stopped and self.step_in_epoch < data.steps_per_epoch:
+            if control.stopped and self.at.step_in_epoch < self.s.data.steps_per_epoch:
                 break  # stopped mid-epoch: no validation of a partial epoch
             self.end_epoch()
-        self.rec.flush(self.step, wait=True)
+        self.rec.flush(self.at.step, wait=True)
         self.check_stop()  # a divergence in the last values read back fails the run: it did not finish
         if control.stopped:
-            if control.status == "interrupted" and not self.sanity_check:
+            if control.status == "interrupted":
                 self.save()  # to resume from; a diverged run's weights are not worth keeping
             return control.status
-        if c.test:
-            loss, acc = evaluate(self.s, self.dist, data.test_batches())
-            self.out.emit(ev.Step, self.step, scalars={"test/loss": loss, "test/acc": acc})
+        if self.c.test:
+            loss, acc = evaluate(self.s, self.dist, self.s.data.test_batches())
+            self.out.emit(ev.Step, self.at.step, scalars={"test/loss": loss, "test/acc": acc})
         return "finished"
 
-    def state(self) -> dict[str, Any]:
-        """What a checkpoint needs besides the weights (and the store's seq, which `Checkpoints` adds)."""
-        world = self.dist.world if self.dist is not None else 1
-        p = self.plateau
-        return {
-            "step": self.step,
-            "epoch": self.epoch,
-            "step_in_epoch": self.step_in_epoch,
-            "best_val_acc": self.best_val_acc,
-            "plateau_factor": p.factor,
-            "plateau_best": p.best,
-            "plateau_wait": p.wait,
-            "world_size": world,
-        }
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        self.step, self.epoch, self.step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
-        self.best_val_acc = state["best_val_acc"]
-        self.plateau.factor, self.plateau.best = state["plateau_factor"], state["plateau_best"]
-        self.plateau.wait = state["plateau_wait"]
-
-    def save(self, best: bool = False) -> None:
-        """last.pt (and best.pt when `best`); rank 0 writes them: the weights are the same on all ranks."""
-        if self.sanity_check or not self.main or self.control.failing():
-            return
-        if not all_finite(self.s.eager):  # note: a CPU-GPU sync point, once per checkpoint
-            self.control.request(
-                f"diverged: the weights hold NaN or inf at step {self.step}; no checkpoint written", "failed"
-            )
-            return
-        self.checkpoints.write(self.s, self.state(), best)
-
-    # -- one epoch
-
     def train_one_epoch(self) -> None:
-        s, c, rec = self.s, self.c, self.rec
+        s, c, rec, at = self.s, self.c, self.rec, self.at
         model, optimizer, scaler = s.model, s.optimizer, s.scaler
         params = rec.norms.params
         model.train()
-        batches: Iterator[tuple[Tensor, Tensor]] = self.batches()
-        while self.step < s.total_steps and not self.control.stopped:
+        batches = epoch_batches(s.data, self.at, c.overfit_batches)
+        while at.step < s.total_steps and not self.control.stopped:
             t0 = time.perf_counter()
             batch = next(batches, None)
             data_time = time.perf_counter() - t0
             if batch is None:
                 break
             x, y = batch
-            if c.range_test:
-                lr = range_test_lr(c, self.step, s.total_steps)
-            else:
-                lr = c.lr * lr_factor(c, self.step, s.data.steps_per_epoch, s.total_steps) * self.plateau.factor
+            lr = learning_rate(c, at.step, s.data.steps_per_epoch, s.total_steps, self.plateau.factor)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            probe_now, update_now = rec.is_probe_step(self.step), rec.is_update_step(self.step)
+            probe_now, update_now = rec.is_probe_step(at.step), rec.is_update_step(at.step)
 
             with s.autocast():
                 logits, aux = models.split_outputs(model(x))
@@ -496,7 +422,7 @@ class Trainer:
             if scaler.is_enabled() and (c.clip_grad or probe_now):
                 scaler.unscale_(optimizer)  # norms and clipping see true gradients
             if probe_now:  # the per-layer norms, and the clipping from the same norms
-                rec.probe_grads(self.step + 1, clip=c.clip_grad)
+                rec.probe_grads(at.step + 1, clip=c.clip_grad)
             elif c.clip_grad:
                 nn.utils.clip_grad_norm_(params, c.clip_grad, foreach=True)
             if update_now:
@@ -504,82 +430,117 @@ class Trainer:
             scaler.step(optimizer)  # fp16 only: GradScaler checks for inf here (PyTorch's own sync)
             scaler.update()
 
-            self.step += 1
-            self.step_in_epoch += 1
+            at.step += 1
+            at.step_in_epoch += 1
             if update_now:
-                rec.probe_update(self.step)
+                rec.probe_update(at.step)
             correct = (logits.detach().argmax(dim=1) == y).sum()
-            rec.record(self.step, loss, lr, correct=correct, batch_size=len(y), data_time=data_time)
-            self.control.poll(self.step, self.act, idle=self.out.send)
+            rec.record(at.step, loss, lr, correct=correct, batch_size=len(y), data_time=data_time)
+            self.control.poll(at.step, self.act, idle=self.out.send)
             self.check_stop()
-            self.control.vote(self.step)  # under torchrun: every rank stops at the same step
-
-    def batches(self) -> Iterator[tuple[Tensor, Tensor]]:
-        """This epoch's training batches; with --overfit-batches the same few, over and over."""
-        data = self.s.data
-        if not self.c.overfit_batches:
-            return data.train_batches(self.epoch, skip=self.step_in_epoch)
-        if self.subset is None:
-            self.subset = list(itertools.islice(data.train_batches(0), self.c.overfit_batches))
-        return itertools.cycle(self.subset)
-
-    def check_stop(self) -> None:
-        """Stop if a check asked to, as of the values read back so far (host state: no sync): lr-find once the
-        loss blew up (its end), a divergence (a failure)."""
-        finding = self.checks.stop if self.checks is not None else None
-        if finding is None:
-            return
-        if finding.code == "lr-find":
-            self.control.request("the loss blew up: the sweep is over", "finished")
-        else:
-            self.control.request(f"diverged: {finding.message}", "failed")
-
-    # -- epoch end
+            self.control.vote(at.step)  # under torchrun: every rank stops at the same step
 
     def end_epoch(self) -> None:
-        self.rec.flush(self.step, wait=True)
+        at, data = self.at, self.s.data
+        self.rec.flush(at.step, wait=True)
         self.check_stop()  # the epoch's last values are in: a divergence among them ends the run here
         if self.control.stopped and self.control.failing():
             return  # no validation of broken weights, no checkpoint of them
-        val_loss: float | None = None
-        val_acc: float | None = None
-        if not self.sanity_check:
-            val_loss, val_acc = evaluate(self.s, self.dist, self.s.data.val_batches())
+        val_loss, val_acc = (None, None) if self.sanity_check else evaluate(self.s, self.dist, data.val_batches())
         train_loss, train_acc = self.rec.take_epoch()
+        lr = self.s.optimizer.param_groups[0]["lr"]
         self.out.emit(
             ev.Epoch,
-            self.step,
-            epoch=self.epoch + 1,
+            at.step,
+            epoch=at.epoch + 1,
             train_loss=train_loss,
             train_acc=train_acc,
             val_loss=val_loss,
             val_acc=val_acc,
-            scalars={"lr": self.s.optimizer.param_groups[0]["lr"]},
+            scalars={"lr": lr},
         )
         if self.c.schedule == "plateau" and val_loss is not None:
             self.plateau.update(val_loss)
-        self.epoch += 1
-        self.step_in_epoch = 0
+        at.epoch, at.step_in_epoch = at.epoch + 1, 0
         if self.c.capture_every == 0:
-            self.rec.capture(self.step)
-        if not self.sanity_check:
-            improved = val_acc > self.best_val_acc
-            self.best_val_acc = max(self.best_val_acc, val_acc)
+            self.rec.capture(at.step)
+        if val_acc is not None:
+            improved, at.best_val_acc = val_acc > at.best_val_acc, max(at.best_val_acc, val_acc)
             self.save(best=improved)
-        self.rec.flush(self.step)
+        self.rec.flush(at.step)
 
-    # -- control
+    def check_stop(self) -> None:
+        """Stop if a live check asked to, as of the values read back so far (host state: no sync)."""
+        self.control.heed(self.checks.stop if self.checks is not None else None)
+
+    def save(self, best: bool = False) -> None:
+        """last.pt (and best.pt when `best`); rank 0 writes them: the weights are the same on all ranks."""
+        if self.sanity_check or not self.rec.main or self.control.failing():
+            return
+        if not all_finite(self.s.eager):  # note: a CPU-GPU sync point, once per checkpoint
+            why = f"diverged: the weights hold NaN or inf at step {self.at.step}; no checkpoint written"
+            self.control.request(why, "failed")
+            return
+        world = self.dist.world if self.dist is not None else 1
+        self.checkpoints.write(self.s, asdict(self.at) | self.plateau.state() | {"world_size": world}, best)
 
     def act(self, command: str) -> None:
-        """A command RunControl leaves to the trainer: capture now; detach, or the parent gone (nobody reads the
-        live queue any more)."""
+        """What RunControl leaves to the trainer: capture now; detach, or the parent gone (no live queue)."""
         if command == "capture":
-            self.rec.capture(self.step)
-        elif command == "detach":
-            self.out.send()
-            self.out.live = None
-        elif command == "gone":
-            self.out.live = None
+            self.rec.capture(self.at.step)
+        elif command in ("detach", "gone"):
+            self.out.detach(flush=command == "detach")
+
+
+def run_recorder(s: Setup, emitter: Emitter, dist: Dist | None) -> Recorder:
+    """The Recorder of a mirante run: what is measured and read back, and how often, from its config."""
+    c = s.config
+    return Recorder(
+        emitter,
+        s.eager,
+        s.device,
+        log_every=c.log_every,
+        probe_every=c.probe_every,
+        update_every=c.update_every,
+        capture_every=c.capture_every,
+        sample=s.sample if s.sample is not None else s.data.fixed_sample(0)[0],
+        capture_layer=c.capture_layer,
+        autocast=s.autocast,
+        train_flops=s.counts.train_flops,
+        peak_tflops=c.peak_tflops or device_peak(s.device, s.amp_dtype),
+        dist=dist,
+    )
+
+
+def record_start(rec: Recorder, s: Setup, name: str, dist: Dist | None, step: int, discarded: int | None) -> None:
+    """RunStarted: the config with the run's plan; on a resume (`discarded` not None) where it resumed and,
+    in a Diagnostic, how many recorded events it discarded, so nothing recorded vanishes silently."""
+    c, data = s.config, s.data
+    per_epoch = s.total_steps if c.overfit_batches else data.steps_per_epoch  # overfit: one long epoch
+    plan = {"steps_per_epoch": per_epoch, "total_steps": s.total_steps, "num_classes": data.spec.num_classes}
+    plan["diagnostics"] = diagnostics.VERSION  # the checks run here, live: readers need not run them again
+    if dist is not None:
+        plan |= {"world_size": dist.world, "backend": dist.backend, "batch_per_rank": data.local_batch}
+    if discarded is not None:
+        plan |= {"resumed_at_step": step, "discarded_events": discarded}
+    summary = s.counts.summary() | {"peak_tflops": rec.peak_tflops}
+    rec.start(step, name=name, model=c.model, dataset=data.spec.name, config=c.to_dict() | plan, summary=summary)
+    if discarded:
+        rec.out.emit(
+            ev.Diagnostic,
+            step,
+            level="info",
+            code="resume",
+            message=f"resumed from step {step}; {discarded} events recorded after that checkpoint were discarded",
+            evidence={"step": step, "discarded": discarded},
+        )
+
+
+def epoch_batches(data: Data, at: Position, overfit: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """The epoch's training batches from where the run is; with --overfit-batches the same few, over and over."""
+    if not overfit:
+        return data.train_batches(at.epoch, skip=at.step_in_epoch)
+    return itertools.cycle(list(itertools.islice(data.train_batches(0), overfit)))
 
 
 def evaluate(s: Setup, dist: Dist | None, batches: Iterator[tuple[Tensor, Tensor]]) -> tuple[float, float]:
@@ -704,7 +665,7 @@ def run(
         with suppress(StoreError):  # a full store: its end is tried below, and said on stderr anyway
             emitter.emit(
                 ev.Diagnostic,
-                trainer.step,
+                trainer.at.step,
                 level="fail",
                 code="exception",
                 message=reason,
@@ -714,7 +675,7 @@ def run(
         ending()
         if channel is not None:
             channel.close()  # first: a run that has ended takes no commands, and leaves no pipe behind
-        unrecorded = end_run(emitter, trainer.step, status, reason, room, checks)
+        unrecorded = end_run(emitter, trainer.at.step, status, reason, room, checks)
         s.data.close()
         signal.signal(signal.SIGINT, previous[0])
         signal.signal(signal.SIGTERM, previous[1])

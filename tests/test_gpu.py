@@ -52,8 +52,8 @@ def test_non_logging_steps_never_sync_on_cuda(tmp_path, monkeypatch):
         trainer.train_one_epoch()  # 45 steps, two of which log
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert trainer.step == 45
-    trainer.rec.flush(trainer.step, wait=True)
+    assert trainer.at.step == 45
+    trainer.rec.flush(trainer.at.step, wait=True)
     trainer.out.close()
     with RunReader(tmp_path / "gpu.mirante") as run:
         events = run.follow(0, limit=None)

@@ -115,9 +115,9 @@ def test_steps_that_do_not_log_never_wait_for_the_device(tmp_path, monkeypatch):
     monkeypatch.setattr(recorder.Recorder, "flush", permit(recorder.Recorder.flush))
     monkeypatch.setattr(train.Trainer, "end_epoch", permit(train.Trainer.end_epoch))
     trainer.train_one_epoch()  # 23 steps: 21 do not log; gradient norms every step, updates at 0, 4, ...
-    assert trainer.step == 23
+    assert trainer.at.step == 23
     monkeypatch.undo()
-    trainer.rec.flush(trainer.step, wait=True)
+    trainer.rec.flush(trainer.at.step, wait=True)
     trainer.out.close()
     events = kinds(tmp_path / "sync.mirante")
     stats = [e for e in events if isinstance(e, ev.LayerStats)]
@@ -141,7 +141,7 @@ def test_ctrl_c_checkpoints_and_resume_continues_the_same_store(tmp_path):
 
     trainer.rec.record = stop_at_step_7
     assert trainer.fit() == "interrupted"
-    trainer.out.emit(ev.RunEnded, trainer.step, status="interrupted", reason="test")
+    trainer.out.emit(ev.RunEnded, trainer.at.step, status="interrupted", reason="test")
     trainer.out.close()
     path = tmp_path / "runs" / "tiny.mirante"
     with RunReader(path) as run:
