@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 
@@ -24,3 +26,8 @@ def small_shapes(monkeypatch):
 
     original = engine.data.build_data
     monkeypatch.setattr(train, "build_data", lambda *a, **k: original(*a, **{**k, "shapes_count": 1200}))
+
+
+# Textual's tab underline slides for 0.3 s after each pane key, and Pilot waits for it on every press:
+# the tests read what the panes say, not how the underline moves (set before any test imports textual)
+os.environ.setdefault("TEXTUAL_ANIMATIONS", "none")

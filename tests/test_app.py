@@ -48,7 +48,7 @@ def test_every_pane_shows_its_content(runs, run, size):
     async def script(app, pilot):
         assert app.state.ended is not None
         await pilot.press("1")
-        await pilot.pause(0.3)
+        await pilot.pause()
         info = text_of(app.query_one("#info"))
         assert "synthetic" in info and "smallcnn on shapes" in info
         loss_chart = text_of(app.query_one("#loss"))
@@ -57,7 +57,7 @@ def test_every_pane_shows_its_content(runs, run, size):
             assert "failed" in info and "NaN" in info  # the latest loss is NaN, and says so
             assert "×" in loss_chart  # the NaN steps are marked on the chart
         await pilot.press("2")
-        await pilot.pause(0.3)
+        await pilot.pause()
         table = app.query_one("#layers")
         assert table.row_count == len(LAYERS)
         assert str(table.get_row_at(0)[0]) == LAYERS[0]
@@ -65,14 +65,14 @@ def test_every_pane_shows_its_content(runs, run, size):
             assert {str(table.get_row_at(i)[5]) for i in range(table.row_count)} == {"exploding"}
         assert "log10 gradient norm" in text_of(app.query_one("#heat-title"))
         await pilot.press("3")
-        await pilot.pause(0.3)
+        await pilot.pause()
         assert "params" in text_of(app.query_one("#totals"))
         await pilot.press("4")
-        await pilot.pause(0.3)
+        await pilot.pause()
         caption = text_of(app.query_one("#caption"))
         assert ("capture 1 of 1, showing step 500" if run == "good" else "no capture yet") in caption, caption
         await pilot.press("5")
-        await pilot.pause(0.3)
+        await pilot.pause()
         checks = app.query_one("#checks")
         states = {key.value: str(checks.get_row(key)[0]) for key in checks.rows}
         assert states["divergence"] == "fail"  # the NaN loss at step 100, found by the app's own checks
@@ -87,7 +87,7 @@ def test_every_pane_shows_its_content(runs, run, size):
         assert "overfit" not in states  # the mode checks are listed only in their modes
         assert "lr-find" not in states and not app.query_one("#range").display
         await pilot.press("6")
-        await pilot.pause(0.3)
+        await pilot.pause()
         system = text_of(app.query_one("#sys0"))
         assert ("cpu/rss_mb" if run == "good" else "no System events yet") in system, system
         await pilot.press("q")
@@ -182,7 +182,7 @@ def test_a_tiny_terminal_asks_to_be_enlarged(runs):
         assert app.screen.has_class("too-small")
         assert "enlarge the terminal" in text_of(app.query_one("#too-small"))
         await pilot.resize_terminal(100, 30)
-        await pilot.pause(0.3)
+        await pilot.pause()
         assert not app.screen.has_class("too-small")
         for size in [(40, 12), (120, 40), (50, 14), (80, 24)]:  # resized again and again
             await pilot.resize_terminal(*size)
@@ -272,28 +272,28 @@ def test_sample_runs_render_on_every_pane(store, size, tmp_path):
         state = app.state
         assert state.ended is not None and state.name == store.stem
         await pilot.press("1")
-        await pilot.pause(0.3)
+        await pilot.pause()
         assert store.stem in text_of(app.query_one("#info"))
         loss = text_of(app.query_one("#loss"))
         assert set(loss) & set("▖▗▘▙▚▛▜▝▞▟▀▄▌▐█") and "no data yet" not in loss  # plotted points
         if store.stem == "diverging-lr":
             assert "×" in loss  # the NaN losses are marked
         await pilot.press("2")
-        await pilot.pause(0.3)
+        await pilot.pause()
         assert app.query_one("#layers").row_count == len(state.layer_names) > 0
         if store.stem == "plainnet-sigmoid":
             flags = {str(app.query_one("#layers").get_row_at(0)[5])}
             assert flags == {"vanishing"}  # the first layer's gradient has vanished
         await pilot.press("3")
-        await pilot.pause(0.3)
+        await pilot.pause()
         assert app.query_one("#table").row_count > 3
         await pilot.press("4")
-        await pilot.pause(0.3)
+        await pilot.pause()
         assert "showing step" in text_of(app.query_one("#caption")) and state.captures
         picture = text_of(app.query_one("#image"))
         assert picture.startswith("input") and "▀" in picture  # the validation image, drawn
         await pilot.press("5", "6")
-        await pilot.pause(0.3)
+        await pilot.pause()
         assert "rss" in text_of(app.query_one("#sys0"))
         await pilot.press("q")
 
@@ -305,7 +305,7 @@ def test_a_run_whose_writer_died_shows_as_crashed(tmp_path):
     write_run(store, steps=200, end=None)  # closed without RunEnded: its writer is gone
 
     async def script(app, pilot):
-        await pilot.pause(0.3)
+        await pilot.pause()
         assert app.state.status() == "crashed"
         assert "crashed" in text_of(app.query_one("#status")) and "crashed" in text_of(app.query_one("#info"))
         await pilot.press("q")
@@ -317,7 +317,7 @@ def test_an_lr_find_run_opens_on_its_chart():
     store = ROOT / "sample_runs" / "lrfind-smallcnn.mirante"
 
     async def script(app, pilot):
-        await pilot.pause(0.3)
+        await pilot.pause()
         assert app.query_one(TabbedContent).active == "DiagnosticsPane"
         chart = app.query_one("#range")
         assert chart.display and not app.query_one("#diagnostics").display
@@ -337,12 +337,12 @@ def test_sample_runs_replayed_show_their_diagnostics(run, code, level):
 
     async def script(app, pilot):
         await pilot.press("5")
-        await pilot.pause(0.3)
+        await pilot.pause()
         checks = app.query_one("#checks")
         assert str(checks.get_row(code)[0]) == level
         assert str(checks.get_row_at(checks.cursor_row)[1]) == str(checks.get_row(code)[1])  # cursor on the worst
         await pilot.press("1")
-        await pilot.pause(0.3)
+        await pilot.pause()
         assert f"{level} {code}" in " ".join(text_of(app.query_one("#worst")).split())
 
     drive(MiranteApp(ReplaySource(store, speed=1e6), store=store), (120, 36), script)
@@ -467,7 +467,7 @@ def test_quitting_a_run_trained_here_asks_first_and_twice_stops_it(key):
 
     async def main() -> None:
         async with app.run_test(size=(100, 30)) as pilot:
-            await pilot.pause(0.3)
+            await pilot.pause()
             await pilot.press(key)
             await pilot.pause(0.1)
             assert isinstance(app.screen, QuitScreen) and app.is_running  # asked, not gone

@@ -190,11 +190,11 @@ def test_paused_run_reads_paused_on_the_overview():
     async def script(app, pilot):
         assert text_of(app.query_one("#info")).splitlines()[1].startswith("running")
         await pilot.press("p")
-        await pilot.pause(0.3)
+        await pilot.pause()
         where = text_of(app.query_one("#info")).splitlines()[1]
         assert commands == ["pause"] and where.startswith("paused") and "running" not in where
         await pilot.press("p")
-        await pilot.pause(0.3)
+        await pilot.pause()
         assert text_of(app.query_one("#info")).splitlines()[1].startswith("running")
 
     drive(MiranteApp(LiveFake(running_events()), commands=commands), (80, 24), script, wait_end=False)
@@ -209,7 +209,7 @@ def test_configuration_view_shows_every_key_grouped_from_every_screen():
     async def script(app, pilot):
         for pane in "13":
             await pilot.press(pane, "g")
-            await pilot.pause(0.3)
+            await pilot.pause()
             assert type(app.screen).__name__ == "ConfigScreen"
             shown = text_of(app.screen.query_one("#config"))
             for group in GROUPS:
@@ -239,7 +239,7 @@ def test_configuration_view_shows_a_store_value_literally(tmp_path):
 
     async def script(app, pilot):
         await pilot.press("g")
-        await pilot.pause(0.3)
+        await pilot.pause()
         shown = text_of(app.screen.query_one("#config"))
         assert "[b]odd" in shown and printable("[red]x\x1b]0;t\x07") in shown and "\x1b" not in shown
 
@@ -249,7 +249,7 @@ def test_configuration_view_shows_a_store_value_literally(tmp_path):
 def test_epoch_table_lists_every_epoch_with_accuracy_in_percent():
     async def script(app, pilot):
         await pilot.press("t")
-        await pilot.pause(0.3)
+        await pilot.pause()
         table = app.screen.query_one("#epochs")
         rows = [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
         assert len(rows) == len(app.state.epochs) == 3
@@ -271,12 +271,12 @@ def test_footer_shows_help_and_help_lists_every_key_of_the_screen(size):
     async def script(app, pilot):
         for pane in "15":
             await pilot.press(pane)
-            await pilot.pause(0.3)
+            await pilot.pause()
             shown = [k for k in app.screen.query(FooterKey) if k.region.right <= size[0] and k.region.width]
             assert "?" in [k.key_display for k in shown]
             keys = {app.get_key_display(b.binding) for b in app.screen.active_bindings.values()}
             await pilot.press("question_mark")
-            await pilot.pause(0.3)
+            await pilot.pause()
             assert type(app.screen).__name__ == "HelpScreen"
             helped = text_of(app.screen.query_one("#help"))
             listed = {key for line in helped.splitlines() if line.startswith(" ") for key in line[:KEYS].split()}
@@ -341,14 +341,14 @@ def test_f_fills_the_screen_with_a_chart_and_w_shows_the_last_steps():
         await pilot.pause(0.2)
         seen["back"] = not loss.is_maximized
         await pilot.press("w")
-        await pilot.pause(0.3)
+        await pilot.pause()
         seen["window"] = text_of(loss).splitlines()[0]
         await pilot.press("w")
-        await pilot.pause(0.3)
+        await pilot.pause()
         seen["all"] = text_of(loss).splitlines()[0]
         seen["accuracy"] = text_of(app.query_one("#accuracy", Chart))
         await pilot.press("question_mark")
-        await pilot.pause(0.3)
+        await pilot.pause()
         seen["help"] = " ".join(text_of(w) for w in app.screen.query("Static"))
 
     drive(MiranteApp(ReplaySource(SMALLCNN, speed=1e6), store=SMALLCNN), (80, 24), script)
@@ -405,7 +405,7 @@ def test_the_status_line_keeps_smoothing_and_log_y_in_view_at_80_columns(tmp_pat
 
     async def script(app, pilot):
         await pilot.press("s", "l")
-        await pilot.pause(0.3)
+        await pilot.pause()
         status = visible(app, "#status", (80, 24))[0]
         assert "smoothed 0.6" in status and "log y" in status and "finished" in status, status
         assert text_of(app.query_one("#loss")).startswith("loss (log y)")
@@ -449,7 +449,7 @@ def test_the_help_lists_the_pane_own_keys_first_so_they_show_at_80x24():
             await pilot.press(pane)
             await pilot.pause(0.2)
             await pilot.press("question_mark")
-            await pilot.pause(0.3)
+            await pilot.pause()
             rows = text_of(app.screen.query_one("#help")).splitlines()[1:]
             assert [row.split()[0] for row in rows[:2]] == list(keys), rows[:4]
             await pilot.press("escape")

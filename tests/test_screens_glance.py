@@ -121,7 +121,7 @@ def test_a_bare_watch_picks_the_run_that_started_last(tmp_path, monkeypatch):
 def test_the_system_screen_shows_only_recorded_metrics_titled_in_words():
     async def script(app, pilot):
         await pilot.press("6")
-        await pilot.pause(0.3)
+        await pilot.pause()
         charts = [app.query_one(f"#sys{i}") for i in range(4)]
         shown = [c for c in charts if c.display]
         assert len(shown) == 2  # a CPU run records cpu/rss_gb and cpu/util_pct, nothing of a GPU
@@ -154,7 +154,7 @@ def test_a_live_lr_find_suggests_nothing_before_its_verdict(tmp_path, monkeypatc
                 await pilot.pause(0.05)
                 if app.state.last_seq == events[-1].seq:
                     break
-            await pilot.pause(0.3)
+            await pilot.pause()
             assert app.query_one(TabbedContent).active == "DiagnosticsPane"
             chart = "\n".join(lines_of(app.query_one("#range")))
             assert "suggested" not in chart
@@ -191,7 +191,7 @@ def test_the_activation_grids_say_what_they_show_at_80x24():
 
     async def script(app, pilot):
         await pilot.press("4")
-        await pilot.pause(0.3)
+        await pilot.pause()
         filters, first, deeper = (app.query_one(f"#{name}") for name in ("filters", "first", "deeper"))
         assert lines_of(filters)[0].startswith("conv1 filters")  # was cut to the map width: "con"
         assert filters.region.right <= 80  # beside the image, not past the screen's right edge
@@ -210,7 +210,7 @@ def test_the_activation_grids_say_what_they_show_at_80x24():
 def test_the_gradient_heatmap_fills_its_space_with_layers_and_steps_labelled():
     async def script(app, pilot):
         await pilot.press("2")
-        await pilot.pause(0.3)
+        await pilot.pause()
         heat = app.query_one("#heat")
         lines = [line.rstrip() for line in lines_of(heat)]
         names = app.state.layer_names
@@ -228,7 +228,7 @@ def test_the_gradient_heatmap_fills_its_space_with_layers_and_steps_labelled():
 def test_a_gradient_heatmap_too_short_for_its_layers_says_how_many_it_shows():
     async def script(app, pilot):
         await pilot.press("2")
-        await pilot.pause(0.3)
+        await pilot.pause()
         heat = app.query_one("#heat")
         lines = lines_of(heat)
         rows = 2 * (heat.size.height - 1)  # two layers a line above the step axis
@@ -241,7 +241,7 @@ def test_a_gradient_heatmap_too_short_for_its_layers_says_how_many_it_shows():
 def test_the_gradients_flags_show_whole_at_80x24():
     async def script(app, pilot):
         await pilot.press("2")
-        await pilot.pause(0.3)
+        await pilot.pause()
         table = app.query_one("#layers")
         assert "vanishing" in {str(table.get_row_at(i)[-1]) for i in range(table.row_count)}
         # every column within the table's width (else "vanishing" shows as "vanishin" at 80 columns)
