@@ -26,3 +26,13 @@ def drive(app, size: tuple[int, int], script, *, wait_end: bool = True, tries: i
             await script(app, pilot)
 
     asyncio.run(main())
+
+
+async def until(pilot, condition, timeout: float = 5.0) -> None:
+    """Let the app run until `condition()` holds (what its 0.2 s redraw timer does, for instance); fail past
+    `timeout` seconds, rather than sleeping a fixed time that a busy machine may not honour."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, f"not within {timeout} s: {condition.__doc__ or condition}"
+        await pilot.pause(0.05)

@@ -11,7 +11,7 @@ import pytest
 from textual.widgets import TabbedContent
 
 from engine import events as ev
-from tests.apps import drive, text_of
+from tests.apps import drive, text_of, until
 from tests.runs import LAYERS, make_events, write_run
 from tui.app import MiranteApp
 from tui.sources import FollowSource, ReplaySource
@@ -182,8 +182,7 @@ def test_a_tiny_terminal_asks_to_be_enlarged(runs):
         assert app.screen.has_class("too-small")
         assert "enlarge the terminal" in text_of(app.query_one("#too-small"))
         await pilot.resize_terminal(100, 30)
-        await pilot.pause()
-        assert not app.screen.has_class("too-small")
+        await until(pilot, lambda: not app.screen.has_class("too-small"))  # checked at the next redraw
         for size in [(40, 12), (120, 40), (50, 14), (80, 24)]:  # resized again and again
             await pilot.resize_terminal(*size)
             await pilot.pause(0.1)

@@ -154,8 +154,7 @@ def test_a_live_lr_find_suggests_nothing_before_its_verdict(tmp_path, monkeypatc
                 await pilot.pause(0.05)
                 if app.state.last_seq == events[-1].seq:
                     break
-            await pilot.pause()
-            assert app.query_one(TabbedContent).active == "DiagnosticsPane"
+            await apps.until(pilot, lambda: app.query_one(TabbedContent).active == "DiagnosticsPane")  # at a redraw
             chart = "\n".join(lines_of(app.query_one("#range")))
             assert "suggested" not in chart
             assert "no suggestion yet" in chart.splitlines()[0]
