@@ -22,7 +22,11 @@ def drive(app, size: tuple[int, int], script, *, wait_end: bool = True, tries: i
                 await pilot.pause(0.05)
                 if not wait_end or app.source.done and app.state.ended is not None:
                     break
-            await pilot.pause(0.2)
+            if wait_end:  # all delivered: draw it now rather than wait for the redraw timer
+                app.redraw(force=True)
+                await pilot.pause()
+            else:
+                await pilot.pause(0.2)
             await script(app, pilot)
 
     asyncio.run(main())

@@ -42,10 +42,16 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     return {"good": d / "good.mirante", "nan": d / "nan.mirante"}
 
 
-@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("run", ["good", "nan"])
-def test_every_pane_shows_its_content(runs, run, size):
+def test_every_pane_shows_its_content(runs, run):
     async def script(app, pilot):
+        for size in SIZES:  # one app, resized: the panes drawn again at each size
+            await pilot.resize_terminal(*size)
+            await pilot.pause()
+            await panes(app, pilot)
+        await pilot.press("q")
+
+    async def panes(app, pilot):
         assert app.state.ended is not None
         await pilot.press("1")
         await pilot.pause()
@@ -89,10 +95,9 @@ def test_every_pane_shows_its_content(runs, run, size):
         await pilot.press("6")
         await pilot.pause()
         system = text_of(app.query_one("#sys0"))
-        assert ("cpu/rss_mb" if run == "good" else "no System events yet") in system, system
-        await pilot.press("q")
+        assert ("cpu/rss_mb" if run == "good" else "no System events yet") in system, (app.size, system)
 
-    drive(MiranteApp(FollowSource(runs[run]), store=runs[run]), size, script)
+    drive(MiranteApp(FollowSource(runs[run]), store=runs[run]), SIZES[0], script)
 
 
 def test_keys(runs, tmp_path):
@@ -261,13 +266,19 @@ def test_watch_shows_new_steps_within_a_second_of_their_commit(tmp_path):
 SAMPLES = sorted((Path(__file__).resolve().parents[1] / "sample_runs").glob("*.mirante"))
 
 
-@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("store", SAMPLES, ids=lambda p: p.stem)
-def test_sample_runs_render_on_every_pane(store, size, tmp_path):
+def test_sample_runs_render_on_every_pane(store, tmp_path):
     copy = tmp_path / store.name  # readers never write, but keep the shipped files out of harm's way
     copy.write_bytes(store.read_bytes())
 
     async def script(app, pilot):
+        for size in SIZES:  # one app, resized: the panes drawn again at each size
+            await pilot.resize_terminal(*size)
+            await pilot.pause()
+            await panes(app, pilot)
+        await pilot.press("q")
+
+    async def panes(app, pilot):
         state = app.state
         assert state.ended is not None and state.name == store.stem
         await pilot.press("1")
@@ -293,10 +304,9 @@ def test_sample_runs_render_on_every_pane(store, size, tmp_path):
         assert picture.startswith("input") and "▀" in picture  # the validation image, drawn
         await pilot.press("5", "6")
         await pilot.pause()
-        assert "rss" in text_of(app.query_one("#sys0"))
-        await pilot.press("q")
+        assert "rss" in text_of(app.query_one("#sys0")), app.size
 
-    drive(MiranteApp(FollowSource(copy), store=copy), size, script)
+    drive(MiranteApp(FollowSource(copy), store=copy), SIZES[0], script)
 
 
 def test_a_run_whose_writer_died_shows_as_crashed(tmp_path):

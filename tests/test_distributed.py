@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from filelock import FileLock
 
 from engine.store import RunReader
 from tests.procs import run_group
@@ -46,14 +47,25 @@ def losses(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def ddp_run(tmp_path_factory) -> tuple[Path, str]:
-    """`mirante train --nproc 2`: torchrun with two gloo processes on this CPU, 12 steps; its store and output."""
-    tmp = tmp_path_factory.mktemp("ddp")
-    command = [sys.executable, "-m", "tui.cli", "train", "--nproc", "2", *COMMON, "--runs-dir", str(tmp)]
-    command += ["--name", "ddp", "--steps", "12"]
-    done = run_group(command, cwd=tmp, env=env(), timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return tmp, done.stdout
+def ddp_run(tmp_path_factory, worker_id) -> tuple[Path, str]:
+    """`mirante train --nproc 2`: torchrun with two gloo processes on this CPU, 12 steps; its store and output.
+
+    Trained once a session, whichever pytest-xdist worker asks first (under a file lock, in the directory the
+    workers share), not once on each: the tests only read it (the resume test works on a copy).
+    """
+    shared = tmp_path_factory.getbasetemp()
+    shared = shared.parent if worker_id != "master" else shared
+    tmp, said = shared / "ddp", shared / "ddp-output.txt"
+    with FileLock(shared / "ddp.lock"):
+        if not said.exists():  # no worker trained it yet (or one failed half-way: start again)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            command = [sys.executable, "-m", "tui.cli", "train", "--nproc", "2", *COMMON, "--runs-dir", str(tmp)]
+            command += ["--name", "ddp", "--steps", "12"]
+            done = run_group(command, cwd=tmp, env=env(), timeout=300)
+            assert done.returncode == 0, done.stdout + done.stderr
+            said.write_text(done.stdout)
+    return tmp, said.read_text()
 
 
 def test_two_gloo_ranks_train_one_run(ddp_run):
@@ -111,10 +123,10 @@ def test_the_app_shows_the_world_size_and_each_rank(ddp_run):
             while not app.source.done:
                 await pilot.pause(0.05)
             await pilot.press("1")
-            await pilot.pause(0.3)
+            await pilot.pause()
             assert "x 2 ranks (gloo)" in str(app.query_one("#info").render())
             await pilot.press("6")
-            await pilot.pause(0.3)
+            await pilot.pause()
             charts = " ".join(str(app.query_one(f"#sys{i}").draw(100, 12, False)[0]) for i in range(4))
             assert "2 ranks" in charts
 
