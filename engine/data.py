@@ -344,6 +344,24 @@ def _channel_stats(batches: Iterable[Tensor], channels: int) -> tuple[Tensor, Te
     return mean.float(), std.float()
 
 
+def _uint8_stats(images: np.ndarray, index: np.ndarray) -> tuple[Tensor, Tensor]:
+    """`_channel_stats` of the uint8 images [N, C, H, W] at `index`, from each channel's histogram of values.
+
+    The sums are integers, so the figures are exactly those the float64 sums of `_channel_stats` give.
+    """
+    counts = np.zeros((images.shape[1], 256), np.int64)
+    for lo in range(0, len(index), 4096):
+        part = images[index[lo : lo + 4096]]
+        for c in range(images.shape[1]):
+            counts[c] += np.bincount(part[:, c].ravel(), minlength=256)
+    values = np.arange(256, dtype=np.int64)
+    count = counts[0].sum()
+    mean = torch.from_numpy(counts @ values).double() / count / 255
+    squares = torch.from_numpy(counts @ values**2).double()
+    std = (squares / count / 255**2 - mean.square()).clamp_min(1e-12).sqrt()
+    return mean.float(), std.float()
+
+
 def _split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A seeded split of range(n) into sorted training and validation indices."""
     n_val = round(n * val_fraction)
@@ -394,8 +412,11 @@ class _TensorData(Data):
             n_test=None if test is None else len(test[1]),
             on_device=True,
         )
-        chunks = (self._images[self._index["train"][lo : lo + 4096]] for lo in range(0, spec.n_train, 4096))
-        mean, std = _channel_stats(chunks, channels)
+        if channels == source_channels:  # on the host, exactly: several times faster than float sums on a CPU
+            mean, std = _uint8_stats(images, train_index)
+        else:
+            chunks = (self._images[self._index["train"][lo : lo + 4096]] for lo in range(0, spec.n_train, 4096))
+            mean, std = _channel_stats(chunks, channels)
         super().__init__(spec, settings, mean, std, loaded_size=source_size)
 
     def _train_raw(self, order: Tensor, skip: int) -> Iterator[tuple[Tensor, Tensor]]:
