@@ -28,8 +28,8 @@ def small_shapes(monkeypatch):
     monkeypatch.setattr(train, "build_data", lambda *a, **k: original(*a, **{**k, "shapes_count": 1200}))
 
 
-# The suite runs on two pytest-xdist workers: each runs its tests, and the trainers they start, on one thread
-# (tiny models gain nothing from more, and OpenMP threads on an oversubscribed 2-core CPU stall for seconds)
+# The suite runs on pytest-xdist workers (pyproject.toml): each runs its tests, and the trainers they start, on
+# one thread (tiny models gain nothing from more, and OpenMP threads on an oversubscribed CPU stall for seconds)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # Textual's tab underline slides for 0.3 s after each pane key, and Pilot waits for it on every press:
