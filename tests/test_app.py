@@ -21,6 +21,19 @@ ROOT = Path(__file__).resolve().parents[1]
 SIZES = [(80, 24), (160, 48)]
 
 
+def at_each_size(panes):
+    """A Pilot script: `panes(app, pilot)` at each of SIZES in one app, resized (each pane drawn again), then q."""
+
+    async def script(app, pilot):
+        for size in SIZES:
+            await pilot.resize_terminal(*size)
+            await pilot.pause()
+            await panes(app, pilot)
+        await pilot.press("q")
+
+    return script
+
+
 def diverging_events() -> list[ev.Event]:
     """A run whose loss grows to inf and NaN, and whose gradients explode."""
     events = make_events(steps=300, end=None)
@@ -44,13 +57,6 @@ def runs(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.mark.parametrize("run", ["good", "nan"])
 def test_every_pane_shows_its_content(runs, run):
-    async def script(app, pilot):
-        for size in SIZES:  # one app, resized: the panes drawn again at each size
-            await pilot.resize_terminal(*size)
-            await pilot.pause()
-            await panes(app, pilot)
-        await pilot.press("q")
-
     async def panes(app, pilot):
         assert app.state.ended is not None
         await pilot.press("1")
@@ -97,7 +103,7 @@ def test_every_pane_shows_its_content(runs, run):
         system = text_of(app.query_one("#sys0"))
         assert ("cpu/rss_mb" if run == "good" else "no System events yet") in system, (app.size, system)
 
-    drive(MiranteApp(FollowSource(runs[run]), store=runs[run]), SIZES[0], script)
+    drive(MiranteApp(FollowSource(runs[run]), store=runs[run]), SIZES[0], at_each_size(panes))
 
 
 def test_keys(runs, tmp_path):
@@ -271,13 +277,6 @@ def test_sample_runs_render_on_every_pane(store, tmp_path):
     copy = tmp_path / store.name  # readers never write, but keep the shipped files out of harm's way
     copy.write_bytes(store.read_bytes())
 
-    async def script(app, pilot):
-        for size in SIZES:  # one app, resized: the panes drawn again at each size
-            await pilot.resize_terminal(*size)
-            await pilot.pause()
-            await panes(app, pilot)
-        await pilot.press("q")
-
     async def panes(app, pilot):
         state = app.state
         assert state.ended is not None and state.name == store.stem
@@ -306,7 +305,7 @@ def test_sample_runs_render_on_every_pane(store, tmp_path):
         await pilot.pause()
         assert "rss" in text_of(app.query_one("#sys0")), app.size
 
-    drive(MiranteApp(FollowSource(copy), store=copy), SIZES[0], script)
+    drive(MiranteApp(FollowSource(copy), store=copy), SIZES[0], at_each_size(panes))
 
 
 def test_a_run_whose_writer_died_shows_as_crashed(tmp_path):
