@@ -35,6 +35,7 @@ def loaded_after(module: str, watch: tuple[str, ...]) -> list[str]:
         "engine.events",
         "engine.store",
         "engine.export",
+        "engine.compare",
         "engine.diagnostics",
         "engine.control",
     ],

@@ -1,0 +1,226 @@
+"""The table of runs a compare shows: which runs, what differs in their configs, and each run's figures.
+
+Read from the stores only (no torch): `mirante compare --format csv|json` prints it, the compare view
+shows it. A run is named by the config keys on which the runs differ (`lr=0.5`), not by its file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.names import SUFFIX, find_run
+from engine.store import RunReader, StoreError, find_runs
+from engine.store.reader import start_time
+
+# config entries that are bookkeeping, follow from others, or set how the run is watched rather than trained:
+# never what a compare is about
+NOT_COMPARED = frozenset(
+    {
+        "name",
+        "runs_dir",
+        "data_dir",
+        "resumed_at_step",
+        "discarded_events",
+        "diagnostics",
+        "steps_per_epoch",
+        "total_steps",
+        "batch_per_rank",
+        "backend",
+        "log_every",
+        "probe_every",
+        "update_every",
+        "capture_every",
+        "capture_layer",
+        "peak_tflops",
+        "workers",
+    }
+)
+LABEL_KEYS = 3  # a run differing in more keys than this is named by its name in legends (the table has them all)
+LEVELS = {"fail": 2, "warn": 1}  # the findings a table of runs reports; ok and info are not problems
+
+
+class CompareError(Exception):
+    """A RUN that names no run store (said in one line)."""
+
+
+@dataclass
+class RunRow:
+    """One run of a compare: its config and the figures the table shows."""
+
+    path: Path
+    name: str
+    model: str
+    dataset: str
+    status: str
+    config: dict[str, Any] = field(default_factory=dict)
+    steps: int = 0
+    best_val_acc: float | None = None
+    best_epoch: int | None = None
+    final_train_loss: float | None = None
+    img_per_s: float | None = None  # the median of the throughputs recorded
+    wall_s: float | None = None
+    worst: str | None = None  # the worst diagnostic the run recorded: "fail divergence"
+    error: str | None = None  # why the store could not be read; the row is then empty
+
+
+def resolve(runs: list[str], runs_dir: str | Path = "runs", last: int | None = None) -> list[Path]:
+    """The stores that RUN arguments name: a store, a run name in `runs_dir`, or a directory (all its runs); with
+    none, the runs in `runs_dir`. `last` keeps the newest N. Each store once, in the order given."""
+    paths: list[Path] = []
+    for run in runs or [str(runs_dir)]:
+        if Path(run).is_dir():
+            try:
+                found = find_runs(run)
+            except StoreError as exc:
+                raise CompareError(str(exc)) from None
+            paths += reversed(found)  # oldest first, as they were run
+            continue
+        path = find_run(run, runs_dir)
+        if path is None:
+            raise CompareError(f"{run}: no such run (not a store, a directory, or a run in {runs_dir}/)")
+        paths.append(path)
+    unique = list(dict.fromkeys(p.resolve() for p in paths))
+    if last is not None:
+        unique = sorted(unique, key=start_time)[-last:] if last > 0 else []
+    return unique
+
+
+def read_row(path: Path) -> RunRow:
+    """The figures of the run in `path`; a store that cannot be read gives a row that says why."""
+    try:
+        with RunReader(path) as run:
+            summary = run.summary()
+            started = run.started()
+            epochs = run.epochs()
+            _, losses = run.scalars("train/loss")
+            _, throughput = run.scalars("throughput/img_s")
+            diagnostics = run.events_of("Diagnostic")
+    except StoreError as exc:
+        return RunRow(path, path.name.removesuffix(SUFFIX), "?", "?", "unreadable", error=str(exc))
+    row = RunRow(
+        path=path,
+        name=summary.name,
+        model=summary.model,
+        dataset=summary.dataset,
+        status=summary.status,
+        config=dict(started.config) if started is not None else {},
+        steps=summary.steps,
+        wall_s=summary.duration,
+    )
+    scored = [e for e in epochs if e.val_acc is not None and math.isfinite(e.val_acc)]
+    if scored:
+        best = max(scored, key=lambda e: e.val_acc)  # the first epoch that reached it
+        row.best_val_acc, row.best_epoch = best.val_acc, best.epoch
+    finite = losses[np.isfinite(losses)]
+    row.final_train_loss = float(finite[-1]) if len(finite) else None
+    rates = throughput[np.isfinite(throughput)]
+    row.img_per_s = float(np.median(rates)) if len(rates) else None
+    problems = [d for d in diagnostics if d.level in LEVELS]
+    if problems:
+        worst = max(problems, key=lambda d: (LEVELS[d.level], -d.seq))  # the earliest of the worst
+        row.worst = f"{worst.level} {worst.code}"
+    return row
+
+
+def differing_keys(rows: list[RunRow]) -> list[str]:
+    """The config keys whose values are not the same in every readable run (a key one run lacks counts), sorted."""
+    configs = [r.config for r in rows if r.error is None]
+    keys = sorted({k for c in configs for k in c} - NOT_COMPARED)
+    return [k for k in keys if len({_text(c.get(k)) for c in configs}) > 1]
+
+
+def label(row: RunRow, keys: list[str]) -> str:
+    """A run's name in a compare: its values of the differing keys (`lr=0.5 momentum=0.9`); its name when none
+    differ or more than LABEL_KEYS do."""
+    if row.error is not None or not keys or len(keys) > LABEL_KEYS:
+        return row.name
+    return " ".join(f"{k}={_text(row.config.get(k)) or 'none'}" for k in keys)
+
+
+def matches(row: RunRow, where: list[str]) -> bool:
+    """Whether the run's config has every KEY=VALUE of `where` (numbers compared as numbers: 0.1 = 1e-1)."""
+    for condition in where:
+        key, _, value = condition.partition("=")
+        if not _same(row.config.get(key.strip()), value.strip()):
+            return False
+    return True
+
+
+def parse_where(where: list[str]) -> list[str]:
+    for condition in where:
+        if "=" not in condition or not condition.partition("=")[0].strip():
+            raise CompareError(f"--where {condition!r}: expected KEY=VALUE, for example --where lr=0.1")
+    return where
+
+
+def table(rows: list[RunRow]) -> tuple[list[str], list[list[Any]]]:
+    """The header and the rows of the table of runs: the differing keys first, then the figures."""
+    keys = differing_keys(rows)
+    header = ["run", *keys, "status", "best val acc", "best epoch", "final train loss", "img/s", "wall s", "worst"]
+    body = []
+    for r in rows:
+        config = [r.config.get(k) for k in keys]
+        body.append(
+            [r.name, *config, r.status, r.best_val_acc, r.best_epoch, r.final_train_loss, r.img_per_s, r.wall_s]
+            + [r.worst or r.error]
+        )
+    return header, body
+
+
+def to_csv(rows: list[RunRow]) -> str:
+    header, body = table(rows)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    for line in body:
+        writer.writerow(["" if v is None else _text(v) for v in line])
+    return out.getvalue()
+
+
+def to_json(rows: list[RunRow]) -> str:
+    """{"differing": [keys], "runs": [each run's row, its config whole]}; NaN and infinities as null."""
+    runs = []
+    for r in rows:
+        d = asdict(r)
+        d["path"] = str(r.path)
+        d["label"] = label(r, differing_keys(rows))
+        runs.append(_finite(d))
+    return json.dumps({"differing": differing_keys(rows), "runs": runs}, indent=1, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _text(value: Any) -> str:
+    """A config value as the table writes it: 0.1, sgd, [30, 60], true."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else str(value)
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value)
+    return "" if value is None else str(value)
+
+
+def _same(value: Any, wanted: str) -> bool:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return float(value) == float(wanted)
+        except ValueError:
+            return False
+    return _text(value) == wanted

@@ -1,0 +1,123 @@
+"""The table of runs a compare shows (engine/compare.py), over stores the tests write and the sample runs."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine import compare
+from engine import events as ev
+from engine.store import RunReader
+from tests.runs import make_events, write_run
+
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_runs"
+
+
+def run_with(path: Path, steps: int = 1500, end: str | None = "finished", **config) -> Path:
+    """A synthetic run whose RunStarted config has `config` over the usual one."""
+    events = make_events(steps=steps, end=end)
+    first = events[0]
+    events[0] = dataclasses.replace(first, name=path.stem, config=first.config | config)
+    write_run(path, events=events)
+    return path
+
+
+def test_csv_holds_what_the_stores_hold():
+    rows = [compare.read_row(p) for p in compare.resolve([str(SAMPLES)])]
+    parsed = list(csv.DictReader(io.StringIO(compare.to_csv(rows))))
+    assert [r["run"] for r in parsed] == [r.name for r in rows] and len(parsed) == len(list(SAMPLES.glob("*.mirante")))
+    for line, row in zip(parsed, rows, strict=True):
+        with RunReader(row.path) as run:
+            summary, epochs = run.summary(), run.epochs()
+            losses = run.scalars("train/loss")[1]
+            rates = run.scalars("throughput/img_s")[1]
+            fails = [d for d in run.events_of("Diagnostic") if d.level == "fail"]
+        assert line["status"] == summary.status
+        accs = [e.val_acc for e in epochs if e.val_acc is not None]
+        if accs:
+            assert float(line["best val acc"]) == max(accs) == summary.best_val_acc
+            assert int(line["best epoch"]) == next(e.epoch for e in epochs if e.val_acc == max(accs))
+        else:
+            assert line["best val acc"] == line["best epoch"] == ""
+        assert float(line["final train loss"]) == losses[np.isfinite(losses)][-1]
+        assert float(line["img/s"]) == pytest.approx(float(np.median(rates[np.isfinite(rates)])))
+        assert float(line["wall s"]) == pytest.approx(summary.duration)
+        if fails:
+            assert line["worst"] == f"fail {fails[0].code}"
+    by_name = {r["run"]: r for r in parsed}
+    assert by_name["diverging-lr"]["worst"] == "fail divergence" and by_name["diverging-lr"]["status"] == "failed"
+    assert by_name["plainnet-sigmoid"]["worst"] == "warn vanishing-gradients"
+    assert by_name["plainnet-sigmoid"]["activation"] == "sigmoid" and by_name["smallcnn-shapes"]["activation"] == "relu"
+
+
+def test_runs_are_named_by_what_differs(tmp_path):
+    a = run_with(tmp_path / "a.mirante", lr=0.01, seed=0, log_every=10)
+    b = run_with(tmp_path / "b.mirante", lr=0.5, seed=0, log_every=50)  # a cadence: not what the runs compare
+    rows = [compare.read_row(p) for p in (a, b)]
+    assert compare.differing_keys(rows) == ["lr"]
+    assert [compare.label(r, ["lr"]) for r in rows] == ["lr=0.01", "lr=0.5"]
+    header, body = compare.table(rows)
+    assert header[:3] == ["run", "lr", "status"] and [line[1] for line in body] == [0.01, 0.5]
+    c = run_with(tmp_path / "c.mirante", lr=0.5, seed=1, momentum=0.9)  # a key the others lack differs too
+    rows.append(compare.read_row(c))
+    keys = compare.differing_keys(rows)
+    assert keys == ["lr", "momentum", "seed"]
+    assert compare.label(rows[2], keys) == "lr=0.5 momentum=0.9 seed=1"
+    assert compare.label(rows[0], keys) == "lr=0.01 momentum=none seed=0"
+
+
+def test_runs_resolve_from_stores_names_and_directories(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    old = run_with(runs / "old.mirante")
+    new = run_with(runs / "new.mirante")
+    other = run_with(tmp_path / "elsewhere.mirante")
+    assert compare.resolve(["old", str(other)], runs_dir=runs) == [old.resolve(), other.resolve()]
+    assert compare.resolve(["old.mirante"], runs_dir=runs) == [old.resolve()]
+    assert set(compare.resolve([], runs_dir=runs)) == {old.resolve(), new.resolve()}  # the runs directory
+    assert compare.resolve([str(runs), "old"], runs_dir=runs).count(old.resolve()) == 1  # each store once
+    assert len(compare.resolve([str(runs)], runs_dir=runs, last=1)) == 1
+    with pytest.raises(compare.CompareError, match="nosuch: no such run"):
+        compare.resolve(["nosuch"], runs_dir=runs)
+
+
+def test_where_compares_numbers_as_numbers(tmp_path):
+    rows = [compare.read_row(run_with(tmp_path / f"{i}.mirante", lr=lr, optimizer=o)) for i, (lr, o) in
+            enumerate([(0.1, "sgd"), (0.01, "sgd"), (0.1, "adam")])]  # fmt: skip
+    assert [r.name for r in rows if compare.matches(r, ["lr=1e-1"])] == ["0", "2"]
+    assert [r.name for r in rows if compare.matches(r, ["lr=0.1", "optimizer=adam"])] == ["2"]
+    assert not any(compare.matches(r, ["momentum=0.9"]) for r in rows)
+    with pytest.raises(compare.CompareError, match="expected KEY=VALUE"):
+        compare.parse_where(["lr"])
+
+
+def test_a_store_that_cannot_be_read_is_a_row_that_says_so(tmp_path):
+    good = run_with(tmp_path / "good.mirante", lr=0.1)
+    bad = tmp_path / "bad.mirante"
+    bad.write_bytes(b"not a store at all" * 10)
+    empty = tmp_path / "empty.mirante"
+    empty.touch()
+    rows = [compare.read_row(p) for p in (good, bad, empty)]
+    assert rows[0].error is None and rows[1].status == "unreadable" and rows[1].error
+    assert compare.differing_keys(rows) == []  # only readable runs' configs count
+    parsed = list(csv.DictReader(io.StringIO(compare.to_csv(rows))))
+    assert parsed[1]["status"] == "unreadable" and parsed[1]["worst"] == rows[1].error
+
+
+def test_json_has_every_run_whole_and_no_nan(tmp_path):
+    events = make_events(steps=300, end="failed")
+    events.append(ev.Step(seq=events[-1].seq + 1, wall_time=events[-1].wall_time, step=300,
+                          scalars={"train/loss": math.nan}))  # fmt: skip
+    write_run(tmp_path / "nan.mirante", events=events)
+    rows = [compare.read_row(tmp_path / "nan.mirante"), compare.read_row(run_with(tmp_path / "b.mirante", lr=1.0))]
+    doc = json.loads(compare.to_json(rows), parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
+    assert doc["differing"] == ["lr"] and [r["label"] for r in doc["runs"]] == ["lr=0.1", "lr=1.0"]
+    assert doc["runs"][0]["final_train_loss"] == pytest.approx(rows[0].final_train_loss)
+    assert doc["runs"][0]["config"]["batch_size"] == 64 and doc["runs"][0]["status"] in ("failed", "crashed")
