@@ -128,6 +128,7 @@ def loaded_after_command(argv: list[str], watch: tuple[str, ...], cwd: Path) -> 
         (["export", str(ROOT / "sample_runs" / "smallcnn-shapes.mirante"), "--format", "csv"], 0),
         (["stop", "nothing-here"], 2),
         (["replay", "--help"], 0),
+        (["compare", str(ROOT / "sample_runs"), "--format", "json"], 0),
     ],
 )
 def test_commands_that_read_runs_never_load_torch(argv, rc, tmp_path):

@@ -121,3 +121,48 @@ def test_json_has_every_run_whole_and_no_nan(tmp_path):
     assert doc["differing"] == ["lr"] and [r["label"] for r in doc["runs"]] == ["lr=0.1", "lr=1.0"]
     assert doc["runs"][0]["final_train_loss"] == pytest.approx(rows[0].final_train_loss)
     assert doc["runs"][0]["config"]["batch_size"] == 64 and doc["runs"][0]["status"] in ("failed", "crashed")
+
+
+def test_mirante_compare_prints_the_table_in_each_format(tmp_path, capsys):
+    from tui import cli
+
+    a = run_with(tmp_path / "a.mirante", lr=0.01)
+    b = run_with(tmp_path / "b.mirante", lr=0.5)
+    assert cli.main(["compare", str(a), str(b)]) == 0
+    header, *lines = capsys.readouterr().out.splitlines()
+    assert header.split()[:3] == ["run", "lr", "status"] and [line.split()[:2] for line in lines] == [
+        ["a", "0.01"],
+        ["b", "0.5"],
+    ]
+    assert "45.00%" in lines[0]  # best val acc, as a percentage (the synthetic run has one epoch, at 45%)
+    assert cli.main(["compare", str(tmp_path), "--where", "lr=0.5", "--format", "csv"]) == 0
+    assert [r["run"] for r in csv.DictReader(io.StringIO(capsys.readouterr().out))] == ["b"]
+    assert cli.main(["compare", str(tmp_path), "--format", "json", "--last", "1"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["runs"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["compare", "nosuch"], "nosuch: no such run"),
+        (["compare", "--where", "lr"], "expected KEY=VALUE"),
+    ],
+)
+def test_bad_input_to_compare_is_one_line_exit_2(argv, said, tmp_path, capsys, monkeypatch):
+    from tui import cli
+
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mirante: error: ") and said in err[0], err
+
+
+def test_an_unreadable_store_among_good_ones_is_said_and_listed(tmp_path, capsys):
+    from tui import cli
+
+    run_with(tmp_path / "good.mirante", lr=0.1)
+    (tmp_path / "bad.mirante").write_bytes(b"\x1b[31mnot a store" * 10)
+    assert cli.main(["compare", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert "bad.mirante" in err and "\x1b" not in out + err  # said, and no escape sequence reaches the terminal
+    assert any(line.startswith("bad") and "unreadable" in line for line in out.splitlines())

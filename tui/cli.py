@@ -96,6 +96,52 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- compare -----------------------------------------------------------------------------
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from engine import compare
+
+    try:
+        where = compare.parse_where(args.where)
+        paths = compare.resolve(args.runs, runs_dir=args.runs_dir, last=args.last)
+    except compare.CompareError as exc:
+        raise CliError(str(exc)) from None
+    rows = [r for r in map(compare.read_row, paths) if r.error is not None or compare.matches(r, where)]
+    if not rows:
+        print("no runs to compare" + (f" with {' '.join(args.where)}" if args.where else ""))
+        return 0
+    for row in rows:
+        if row.error is not None:
+            print(f"mirante: {printable(row.error)}", file=sys.stderr)
+    if args.format == "json":
+        print(compare.to_json(rows))  # JSON escapes every control character itself
+    elif args.format == "csv":
+        print("\n".join(printable(line) for line in compare.to_csv(rows).splitlines()))
+    else:
+        header, body = compare.table(rows)
+        print(format_table(header, [[printable(_cell(name, v)) for name, v in zip(header, line, strict=True)]
+                                    for line in body]))  # fmt: skip
+    return 0
+
+
+def _cell(column: str, value: object) -> str:
+    """A value of the table of runs as `mirante compare` prints it."""
+    if value is None:
+        return "-"
+    if column == "best val acc":
+        return f"{100 * value:.2f}%"
+    if column == "wall s":
+        return _duration(value)
+    if column == "img/s":
+        return f"{value:,.0f}"
+    if column == "final train loss":
+        return f"{value:.4g}"
+    from engine.compare import _text
+
+    return _text(value)
+
+
 # --- export ------------------------------------------------------------------------------
 
 
@@ -350,6 +396,21 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("ls", help="list the runs in a directory", description="List the runs in a directory.")
     ls.add_argument("dir", nargs="?", default=str(RUNS_DIR), help=f"directory of runs (default: {RUNS_DIR}/)")
     ls.set_defaults(func=cmd_ls)
+
+    cp = sub.add_parser(
+        "compare",
+        help="the table of several runs: what differs in their configs, and how each did",
+        description="Compare runs: a row per run with the config keys that differ between them, its status, "
+        "best validation accuracy and its epoch, final train loss, images/s, wall time and worst finding.",
+    )
+    cp.add_argument("runs", nargs="*", metavar="RUN", help=f"a store, a run in {RUNS_DIR}/, or a directory of runs "
+                    f"(default: {RUNS_DIR}/)")  # fmt: skip
+    cp.add_argument("--last", type=int, metavar="N", help="only the N runs that started last")
+    cp.add_argument("--where", action="append", default=[], metavar="KEY=VALUE", help="only runs whose config "
+                    "has this value (repeatable): --where lr=0.1")  # fmt: skip
+    cp.add_argument("--format", "-f", choices=("table", "csv", "json"), default="table")
+    cp.add_argument("--runs-dir", default=str(RUNS_DIR), help=f"where run names are looked up (default: {RUNS_DIR}/)")
+    cp.set_defaults(func=cmd_compare)
 
     ex = sub.add_parser(
         "export",
