@@ -81,7 +81,7 @@ def resolve(runs: list[str], runs_dir: str | Path = "runs", last: int | None = N
                 found = find_runs(run)
             except StoreError as exc:
                 raise CompareError(str(exc)) from None
-            paths += reversed(found)  # oldest first, as they were run
+            paths += sorted(found, key=lambda p: (start_time(p), p.name))  # oldest first, as they were run
             continue
         path = find_run(run, runs_dir)
         if path is None:

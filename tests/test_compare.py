@@ -166,3 +166,26 @@ def test_an_unreadable_store_among_good_ones_is_said_and_listed(tmp_path, capsys
     out, err = capsys.readouterr()
     assert "bad.mirante" in err and "\x1b" not in out + err  # said, and no escape sequence reaches the terminal
     assert any(line.startswith("bad") and "unreadable" in line for line in out.splitlines())
+
+
+def test_a_terminal_too_narrow_for_the_table_gets_a_block_per_run(tmp_path, capsys, monkeypatch):
+    import os
+    import sys
+
+    from tui import cli
+
+    for i, lr in enumerate((0.01, 0.5)):
+        run_with(tmp_path / f"run{i}.mirante", lr=lr, momentum=0.9, schedule="cosine" if i else "none")
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.setattr(cli.shutil, "get_terminal_size", lambda: os.terminal_size((60, 24)))
+    assert cli.main(["compare", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line for line in lines if not line.startswith(" ")] == [
+        "run0  lr=0.01 schedule=none",
+        "run1  lr=0.5 schedule=cosine",
+    ]
+    assert lines[1].startswith("  finished · best val acc 45.00% (epoch 0) ·")
+    assert all(len(line) <= 60 for line in lines) and not any(
+        line.endswith(("best", "val", "img/s ·")) for line in lines
+    )
+    assert any(" 1,749 img/s " in line for line in lines)  # a figure is not split across lines

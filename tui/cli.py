@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import shutil
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -120,9 +122,35 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print("\n".join(printable(line) for line in compare.to_csv(rows).splitlines()))
     else:
         header, body = compare.table(rows)
-        print(format_table(header, [[printable(_cell(name, v)) for name, v in zip(header, line, strict=True)]
-                                    for line in body]))  # fmt: skip
+        cells = [[printable(_cell(name, v)) for name, v in zip(header, line, strict=True)] for line in body]
+        text = format_table(header, cells)
+        width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+        if width is not None and max(map(len, text.splitlines())) > width:
+            text = _run_blocks(header, cells, width)  # a row per run would wrap into a muddle: a block per run
+        print(text)
     return 0
+
+
+def _run_blocks(header: list[str], cells: list[list[str]], width: int) -> str:
+    """The table of runs as a block per run, for a terminal too narrow for its columns: the run and its differing
+    keys, then its figures, wrapped to `width`."""
+    keys = header[1 : header.index("status")]
+    blocks = []
+    for line in cells:
+        value = dict(zip(header, line, strict=True))
+        acc = value["best val acc"] + ("" if value["best epoch"] == "-" else f" (epoch {value['best epoch']})")
+        figures = [value["status"], f"best val acc {acc}", f"final train loss {value['final train loss']}"]
+        figures += [f"{value['img/s']} img/s", f"wall {value['wall s']}", f"worst: {value['worst']}"]
+        blocks.append(_fill([value["run"] + " ", *(f"{k}={value[k]}" for k in keys)], "", width))
+        blocks.append(_fill(figures, "  ", width, joint=" · "))
+    return "\n".join(blocks)
+
+
+def _fill(items: list[str], indent: str, width: int, joint: str = " ") -> str:
+    """`items` joined and wrapped to `width`, each item kept whole on a line (where it fits)."""
+    whole = [item.replace(" ", "\u00a0") for item in items]  # textwrap breaks lines only at ASCII spaces
+    text = textwrap.fill(joint.join(whole), width, initial_indent=indent, subsequent_indent="    ")
+    return text.replace("\u00a0", " ")
 
 
 def _cell(column: str, value: object) -> str:
