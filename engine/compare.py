@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -224,3 +225,63 @@ def _same(value: Any, wanted: str) -> bool:
         except ValueError:
             return False
     return _text(value) == wanted
+
+
+# --- curves: the x axis, and runs that differ only by their seed ---------------------------------------------
+
+AXES = ("step", "epoch", "samples")  # batch-size comparisons are fair by samples seen or by epochs
+
+
+def x_of(steps: np.ndarray, axis: str, config: dict[str, Any]) -> np.ndarray | None:
+    """`steps` as the x of `axis`: the step, the epoch (step / steps per epoch) or the samples seen (step x the
+    global batch size); None when the run's config does not say (a Monitor run that gave no batch size)."""
+    if axis == "step":
+        return steps.astype(np.float64)
+    per = {"epoch": config.get("steps_per_epoch"), "samples": config.get("batch_size")}[axis]
+    if not isinstance(per, (int, float)) or isinstance(per, bool) or per <= 0:
+        return None
+    return steps / per if axis == "epoch" else steps * float(per)
+
+
+def seed_groups(rows: list[RunRow]) -> list[list[int]]:
+    """The runs (indices into `rows`) grouped by config with the seed left out: runs that differ only in --seed
+    are one group, drawn as one line with a band. Groups in the order of their first run."""
+    groups: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        if row.error is not None:
+            groups[f"unreadable {i}"] = [i]
+            continue
+        config = {k: _text(v) for k, v in row.config.items() if k != "seed" and k not in NOT_COMPARED}
+        key = json.dumps([row.model, row.dataset, config], sort_keys=True)
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
+def group_label(rows: list[RunRow], group: list[int], keys: list[str]) -> str:
+    """A group's name in a legend: its runs' label without the seed, and how many seeds (`lr=0.1 x3 seeds`)."""
+    shown = [k for k in keys if k != "seed"]
+    name = label(rows[group[0]], shown) if shown else rows[group[0]].name
+    return f"{name} x{len(group)} seeds" if len(group) > 1 else label(rows[group[0]], keys)
+
+
+def band(curves: list[tuple[np.ndarray, np.ndarray]], points: int = 200) -> tuple[np.ndarray, ...]:
+    """(x, mean, low, high) of several curves (x, y) over the x range they all cover, each interpolated on one
+    grid of `points`; a curve's NaN and infinities are left out of the mean there, not spread by interpolation."""
+    covered = [(x, y) for x, y in curves if len(x)]
+    if not covered:
+        empty = np.empty(0)
+        return empty, empty, empty, empty
+    lo_x, hi_x = max(float(x[0]) for x, _ in covered), min(float(x[-1]) for x, _ in covered)
+    if hi_x < lo_x:  # the curves share no stretch of x
+        empty = np.empty(0)
+        return empty, empty, empty, empty
+    grid = np.linspace(lo_x, hi_x, points) if hi_x > lo_x else np.array([lo_x])
+    stack = []
+    for x, y in covered:
+        finite = np.isfinite(y)
+        values = np.interp(grid, x[finite], y[finite]) if finite.any() else np.full(len(grid), np.nan)
+        stack.append(values)
+    ys = np.vstack(stack)
+    with warnings.catch_warnings():  # a column where no curve has a value: NaN there, said by the NaN itself
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return grid, np.nanmean(ys, axis=0), np.nanmin(ys, axis=0), np.nanmax(ys, axis=0)

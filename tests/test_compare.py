@@ -189,3 +189,39 @@ def test_a_terminal_too_narrow_for_the_table_gets_a_block_per_run(tmp_path, caps
         line.endswith(("best", "val", "img/s ·")) for line in lines
     )
     assert any(" 1,749 img/s " in line for line in lines)  # a figure is not split across lines
+
+
+# --- curves: the x axis and the seed bands ----------------------------------------------------------------
+
+
+def test_samples_seen_put_a_batch_64_run_at_twice_the_x_of_a_batch_32_run():
+    steps = np.arange(1, 101)
+    x32 = compare.x_of(steps, "samples", {"batch_size": 32})
+    x64 = compare.x_of(steps, "samples", {"batch_size": 64})
+    assert np.array_equal(x64, 2 * x32) and x32[-1] == 3200
+    assert np.array_equal(compare.x_of(steps, "epoch", {"steps_per_epoch": 50}), steps / 50)
+    assert np.array_equal(compare.x_of(steps, "step", {}), steps)
+    assert compare.x_of(steps, "samples", {}) is None  # a Monitor run that gave no batch size
+    assert compare.x_of(steps, "epoch", {"steps_per_epoch": True}) is None
+
+
+def test_runs_that_differ_only_by_seed_are_one_group_with_a_band(tmp_path):
+    paths = [
+        run_with(tmp_path / "a.mirante", lr=0.1, seed=0),
+        run_with(tmp_path / "b.mirante", lr=0.1, seed=1, log_every=3),  # a cadence does not split a group
+        run_with(tmp_path / "c.mirante", lr=0.5, seed=0),
+    ]
+    rows = [compare.read_row(p) for p in paths]
+    groups = compare.seed_groups(rows)
+    assert groups == [[0, 1], [2]]
+    keys = compare.differing_keys(rows)
+    assert [compare.group_label(rows, g, keys) for g in groups] == ["lr=0.1 x2 seeds", "lr=0.5 seed=0"]
+    x = np.arange(0.0, 11.0)
+    low, high = (x, np.full(11, 1.0)), (x + 0.5, np.full(11, 3.0))  # the second starts later: the shared range
+    grid, mean, lo, hi = compare.band([low, high], points=5)
+    assert grid[0] == 0.5 and grid[-1] == 10.0 and len(grid) == 5
+    assert np.allclose(mean, 2.0) and np.allclose(lo, 1.0) and np.allclose(hi, 3.0)
+    spiky = (x, np.where(x == 5, np.nan, 2.0))  # a NaN in one run: left out there, not spread around it
+    grid, mean, lo, hi = compare.band([spiky, (x, np.full(11, 4.0))], points=11)
+    assert np.allclose(mean, 3.0) and np.allclose(lo, 2.0)
+    assert [len(a) for a in compare.band([(x, x), (x + 20, x)])] == [0, 0, 0, 0]  # no x in common
