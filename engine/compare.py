@@ -229,14 +229,22 @@ def _same(value: Any, wanted: str) -> bool:
 
 # --- curves: the x axis, and runs that differ only by their seed ---------------------------------------------
 
-AXES = ("step", "epoch", "samples")  # batch-size comparisons are fair by samples seen or by epochs
+AXES = ("step", "epoch", "samples", "wall")  # batch-size comparisons are fair by samples seen or by epochs
 
 
-def x_of(steps: np.ndarray, axis: str, config: dict[str, Any]) -> np.ndarray | None:
-    """`steps` as the x of `axis`: the step, the epoch (step / steps per epoch) or the samples seen (step x the
-    global batch size); None when the run's config does not say (a Monitor run that gave no batch size)."""
+def x_of(
+    steps: np.ndarray, axis: str, config: dict[str, Any], clock: tuple[np.ndarray, np.ndarray] | None = None
+) -> np.ndarray | None:
+    """`steps` as the x of `axis`: the step, the epoch (step / steps per epoch), the samples seen (step x the
+    global batch size) or the seconds since the run's first step (from `clock`, the run's `step_walls()`); None
+    when the run does not say (a Monitor run that gave no batch size, a run with no steps)."""
     if axis == "step":
         return steps.astype(np.float64)
+    if axis == "wall":
+        if clock is None or not len(clock[0]):
+            return None
+        at, walls = clock
+        return np.interp(steps, at, walls) - walls[0]
     per = {"epoch": config.get("steps_per_epoch"), "samples": config.get("batch_size")}[axis]
     if not isinstance(per, (int, float)) or isinstance(per, bool) or per <= 0:
         return None

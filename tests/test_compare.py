@@ -225,3 +225,18 @@ def test_runs_that_differ_only_by_seed_are_one_group_with_a_band(tmp_path):
     grid, mean, lo, hi = compare.band([spiky, (x, np.full(11, 4.0))], points=11)
     assert np.allclose(mean, 3.0) and np.allclose(lo, 2.0)
     assert [len(a) for a in compare.band([(x, x), (x + 20, x)])] == [0, 0, 0, 0]  # no x in common
+
+
+def test_wall_time_puts_each_step_at_the_seconds_since_the_run_began(tmp_path):
+    path = run_with(tmp_path / "a.mirante", steps=3000)  # the synthetic clock: 0.01 s an event
+    with RunReader(path) as run:
+        clock = run.step_walls()
+        steps, _ = run.scalars("train/loss")
+        events = [e for e in run.follow(0, limit=None) if isinstance(e, ev.Step)]
+    assert np.array_equal(clock[0], [e.step for e in events])
+    assert np.array_equal(clock[1], [e.wall_time for e in events])
+    x = compare.x_of(steps, "wall", {}, clock)
+    first = events[0].wall_time
+    assert x[0] == 0.0 and x[-1] == pytest.approx(events[-1].wall_time - first)
+    assert np.all(np.diff(x) > 0)
+    assert compare.x_of(steps, "wall", {}) is None and compare.x_of(steps, "wall", {}, (steps[:0], x[:0])) is None

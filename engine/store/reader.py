@@ -372,6 +372,21 @@ class RunReader:
                     out[name] = self._series_values(name, ids[name], chunks, bound)
         return out
 
+    @_guarded
+    def step_walls(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every Step event's (step, wall time), in order: a run drawn against the clock."""
+        steps, walls = [np.empty(0, np.int64)], [np.empty(0, np.float64)]
+        with self.snapshot():
+            for first, last, s0, s1, n, seqs, steps_blob, walls_blob, crc in self._db.execute(
+                "SELECT first_seq, last_seq, first_step, last_step, n, seqs, steps, walls, crc FROM step_chunks"
+                " ORDER BY first_seq"
+            ):
+                if crc != chunk_crc(seqs, steps_blob, walls_blob, ints=(first, last, s0, s1, n)):
+                    raise StoreError(f"checksum mismatch in step chunk {first}")
+                steps.append(unpack_i64(steps_blob, n))
+                walls.append(unpack_f64(walls_blob, n))
+        return np.concatenate(steps), np.concatenate(walls)
+
     def _series_values(
         self, name: str, nid: int, chunks: dict[int, tuple[np.ndarray, np.ndarray | None]], bound: int
     ) -> tuple[np.ndarray, np.ndarray]:
