@@ -331,33 +331,25 @@ def _adapt_channels(x: Tensor, channels: int) -> Tensor:
 
 
 def _channel_stats(batches: Iterable[Tensor], channels: int) -> tuple[Tensor, Tensor]:
-    """Per-channel mean and std in 0..1 of uint8 batches after channel adaptation, float32 on the CPU."""
+    """Per-channel mean and std in 0..1 of uint8 batches after channel adaptation, float32 on the CPU.
+
+    A batch that needs no adaptation is summed from each channel's histogram of values: integer sums, so
+    the same figures as float64 sums (exact too, for integers), several times faster on a CPU.
+    """
     total = squares = torch.zeros(channels, dtype=torch.float64)
+    values = torch.arange(256, dtype=torch.float64)
     count = 0
     for x in batches:
+        count += x[:, 0].numel()  # pixels per channel
+        if x.dtype == torch.uint8 and x.shape[1] == channels:
+            hist = torch.stack([torch.bincount(x[:, c].reshape(-1), minlength=256) for c in range(channels)])
+            hist = hist.cpu().double()  # note: a sync, once per chunk, at build
+            total, squares = total + hist @ values, squares + hist @ values.square()
+            continue
         x = _adapt_channels(x.float(), channels)
         total = total + x.sum(dim=(0, 2, 3), dtype=torch.float64).cpu()  # note: a sync, once per chunk, at build
         squares = squares + x.square().sum(dim=(0, 2, 3), dtype=torch.float64).cpu()
-        count += x.numel() // channels
     mean = total / count / 255
-    std = (squares / count / 255**2 - mean.square()).clamp_min(1e-12).sqrt()
-    return mean.float(), std.float()
-
-
-def _uint8_stats(images: np.ndarray, index: np.ndarray) -> tuple[Tensor, Tensor]:
-    """`_channel_stats` of the uint8 images [N, C, H, W] at `index`, from each channel's histogram of values.
-
-    The sums are integers, so the figures are exactly those the float64 sums of `_channel_stats` give.
-    """
-    counts = np.zeros((images.shape[1], 256), np.int64)
-    for lo in range(0, len(index), 4096):
-        part = images[index[lo : lo + 4096]]
-        for c in range(images.shape[1]):
-            counts[c] += np.bincount(part[:, c].ravel(), minlength=256)
-    values = np.arange(256, dtype=np.int64)
-    count = counts[0].sum()
-    mean = torch.from_numpy(counts @ values).double() / count / 255
-    squares = torch.from_numpy(counts @ values**2).double()
     std = (squares / count / 255**2 - mean.square()).clamp_min(1e-12).sqrt()
     return mean.float(), std.float()
 
@@ -412,11 +404,8 @@ class _TensorData(Data):
             n_test=None if test is None else len(test[1]),
             on_device=True,
         )
-        if channels == source_channels:  # on the host, exactly: several times faster than float sums on a CPU
-            mean, std = _uint8_stats(images, train_index)
-        else:
-            chunks = (self._images[self._index["train"][lo : lo + 4096]] for lo in range(0, spec.n_train, 4096))
-            mean, std = _channel_stats(chunks, channels)
+        chunks = (self._images[self._index["train"][lo : lo + 4096]] for lo in range(0, spec.n_train, 4096))
+        mean, std = _channel_stats(chunks, channels)
         super().__init__(spec, settings, mean, std, loaded_size=source_size)
 
     def _train_raw(self, order: Tensor, skip: int) -> Iterator[tuple[Tensor, Tensor]]:

@@ -324,15 +324,15 @@ def test_unknown_name_lists_the_datasets():
 
 
 def test_normalisation_statistics_from_histograms_are_the_float_sums_exactly():
-    """The in-memory datasets take their channel statistics from integer histograms: the same float32 figures as
-    the float64 sums over the images (the path kept for channel adaptation and image folders)."""
-    from engine.data import _channel_stats, _split, _uint8_stats
+    """uint8 batches are summed from integer histograms: the same float32 figures as the float64 sums over the
+    images (the path kept for channel adaptation)."""
+    from engine.data import _channel_stats, _split
 
     images, _ = make_shapes(3000, seed=5)
     train, _ = _split(len(images), 0.1, seed=0)
-    chunks = (torch.from_numpy(images[train[lo : lo + 1000]]) for lo in range(0, len(train), 1000))
-    mean, std = _channel_stats(chunks, 3)
-    fast_mean, fast_std = _uint8_stats(images, train)
+    parts = [torch.from_numpy(images[train[lo : lo + 1000]]) for lo in range(0, len(train), 1000)]
+    mean, std = _channel_stats((x.float() for x in parts), 3)
+    fast_mean, fast_std = _channel_stats(iter(parts), 3)
     assert torch.equal(fast_mean, mean) and torch.equal(fast_std, std)
     x = torch.cat([x for x, _ in build_data("shapes", shapes_count=1200, augment=False).train_batches(0)])
     assert x.mean(dim=(0, 2, 3)).abs().max() < 0.02 and (x.std(dim=(0, 2, 3)) - 1).abs().max() < 0.02  # used
