@@ -135,7 +135,7 @@ def differing_keys(rows: list[RunRow]) -> list[str]:
     """The config keys whose values are not the same in every readable run (a key one run lacks counts), sorted."""
     configs = [r.config for r in rows if r.error is None]
     keys = sorted({k for c in configs for k in c} - NOT_COMPARED)
-    return [k for k in keys if len({_text(c.get(k)) for c in configs}) > 1]
+    return [k for k in keys if len({text(c.get(k)) for c in configs}) > 1]
 
 
 def label(row: RunRow, keys: list[str]) -> str:
@@ -143,7 +143,7 @@ def label(row: RunRow, keys: list[str]) -> str:
     differ or more than LABEL_KEYS do."""
     if row.error is not None or not keys or len(keys) > LABEL_KEYS:
         return row.name
-    return " ".join(f"{k}={_text(row.config.get(k)) or 'none'}" for k in keys)
+    return " ".join(f"{k}={text(row.config.get(k)) or 'none'}" for k in keys)
 
 
 def matches(row: RunRow, where: list[str]) -> bool:
@@ -182,19 +182,15 @@ def to_csv(rows: list[RunRow]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(header)
     for line in body:
-        writer.writerow(["" if v is None else _text(v) for v in line])
+        writer.writerow(["" if v is None else text(v) for v in line])
     return out.getvalue()
 
 
 def to_json(rows: list[RunRow]) -> str:
     """{"differing": [keys], "runs": [each run's row, its config whole]}; NaN and infinities as null."""
-    runs = []
-    for r in rows:
-        d = asdict(r)
-        d["path"] = str(r.path)
-        d["label"] = label(r, differing_keys(rows))
-        runs.append(_finite(d))
-    return json.dumps({"differing": differing_keys(rows), "runs": runs}, indent=1, allow_nan=False)
+    keys = differing_keys(rows)
+    runs = [_finite(asdict(r) | {"path": str(r.path), "label": label(r, keys)}) for r in rows]
+    return json.dumps({"differing": keys, "runs": runs}, indent=1, allow_nan=False)
 
 
 def _finite(value: Any) -> Any:
@@ -207,7 +203,7 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _text(value: Any) -> str:
+def text(value: Any) -> str:
     """A config value as the table writes it: 0.1, sgd, [30, 60], true."""
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -224,7 +220,7 @@ def _same(value: Any, wanted: str) -> bool:
             return float(value) == float(wanted)
         except ValueError:
             return False
-    return _text(value) == wanted
+    return text(value) == wanted
 
 
 # --- curves: the x axis, and runs that differ only by their seed ---------------------------------------------
@@ -259,7 +255,7 @@ def seed_groups(rows: list[RunRow]) -> list[list[int]]:
         if row.error is not None:
             groups[f"unreadable {i}"] = [i]
             continue
-        config = {k: _text(v) for k, v in row.config.items() if k != "seed" and k not in NOT_COMPARED}
+        config = {k: text(v) for k, v in row.config.items() if k != "seed" and k not in NOT_COMPARED}
         key = json.dumps([row.model, row.dataset, config], sort_keys=True)
         groups.setdefault(key, []).append(i)
     return list(groups.values())

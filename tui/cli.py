@@ -165,9 +165,9 @@ def _cell(column: str, value: object) -> str:
         return f"{value:,.0f}"
     if column == "final train loss":
         return f"{value:.4g}"
-    from engine.compare import _text
+    from engine.compare import text
 
-    return _text(value)
+    return text(value)
 
 
 # --- export ------------------------------------------------------------------------------
