@@ -267,3 +267,27 @@ def test_an_overview_chart_maximized_fills_the_screen(store):
     size, text = asyncio.run(main())
     assert size[0] >= 76 and size[1] >= 18
     assert len(y_labels(text)) >= 4 and len(x_labels(text)) >= 4, text.plain
+
+
+def test_an_axis_of_fractions_is_labelled_in_its_own_units():
+    """x as epochs (x 1000, as a compare draws them): the labels read epochs 1, 2, not steps 1k, 2k."""
+    x = np.linspace(0, 2.5, 200)
+    chart = render_chart([Line("a", np.round(1000 * x), np.sin(4 * x))], 60, 12, x_scale=1000, x_label="epoch")
+    axis = chart.plain.splitlines()[-1]
+    assert axis.split()[:2] == ["1", "2"] and axis.rstrip().endswith("epoch"), axis
+    assert "k" not in axis
+
+
+def test_a_line_drawn_with_a_marker_of_its_own_shows_it_in_the_legend_and_on_the_plot():
+    x = np.arange(50)
+    text = render_chart([Line("a", x, np.sin(x / 5)), Line("b", x, np.cos(x / 5), "orange", marker="+")], 50, 10)
+    assert text.plain.splitlines()[0] == "━ a  + b"
+    assert "+" in "".join(text.plain.splitlines()[1:-2])
+
+
+def test_a_dim_line_is_drawn_faint():
+    x = np.arange(50)
+    text = render_chart([Line("", x, np.sin(x / 5), dim=True)], 50, 10)
+    assert any("dim" in str(span.style) for span in text.spans)
+    bright = render_chart([Line("", x, np.sin(x / 5))], 50, 10)
+    assert not any("dim" in str(span.style) for span in bright.spans)

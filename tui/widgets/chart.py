@@ -43,6 +43,8 @@ class Line:
     low: np.ndarray | None = None
     high: np.ndarray | None = None
     nan: np.ndarray | None = None
+    marker: str = "hd"  # plotext's marker: "hd" draws a thin line; a compare of many runs repeats colours with others
+    dim: bool = False  # drawn faint: a compare's other runs while one is picked
 
     @classmethod
     def of(cls, label: str, buckets: Any, color: str = "cyan", smooth: bool = False) -> Line:
@@ -243,7 +245,8 @@ def header(title: str, lines: list[Line], color: bool, width: int = 10**6) -> Te
     text.append(title, style="bold" if color else "")
     for line, label in zip(named, labels, strict=True):
         text.append(sep if text.plain else "")
-        sample = plt.colorize("━", pixel=plt.pixel(line.color)).string() if color else "━"
+        glyph = "━" if line.marker == "hd" else line.marker  # a compare's repeated colours have a marker of their own
+        sample = plt.colorize(glyph, pixel=plt.pixel(line.color)).string() if color else glyph
         text.append_text(Text.from_ansi(sample))
         text.append(f" {label}")
     text.truncate(width)
@@ -267,7 +270,8 @@ def draw_line(fig: Figure, p: Plotted, color: bool) -> None:
         fig.draw(band)
     if len(p.steps):
         xs, ys = p.steps.astype(np.float64).tolist(), p.last.tolist()
-        fig.draw(fig.signal(xs, ys, marker=marker("hd", line_color)).lines().density("full"))
+        glyph = marker(p.line.marker, line_color, "dim" if p.line.dim else None)
+        fig.draw(fig.signal(xs, ys, marker=glyph).lines().density("full"))
 
 
 def draw_marks(fig: Figure, plotted: list[Plotted], y_lo: float, y_hi: float, color: bool) -> None:
@@ -407,9 +411,12 @@ def plan_axes(
     log_y: bool,
     log_x: bool = False,
     y_suffix: str = "",
+    x_scale: float = 1.0,
 ) -> Axes:
     """Ticks for a width x height plot: at least three y labels (one a row at most) and two x labels that do not
     touch, the x axis' title after the last x label. Under 4 rows the x axis and its labels give their rows up.
+    With `x_scale` other than 1 the x positions are x * x_scale (whole numbers, as the downsampling wants): an
+    axis of fractions (epochs, seconds), labelled as values, not as steps.
     """
     show_x = height >= 4
     rows = height - 2 if show_x else height
@@ -430,20 +437,21 @@ def plan_axes(
     room = (cols - len(x_title) - 5) / max(cols - 1, 1)  # the title, a space, half a label and a margin
     if room < 0.5:
         x_title, room = "", 1.0
-    scale = LOG_X_SCALE if log_x else 1
+    scale = LOG_X_SCALE if log_x else x_scale
+    steps = not log_x and x_scale == 1
     for share in (room, 1.0):  # two labels come before the title: without them, the title gives its room up
         x_ticks, x_labels, *_ = pick_ticks(
             x_range[0] / scale,
             x_range[1] / scale,
             cols,
             log=log_x,
-            label=value_label(True) if log_x else format_step,
+            label=format_step if steps else value_label(log_x),
             want=max(2, cols // 15),
             least=2,
             across=True,
             loose=False,
             room=share,
-            integer=not log_x,
+            integer=steps,
         )
         if len(x_ticks) >= 2:
             break
@@ -460,6 +468,7 @@ class Style:
     color: bool
     log_x: bool = False
     y_suffix: str = ""
+    x_scale: float = 1.0
 
 
 def build_plot(plotted: list[Plotted], width: int, height: int, style: Style) -> tuple[str, Axes]:
@@ -470,7 +479,9 @@ def build_plot(plotted: list[Plotted], width: int, height: int, style: Style) ->
     ys = np.concatenate([p.y_values() for p in plotted])
     x_range = padded_range(np.concatenate([p.all_steps() for p in plotted]).astype(np.float64))
     x_label, log_y, color = style.x_label, style.log_y, style.color
-    axes = plan_axes(x_range, padded_range(ys), width, height, x_label, log_y, style.log_x, style.y_suffix)
+    axes = plan_axes(
+        x_range, padded_range(ys), width, height, x_label, log_y, style.log_x, style.y_suffix, style.x_scale
+    )
     fig = plt.figure
     fig.clear()
     fig.parent().limit(False, False)  # the widget's size, not the terminal's (80x24 when none answers, as in tests)
@@ -523,10 +534,12 @@ def render_chart(
     unit: str = "",
     percent: bool = False,
     window: int | None = None,
+    x_scale: float = 1.0,
 ) -> Text:
     """Render `lines` into exactly `height` rows of at most `width` cells (or a short hint when too small).
 
-    With `log_x` the lines' steps are `log_x_steps` of positive x values, labelled in decades. The y values' `unit`
+    With `log_x` the lines' steps are `log_x_steps` of positive x values, labelled in decades; with `x_scale`, they
+    are x values times `x_scale`, rounded (epochs x 1000), labelled as x values. The y values' `unit`
     follows each y label when it is "%" ("50%"), the title otherwise ("throughput (img/s)"), as `log_y` does
     ("loss (log y)"). With `percent` the
     values are fractions drawn as percent: 0.968 reads 96.8%. With `window`, only the last `window` steps are drawn
@@ -550,7 +563,7 @@ def render_chart(
         title = f"{title} ({', '.join(said)})" if title else f"({', '.join(said)})"
     head = header(title, lines, color, width)
     rows = height - 1 if head.plain else height
-    plot = plot_text(plotted, width, rows, Style(x_label, log_y, color, log_x, y_suffix))
+    plot = plot_text(plotted, width, rows, Style(x_label, log_y, color, log_x, y_suffix, x_scale))
     return Text("\n").join([head, plot]) if head.plain else plot
 
 
@@ -576,6 +589,7 @@ class Chart(CachedLines):
         self.window: int | None = None  # draw only the last `window` steps; None: every step
         self.x_label = x_label
         self.log_x = log_x
+        self.x_scale = 1.0
 
     def set_lines(
         self, lines: list[Line], *, title: str = "", log_y: bool = False, unit: str = "", percent: bool = False
@@ -585,6 +599,12 @@ class Chart(CachedLines):
         """
         self.lines, self.title, self.log_y, self.unit, self.percent = list(lines), title, log_y, unit, percent
         self.changed()
+
+    def set_x(self, label: str, scale: float = 1.0) -> None:
+        """The x axis' title, and the scale of the lines' x (see `render_chart`); redraws when either changed."""
+        if (label, scale) != (self.x_label, self.x_scale):
+            self.x_label, self.x_scale = label, scale
+            self.changed()
 
     def toggle_full_screen(self) -> bool:
         """Fill the screen with this chart, or give the screen back; True when the chart now fills it.
@@ -615,5 +635,6 @@ class Chart(CachedLines):
             unit=self.unit,
             percent=self.percent,
             window=self.window,
+            x_scale=self.x_scale,
         )
         return text.split("\n", allow_blank=True)
