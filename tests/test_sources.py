@@ -223,6 +223,9 @@ def same_state(a, b) -> None:
         for field in ("step", "min", "max", "last", "smooth", "count", "nan"):
             np.testing.assert_allclose(getattr(x, field), getattr(y, field), rtol=1e-9, err_msg=f"{name} {field}")
     np.testing.assert_array_equal(a.layers.matrix(), b.layers.matrix())
+    for x, y in zip(a.step_clock(), b.step_clock(), strict=True):  # the wall-time axis of a compare
+        np.testing.assert_array_equal(x, y)
+    assert len(a.step_clock()[0])
     assert [e.seq for e in a.epochs] == [e.seq for e in b.epochs]
     assert a.check_rows() == b.check_rows()
     assert (a.latest_maps("conv1").maps == b.latest_maps("conv1").maps).all()

@@ -54,6 +54,7 @@ def load(
             if len(steps):
                 series = state.scalars[name] = Series(smoothing)
                 series.extend(steps, values)
+        state.walls.extend(*reader.step_walls(upto_seq=last_seq))
         for kind in ("Epoch", "Diagnostic", "System"):  # one per epoch, per finding, per 5 s: few
             state.apply_many(reader.events_of(kind, upto_seq=last_seq))
         count = reader.count_of("LayerStats", upto_seq=last_seq)

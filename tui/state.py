@@ -142,6 +142,7 @@ class RunState:
         self.last_wall: float | None = None
         self.gaps: deque[float] = deque(maxlen=8)  # the last gaps between events (its logging interval): for silence
         self.scalars: dict[str, Series] = {}
+        self.walls = Series(0.0)  # each Step's wall time by its step, bounded: a run drawn against the clock
         self.epochs: list[ev.Epoch] = []
         self.layers = LayerHistory()
         self.captures: dict[str, list[int]] = {}  # layer -> steps of its Activation captures (maps or not)
@@ -193,6 +194,7 @@ class RunState:
         self.check_here = (number(e.config.get("diagnostics")) or 0) < DIAGNOSTICS_VERSION
 
     def _step(self, e: ev.Step) -> None:
+        self.walls.append(e.step, e.wall_time)
         for name, value in e.scalars.items():
             series = self.scalars.get(name)
             if series is None:
@@ -407,6 +409,11 @@ class RunState:
             else:
                 kept.append(name)
         return kept
+
+    def step_clock(self) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, wall times) of the Steps, bucketed: which step the run reached when, for a wall-time axis."""
+        walls = self.walls.buckets()
+        return walls.step, walls.last
 
     def epoch_series(self, field_name: str) -> tuple[np.ndarray, np.ndarray]:
         """An Epoch field over the steps at which the epochs ended (None as NaN)."""

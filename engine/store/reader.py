@@ -373,18 +373,21 @@ class RunReader:
         return out
 
     @_guarded
-    def step_walls(self) -> tuple[np.ndarray, np.ndarray]:
-        """Every Step event's (step, wall time), in order: a run drawn against the clock."""
+    def step_walls(self, upto_seq: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Every Step event's (step, wall time) up to `upto_seq`, in order: a run drawn against the clock."""
+        bound = _NO_LIMIT if upto_seq is None else upto_seq
         steps, walls = [np.empty(0, np.int64)], [np.empty(0, np.float64)]
         with self.snapshot():
             for first, last, s0, s1, n, seqs, steps_blob, walls_blob, crc in self._db.execute(
                 "SELECT first_seq, last_seq, first_step, last_step, n, seqs, steps, walls, crc FROM step_chunks"
-                " ORDER BY first_seq"
+                " WHERE first_seq <= ? ORDER BY first_seq",
+                (bound,),
             ):
                 if crc != chunk_crc(seqs, steps_blob, walls_blob, ints=(first, last, s0, s1, n)):
                     raise StoreError(f"checksum mismatch in step chunk {first}")
-                steps.append(unpack_i64(steps_blob, n))
-                walls.append(unpack_f64(walls_blob, n))
+                keep = unpack_i64(seqs, n) <= bound if last > bound else slice(None)  # the chunk the bound cuts
+                steps.append(unpack_i64(steps_blob, n)[keep])
+                walls.append(unpack_f64(walls_blob, n)[keep])
         return np.concatenate(steps), np.concatenate(walls)
 
     def _series_values(
