@@ -14,12 +14,14 @@ import queue
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.queues import Queue as MultiprocessingQueue
 from pathlib import Path
 from typing import Any
 
 from engine import events as ev
 from engine.launch import LiveEvents, settle
+from engine.names import SUFFIX
 from engine.store import RunReader, StoreError
 from tui.snapshot import Opening, Snapshot, load
 
@@ -338,3 +340,109 @@ class LiveSource:
 
     def close(self) -> None:
         pass
+
+
+@dataclass
+class Tagged:
+    """One item of one run of a compare: an event, a Snapshot, or news about the run itself."""
+
+    run: int
+    item: Any
+
+
+@dataclass(frozen=True)
+class Added:
+    """A run joined the compare (it appeared in a watched directory)."""
+
+    path: Path
+
+
+@dataclass(frozen=True)
+class Gone:
+    """The run's writer has gone: nothing more will come (without a RunEnded, it crashed)."""
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The run's store cannot be read: `error` says why."""
+
+    error: str
+
+
+class CompareSource:
+    """The runs of a compare, each followed as `mirante watch` follows one run, read in turn: a batch holds each
+    run's new items `Tagged` with its place in the compare. Directories in `watch` are looked at every
+    `rescan_s` seconds, and a run store that appears in one (and passes `keep`) joins the compare.
+
+    Done once every run's writer has gone and no directory is watched.
+    """
+
+    compare = True  # the app shows it in the compare panes
+
+    def __init__(
+        self,
+        paths: list[Path],
+        watch: list[Path] = (),
+        keep: Callable[[Path], bool] = lambda path: True,
+        sleep: Callable[[float], None] = time.sleep,
+        rescan_s: float = 2.0,
+    ) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.watch = [Path(d) for d in watch]
+        self.keep = keep
+        self.sleep = sleep
+        self.rescan_s = rescan_s
+        self.done = False
+        self._followers = [self._follower(p) for p in self.paths]
+        self._ended: set[int] = set()  # runs whose source is done or whose store failed
+        self._known = {p.resolve() for p in self.paths}
+        self._scanned = time.monotonic()
+
+    def _follower(self, path: Path) -> FollowSource:
+        return FollowSource(path, sleep=lambda s: None)
+
+    def prefetch(self) -> CompareSource:
+        """Start opening every run now, each in a forked process, while the app starts."""
+        for follower in self._followers:
+            follower.prefetch()
+        return self
+
+    def read(self, timeout: float = 0.2) -> list[Tagged]:
+        out: list[Tagged] = self._scan()
+        for i, follower in enumerate(self._followers):
+            if i in self._ended:
+                continue
+            try:
+                items = follower.read(0)
+            except StoreError as exc:
+                self._ended.add(i)
+                out.append(Tagged(i, Failed(str(exc))))
+                continue
+            out += [Tagged(i, item) for item in items]
+            if follower.done:
+                self._ended.add(i)
+                out.append(Tagged(i, Gone()))
+        self.done = not self.watch and len(self._ended) == len(self._followers)
+        if not out and not self.done:
+            self.sleep(timeout)
+        return out
+
+    def _scan(self) -> list[Tagged]:
+        """Runs that appeared in the watched directories since the last look."""
+        if not self.watch or time.monotonic() - self._scanned < self.rescan_s:
+            return []
+        self._scanned = time.monotonic()
+        out = []
+        for directory in self.watch:
+            for path in sorted(directory.glob(f"*{SUFFIX}")):
+                if path.resolve() in self._known or not self.keep(path):
+                    continue
+                self._known.add(path.resolve())
+                self.paths.append(path)
+                self._followers.append(self._follower(path))
+                out.append(Tagged(len(self._followers) - 1, Added(path)))
+        return out
+
+    def close(self) -> None:
+        for follower in self._followers:
+            follower.close()

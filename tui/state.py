@@ -62,6 +62,8 @@ class LayerHistory:
         self._latest: tuple[int, int, np.ndarray] | None = None
         self.weight: np.ndarray | None = None  # the latest weight norms
         self.ratio: np.ndarray | None = None  # the latest update/weight ratios
+        self._ratios: list[tuple[int, np.ndarray]] = []  # (step, ratios) of every `_ratio_stride`-th, at most WINDOW
+        self._ratio_count, self._ratio_stride = 0, 1
 
     def add(self, step: int, grad: np.ndarray, weight: np.ndarray, ratio: np.ndarray) -> None:
         """One LayerStats: its gradient norms (every probed step), its weight norms and update ratios when it has
@@ -78,7 +80,15 @@ class LayerHistory:
         if weight.size:
             self.weight = weight
         if ratio.size:
-            self.ratio = ratio
+            self._add_ratio(step, ratio)
+
+    def _add_ratio(self, step: int, ratio: np.ndarray) -> None:
+        self.ratio = ratio
+        if self._ratio_count % self._ratio_stride == 0:
+            self._ratios.append((step, ratio))
+        self._ratio_count += 1
+        if len(self._ratios) > LAYER_WINDOW:
+            self._ratios, self._ratio_stride = self._ratios[::2], 2 * self._ratio_stride
 
     def load(self, count: int, picked: list[ev.LayerStats], newest: list[ev.LayerStats]) -> None:
         """Take the history as read from a store: `count` LayerStats in all, those at every `layer_stride(count)`-th
@@ -86,6 +96,10 @@ class LayerHistory:
         self.count, self.stride = count, layer_stride(count)
         self._kept = [(i * self.stride, e.step, _f32(e.grad_norm)) for i, e in enumerate(picked) if len(e.grad_norm)]
         self._latest = None
+        for e in picked:  # the ratios of the picked ones that have them: the history a compare reads at a step
+            if len(e.update_ratio):
+                self._add_ratio(e.step, _f32(e.update_ratio))
+        self.ratio = None
         for back, e in enumerate(reversed(newest)):
             if self._latest is None and len(e.grad_norm):
                 self._latest = (count - 1 - back, e.step, _f32(e.grad_norm))
@@ -108,6 +122,14 @@ class LayerHistory:
     def latest(self) -> np.ndarray | None:
         """The newest gradient norms, per layer."""
         return None if self._latest is None else self._latest[2]
+
+    def at(self, step: int | None, ratios: bool = False) -> np.ndarray | None:
+        """The gradient norms (or update/weight ratios) kept at or before `step` (the latest if None), per layer."""
+        if step is None:
+            return self.ratio if ratios else self.latest
+        rows = self._ratios if ratios else [(s, g) for _, s, g in self._rows()]
+        before = [row for s, row in rows if s <= step]
+        return before[-1] if before else None
 
     def matrix(self) -> np.ndarray:
         """[time, layer] gradient norms of the kept rows (NaN-padded if the layer count changed)."""
