@@ -105,7 +105,7 @@ def test_samples_seen_put_a_batch_64_run_at_twice_the_x_of_a_batch_32_run(runs):
     state = opened([runs["high"], runs["high-b64"]])
     state.axis = "samples"
     b32, b64 = (state.curve(run, "train loss", False, "") for run in (0, 1))
-    steps32, steps64 = state.members[0].state.series("train/loss").step, state.members[1].state.series("train/loss").step
+    steps32, steps64 = (state.members[run].state.series("train/loss").step for run in (0, 1))
     common = np.intersect1d(steps32, steps64)
     assert len(common) > 3
     x32 = b32.x[np.searchsorted(steps32, common)]
