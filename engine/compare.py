@@ -44,7 +44,9 @@ NOT_COMPARED = frozenset(
         "workers",
     }
 )
-LABEL_KEYS = 3  # a run differing in more keys than this is named by its name in legends (the table has them all)
+LABEL_KEYS = 3  # a run is named by at most this many config keys in legends (the table has them all)
+# the keys a run's name shows first when the runs differ in many: what a person changes first
+WEIGHTY = ("model", "dataset", "optimizer", "lr", "momentum", "batch_size", "activation", "seed", "epochs", "steps")
 LEVELS = {"fail": 2, "warn": 1}  # the findings a table of runs reports; ok and info are not problems
 
 
@@ -140,10 +142,39 @@ def differing_keys(rows: list[RunRow]) -> list[str]:
 
 def label(row: RunRow, keys: list[str]) -> str:
     """A run's name in a compare: its values of the differing keys (`lr=0.5 momentum=0.9`); its name when none
-    differ or more than LABEL_KEYS do."""
+    differ or more than LABEL_KEYS do (`labels` names runs that differ in many keys by where each departs)."""
     if row.error is not None or not keys or len(keys) > LABEL_KEYS:
         return row.name
     return " ".join(f"{k}={text(row.config.get(k)) or 'none'}" for k in keys)
+
+
+def labels(rows: list[RunRow], keys: list[str]) -> list[str]:
+    """Each run's name in a compare. Runs differing in at most LABEL_KEYS keys: their values of them. Runs differing
+    in more: the keys where each is not what most runs are (the weightier keys first, at most LABEL_KEYS, then how
+    many more: `model=resnet18 batch_size=32 steps=200 +1`); a run that is what most runs are, by the weightiest
+    key. Where that leaves two different runs one name, they are named by their names."""
+    if len(keys) <= LABEL_KEYS:
+        return [label(r, keys) for r in rows]
+    keys = sorted(keys, key=lambda k: (WEIGHTY.index(k) if k in WEIGHTY else len(WEIGHTY), k))
+    readable = [r for r in rows if r.error is None]
+    common = {}
+    for k in keys:
+        values = [text(r.config.get(k)) for r in readable]
+        common[k] = max(dict.fromkeys(values), key=values.count) if values else ""  # the first of equals
+    out = []
+    for row in rows:
+        own = [k for k in keys if text(row.config.get(k)) != common[k]] or keys[:1]
+        more = f" +{len(own) - LABEL_KEYS}" if len(own) > LABEL_KEYS else ""
+        out.append(row.name if row.error else label(row, own[:LABEL_KEYS]) + more)
+    for i, name in enumerate(out):
+        same = [j for j, other in enumerate(out) if other == name and j != i]
+        if any(_values(rows[i], keys) != _values(rows[j], keys) for j in same):
+            out[i] = rows[i].name
+    return out
+
+
+def _values(row: RunRow, keys: list[str]) -> list[str]:
+    return [text(row.config.get(k)) for k in keys]
 
 
 def matches(row: RunRow, where: list[str]) -> bool:
@@ -189,7 +220,8 @@ def to_csv(rows: list[RunRow]) -> str:
 def to_json(rows: list[RunRow]) -> str:
     """{"differing": [keys], "runs": [each run's row, its config whole]}; NaN and infinities as null."""
     keys = differing_keys(rows)
-    runs = [_finite(asdict(r) | {"path": str(r.path), "label": label(r, keys)}) for r in rows]
+    names = labels(rows, keys)
+    runs = [_finite(asdict(r) | {"path": str(r.path), "label": name}) for r, name in zip(rows, names, strict=True)]
     return json.dumps({"differing": keys, "runs": runs}, indent=1, allow_nan=False)
 
 
@@ -201,6 +233,29 @@ def _finite(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_finite(v) for v in value]
     return value
+
+
+def hms(seconds: float | None) -> str:
+    """A duration as h:mm:ss ("-" when unknown)."""
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def cell(column: str, value: Any) -> str:
+    """A value of the table of runs as a person reads it: 96.80%, 0:01:05, 1,234 img/s, 0.1234."""
+    if value is None:
+        return "-"
+    if column == "best val acc":
+        return f"{100 * value:.2f}%"
+    if column == "wall s":
+        return hms(value)
+    if column == "img/s":
+        return f"{value:,.0f}"
+    if column == "final train loss":
+        return f"{value:.4g}"
+    return text(value)
 
 
 def text(value: Any) -> str:
@@ -263,9 +318,11 @@ def seed_groups(rows: list[RunRow]) -> list[list[int]]:
 
 def group_label(rows: list[RunRow], group: list[int], keys: list[str]) -> str:
     """A group's name in a legend: its runs' label without the seed, and how many seeds (`lr=0.1 x3 seeds`)."""
+    if len(group) == 1:
+        return labels(rows, keys)[group[0]]
     shown = [k for k in keys if k != "seed"]
-    name = label(rows[group[0]], shown) if shown else rows[group[0]].name
-    return f"{name} x{len(group)} seeds" if len(group) > 1 else label(rows[group[0]], keys)
+    name = labels(rows, shown)[group[0]] if shown else rows[group[0]].name
+    return f"{name} x{len(group)} seeds"
 
 
 def band(curves: list[tuple[np.ndarray, np.ndarray]], points: int = 200) -> tuple[np.ndarray, ...]:

@@ -73,6 +73,19 @@ def test_runs_are_named_by_what_differs(tmp_path):
     assert compare.label(rows[0], keys) == "lr=0.01 momentum=none seed=0"
 
 
+def test_runs_differing_in_many_keys_are_named_by_where_each_departs_from_the_others():
+    """The sample runs differ in nine keys: each is named by the (at most three) keys where it is not what most runs
+    are, the model and learning rate first; a run that is what most runs are is named by the first key."""
+    rows = [compare.read_row(p) for p in compare.resolve([str(SAMPLES)])]
+    names = dict(zip([r.name for r in rows], compare.labels(rows, compare.differing_keys(rows)), strict=True))
+    assert names["resnet18-shapes"] == "model=resnet18 batch_size=32 steps=200 +1"
+    assert names["plainnet-sigmoid"] == "model=plainnet activation=sigmoid steps=300"
+    assert names["diverging-lr"] == "model=plainnet lr=5.0 steps=60 +2"
+    assert names["lrfind-smallcnn"] == "range_test=[1e-06, 10.0] schedule=none"
+    assert names["smallcnn-shapes"] == "model=smallcnn"
+    assert len(set(names.values())) == len(names)
+
+
 def test_runs_resolve_from_stores_names_and_directories(tmp_path):
     runs = tmp_path / "runs"
     runs.mkdir()
@@ -178,7 +191,7 @@ def test_a_terminal_too_narrow_for_the_table_gets_a_block_per_run(tmp_path, caps
         run_with(tmp_path / f"run{i}.mirante", lr=lr, momentum=0.9, schedule="cosine" if i else "none")
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
     monkeypatch.setattr(cli.shutil, "get_terminal_size", lambda: os.terminal_size((60, 24)))
-    assert cli.main(["compare", str(tmp_path)]) == 0
+    assert cli.main(["compare", str(tmp_path), "--headless"]) == 0  # in a terminal: the table, not the view
     lines = capsys.readouterr().out.splitlines()
     assert [line for line in lines if not line.startswith(" ")] == [
         "run0  lr=0.01 schedule=none",

@@ -17,10 +17,12 @@ from textual.widgets import Footer, Static, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
 from engine.store import RunReader, StoreError
+from tui.compare import CompareState
 from tui.messages import EventsArrived, SourceDone, SourceFailed
 from tui.remote import Remote
 from tui.screens import PANES
 from tui.screens.base import Pane, View, duration, status_line
+from tui.screens.compare import COMPARE_PANES, CurvesPane, LayersPane
 from tui.screens.config import ConfigScreen, resolved
 from tui.screens.dialogs import HelpScreen, QuitScreen, help_rows
 from tui.screens.epochs import EpochsScreen
@@ -46,6 +48,13 @@ class MiranteApp(App[int]):
         ("g", "config", "config"),
         ("t", "epochs", "epochs"),
         ("q", "quit_run", "quit"),
+        # a compare's (check_action keeps each mode's keys to it; a key bound twice goes to the first that applies)
+        ("x", "axis", "x axis"),
+        ("m", "metric", "metric"),
+        ("o", "sort", "sort"),
+        ("O", "reverse_sort", "reverse"),
+        ("h", "hide", "hide/show"),
+        ("a", "show_all", "show all"),
         Binding("ctrl+c", "quit_run", "quit", show=False, priority=True),  # as q: never leave a trainer orphaned
         Binding("ctrl+q", "quit_run", "quit", show=False, priority=True),
         ("p", "pause", "pause"),
@@ -66,7 +75,14 @@ class MiranteApp(App[int]):
         ("greater_than_sign", "depth(1)", "deeper"),
         ("e", "export", "export"),
         ("c", "capture_now", "capture"),
-        *[Binding(pane.KEY, f"show('{pane.__name__}')", pane.TITLE, show=False) for pane in PANES],  # the tabs say
+        Binding("down", "pick(1)", "next run", show=False),  # after the table's own: it moves its cursor itself
+        Binding("up", "pick(-1)", "previous run", show=False),
+        Binding("escape", "unpick", "no run picked", show=False),
+        Binding("less_than_sign", "layer(-1)", "previous layer", show=False),
+        Binding("greater_than_sign", "layer(1)", "next layer", show=False),
+        Binding("left", "at_step(-1)", "earlier", show=False, priority=True),
+        Binding("right", "at_step(1)", "later", show=False, priority=True),
+        *[Binding(p.KEY, f"show('{p.__name__}')", p.TITLE, show=False) for p in PANES + COMPARE_PANES],  # the tabs say
     ]
 
     def __init__(self, source: Any, *, store: str | Path | None = None, commands: Any = None) -> None:
@@ -75,7 +91,9 @@ class MiranteApp(App[int]):
         self.store = Path(store) if store else None
         # how keys reach the run: its trainer's queue (trained in this app), its command pipe, or nothing (a replay)
         self.replay = hasattr(source, "restart")
-        self.remote = None if self.replay else Remote(self.store, commands)
+        self.compare = getattr(source, "compare", False)  # several runs: the compare panes, no commands
+        self.panes = COMPARE_PANES if self.compare else PANES
+        self.remote = None if self.replay or self.compare else Remote(self.store, commands)
         self.stopping = False  # the user chose to stop the run: the app leaves once it has ended
         self.view = View(color="NO_COLOR" not in os.environ)
         self._reader: RunReader | None = None  # the UI thread's own reader of the store (captures, smoothing)
@@ -97,7 +115,7 @@ class MiranteApp(App[int]):
     def compose(self) -> ComposeResult:
         yield Static("enlarge the terminal (at least 60x16)", id="too-small")
         with TabbedContent(id="tabs"):
-            for pane in PANES:
+            for pane in self.panes:
                 with TabPane(f"{pane.KEY} {pane.TITLE}", id=pane.__name__):
                     yield pane()
         yield Static(id="status")
@@ -149,8 +167,10 @@ class MiranteApp(App[int]):
         self.state = self._new_state()
         self._drawn = -1
 
-    def _new_state(self, state: RunState | None = None) -> RunState:
+    def _new_state(self, state: RunState | None = None) -> RunState | CompareState:
         """A state (new, or one read from the store) wired to this app's store and smoothing."""
+        if self.compare:
+            return CompareState(self.source.paths, smoothing=self.view.smoothing)
         state = state or RunState(smoothing=self.view.smoothing)
         state.load_maps = self._load_maps if self.store is not None else None
         if self.replay:
@@ -205,8 +225,17 @@ class MiranteApp(App[int]):
             return None
         return maps_of(event) if event is not None else None
 
-    def _smooth(self, state: RunState) -> None:
+    def _smooth(self, state: RunState | CompareState) -> None:
         """Smooth every series at the view's weight, reading the points the state no longer holds from the store."""
+        if isinstance(state, CompareState):
+            state.smoothing = self.view.smoothing
+            for member in state.members:
+                try:
+                    with RunReader(member.path) as reader:
+                        member.state.set_smoothing(self.view.smoothing, raw_series(reader, member.state.last_seq))
+                except StoreError:
+                    member.state.set_smoothing(self.view.smoothing, None)
+            return
         reader = self._store_reader()
         kept = state.set_smoothing(self.view.smoothing, raw_series(reader, state.last_seq) if reader else None)
         if kept:
@@ -242,6 +271,10 @@ class MiranteApp(App[int]):
 
     def on_source_done(self, message: SourceDone) -> None:
         self.fold()
+        if self.compare:
+            self.note = "every run has ended"
+            self.redraw(force=True)
+            return
         ended = self.state.ended
         self.state.writer_gone = ended is None  # nothing more will come: without RunEnded, crashed
         if ended is None:
@@ -284,11 +317,20 @@ class MiranteApp(App[int]):
         children = main.query_one(f"#{active}", TabPane).children if active else []
         return children[0] if children else None  # (a tab pane emptied while the app tears its screens down)
 
-    PANE_ACTIONS = {"capture": "ActivationsPane", "depth": "ModelPane"}  # keys that act on one pane only
+    # keys that act on one pane only
+    PANE_ACTIONS = {"capture": "ActivationsPane", "depth": "ModelPane", "layer": "CurvesPane", "at_step": "LayersPane"}
+    COMPARE_ACTIONS = {"axis", "metric", "sort", "reverse_sort", "hide", "show_all", "pick", "unpick", "layer"}
+    COMPARE_ACTIONS |= {"at_step"}
+    RUN_ACTIONS = {"pause", "window", "export", "capture_now", "capture", "depth", "speed", "restart"}  # one run's
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """Whether a key applies here: a replay's keys only in a replay, a pane's keys only on that pane. Keys that do
-        not apply are neither in the footer nor in the help, and pass on to the widgets (the arrows, to the tabs)."""
+        """Whether a key applies here: a replay's keys only in a replay, a compare's only in a compare, a pane's keys
+        only on that pane. Keys that do not apply are neither in the footer nor in the help, and pass on to the
+        widgets (the arrows, to the tabs)."""
+        if action in (self.RUN_ACTIONS if self.compare else self.COMPARE_ACTIONS):
+            return False
+        if action == "show":
+            return any(pane.__name__ == parameters[0] for pane in self.panes)
         if action in ("speed", "restart"):
             return self.replay
         if action in self.PANE_ACTIONS:
@@ -321,6 +363,8 @@ class MiranteApp(App[int]):
 
     def show_status(self) -> None:
         state = self.state
+        if isinstance(state, CompareState):
+            return self.show_compare_status(state)
         settings = (
             ("frozen", self.frozen),
             ("paused", self.paused and state.status() != "running"),  # else the status says it
@@ -345,6 +389,23 @@ class MiranteApp(App[int]):
         ]
         status = self.query_one("#status", Static)
         # literal: the run's name and an ending's reason come from a store
+        status.update(literal(status_line(parts, status.size.width or self.size.width)))
+
+    def show_compare_status(self, state: CompareState) -> None:
+        settings = (
+            ("frozen", self.frozen),
+            (f"smoothed {self.view.smoothing:g}", self.view.smooth),
+            ("log y", self.view.log_y),
+        )
+        parts = [
+            (state.name, 0),
+            (state.status(), 0),
+            (f"x: {state.axis}", 1),
+            *[(name, 1) for name, on in settings if on],
+            (f"elapsed {duration(state.elapsed)}", 2),
+            *([(self.note, 1)] if self.note else []),
+        ]
+        status = self.query_one("#status", Static)
         status.update(literal(status_line(parts, status.size.width or self.size.width)))
 
     # -- actions: each changes a setting and asks for a redraw
@@ -477,15 +538,83 @@ class MiranteApp(App[int]):
         )
         self.push_screen(HelpScreen(rows, where))
 
+    @property
+    def run_state(self) -> RunState:
+        """The run the config and epochs screens show: the run itself, or a compare's picked run (else its first)."""
+        if isinstance(self.state, CompareState):
+            states = self.state.states
+            return states[self.state.picked if self.state.picked is not None else 0] if states else RunState()
+        return self.state
+
     def action_config(self) -> None:
         if not isinstance(self.screen, ConfigScreen):
-            started = self.state.started
-            notes = resolved(self.state.config, dict(started.model_summary) if started else {})
-            self.push_screen(ConfigScreen(self.state.name, self.state.config, notes))
+            state = self.run_state
+            started = state.started
+            notes = resolved(state.config, dict(started.model_summary) if started else {})
+            self.push_screen(ConfigScreen(state.name, state.config, notes))
 
     def action_epochs(self) -> None:
         if not isinstance(self.screen, EpochsScreen):
-            self.push_screen(EpochsScreen(self.state))
+            self.push_screen(EpochsScreen(self.run_state))
+
+    # -- a compare's keys
+
+    def action_axis(self) -> None:
+        self.tell(f"x axis: {self.state.next_axis()}")
+        self.redraw(force=True)
+
+    def action_metric(self) -> None:
+        pane = self.active_pane()
+        if isinstance(pane, LayersPane):
+            pane.metric += 1
+        else:
+            pane = self.query_one(CurvesPane)
+            pane.extra += 1
+        self.redraw(force=True)
+
+    def action_sort(self) -> None:
+        self.tell(f"sorted by {self.state.next_sort()}")
+        self.redraw(force=True)
+
+    def action_reverse_sort(self) -> None:
+        self.state.reverse_sort()
+        self.redraw(force=True)
+
+    def action_hide(self) -> None:
+        """Hide the picked run (the table's cursor) from the charts, or show it again."""
+        run = self.state.picked
+        if run is None:
+            self.tell("hide: pick a run first (up/down, or the table's cursor)")
+            return
+        hidden = self.state.toggle_hidden(run)
+        self.tell(f"{'hidden' if hidden else 'shown'}: {self.state.labels()[run]}")
+        self.redraw(force=True)
+
+    def action_show_all(self) -> None:
+        self.state.show_all()
+        self.redraw(force=True)
+
+    def action_pick(self, delta: int) -> None:
+        self.pick_run(self.state.step_picked(delta))
+
+    def pick_run(self, run: int) -> None:
+        """Pick a compare's run (the charts draw it over the others): by key, or by the table's cursor."""
+        if run != self.state.picked:
+            self.state.pick(run)
+            self.on_timer(lambda: self.redraw(force=True))()  # (the table's cursor moves while the app tears down too)
+
+    def action_unpick(self) -> None:
+        self.state.pick(None)
+        self.redraw(force=True)
+
+    def action_layer(self, delta: int) -> None:
+        name = self.query_one(CurvesPane).change_layer(self.state, delta)
+        self.tell(f"gradient norm of {name}" if name else "no run has per-layer gradients yet")
+        self.redraw(force=True)
+
+    def action_at_step(self, delta: int) -> None:
+        self.tell(f"layers at {self.query_one(LayersPane).move(self.state, delta)}")
+        self.redraw(force=True)
 
     def action_quit_run(self) -> None:
         """q, Ctrl+C, Ctrl+Q: leave; while the run trains, first ask whether to stop it or leave it going."""

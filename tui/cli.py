@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from engine.compare import hms
 from engine.config import ConfigError, finite_float
 from engine.export import printable
 from engine.names import RunNameError, find_run, store_path
@@ -45,17 +46,10 @@ def resolve_run(run: str) -> Path:
 LS_COLUMNS = ("name", "model", "dataset", "status", "steps", "best val acc", "duration", "started")
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
 def _ls_row(s: RunSummary) -> tuple[str, ...]:
     started = "-" if s.started is None else dt.datetime.fromtimestamp(s.started).strftime("%Y-%m-%d %H:%M")
     acc = "-" if s.best_val_acc is None else f"{100 * s.best_val_acc:.2f}%"
-    cells = (s.path.stem, s.model, s.dataset, s.status, f"{s.steps:,}", acc, _duration(s.duration), started)
+    cells = (s.path.stem, s.model, s.dataset, s.status, f"{s.steps:,}", acc, hms(s.duration), started)
     return tuple(printable(c) for c in cells)  # a store's strings may hold escape sequences: shown, not obeyed
 
 
@@ -113,6 +107,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if not rows:
         print("no runs to compare" + (f" with {' '.join(args.where)}" if args.where else ""))
         return 0
+    if args.format is None and not args.headless and sys.stdout.isatty():
+        return open_compare(rows, args)
     for row in rows:
         if row.error is not None:
             print(f"mirante: {printable(row.error)}", file=sys.stderr)
@@ -122,13 +118,30 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print("\n".join(printable(line) for line in compare.to_csv(rows).splitlines()))
     else:
         header, body = compare.table(rows)
-        cells = [[printable(_cell(name, v)) for name, v in zip(header, line, strict=True)] for line in body]
+        cells = [[printable(compare.cell(name, v)) for name, v in zip(header, line, strict=True)] for line in body]
         text = format_table(header, cells)
         width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
         if width is not None and max(map(len, text.splitlines())) > width:
             text = _run_blocks(header, cells, width)  # a row per run would wrap into a muddle: a block per run
         print(text)
     return 0
+
+
+def open_compare(rows: list, args: argparse.Namespace) -> int:
+    """The compare view of the runs: each followed live; a directory given is watched for runs that appear in it."""
+    from engine import compare
+    from tui.sources import CompareSource
+
+    where = compare.parse_where(args.where)
+
+    def keep(path: Path) -> bool:  # a run that appears in a watched directory: read only when there is a filter
+        return not where or compare.matches(compare.read_row(path), where)
+
+    watch = [Path(run) for run in args.runs or [args.runs_dir] if Path(run).is_dir()]
+    source = CompareSource([row.path for row in rows], watch=watch, keep=keep).prefetch()
+    from tui.app import MiranteApp
+
+    return MiranteApp(source).run() or 0
 
 
 def _run_blocks(header: list[str], cells: list[list[str]], width: int) -> str:
@@ -151,23 +164,6 @@ def _fill(items: list[str], indent: str, width: int, joint: str = " ") -> str:
     whole = [item.replace(" ", "\u00a0") for item in items]  # textwrap breaks lines only at ASCII spaces
     text = textwrap.fill(joint.join(whole), width, initial_indent=indent, subsequent_indent="    ")
     return text.replace("\u00a0", " ")
-
-
-def _cell(column: str, value: object) -> str:
-    """A value of the table of runs as `mirante compare` prints it."""
-    if value is None:
-        return "-"
-    if column == "best val acc":
-        return f"{100 * value:.2f}%"
-    if column == "wall s":
-        return _duration(value)
-    if column == "img/s":
-        return f"{value:,.0f}"
-    if column == "final train loss":
-        return f"{value:.4g}"
-    from engine.compare import text
-
-    return text(value)
 
 
 # --- export ------------------------------------------------------------------------------
@@ -427,16 +423,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     cp = sub.add_parser(
         "compare",
-        help="the table of several runs: what differs in their configs, and how each did",
-        description="Compare runs: a row per run with the config keys that differ between them, its status, "
-        "best validation accuracy and its epoch, final train loss, images/s, wall time and worst finding.",
+        help="several runs side by side: their curves overlaid, what differs in their configs, how each did",
+        description="Compare runs. In a terminal: their curves overlaid (named by what differs in their configs), "
+        "the table of runs, and their layers side by side, live while they train. Otherwise, or with --format or "
+        "--headless: a row per run with the config keys that differ between them, its status, best validation "
+        "accuracy and its epoch, final train loss, images/s, wall time and worst finding.",
     )
     cp.add_argument("runs", nargs="*", metavar="RUN", help=f"a store, a run in {RUNS_DIR}/, or a directory of runs "
                     f"(default: {RUNS_DIR}/)")  # fmt: skip
     cp.add_argument("--last", type=int, metavar="N", help="only the N runs that started last")
     cp.add_argument("--where", action="append", default=[], metavar="KEY=VALUE", help="only runs whose config "
                     "has this value (repeatable): --where lr=0.1")  # fmt: skip
-    cp.add_argument("--format", "-f", choices=("table", "csv", "json"), default="table")
+    cp.add_argument("--format", "-f", choices=("table", "csv", "json"), help="print the table of runs in this "
+                    "format and exit (in a terminal, the default is the compare view)")  # fmt: skip
+    cp.add_argument("--headless", action="store_true", help="print the table of runs and exit, even in a terminal")
     cp.add_argument("--runs-dir", default=str(RUNS_DIR), help=f"where run names are looked up (default: {RUNS_DIR}/)")
     cp.set_defaults(func=cmd_compare)
 

@@ -173,7 +173,7 @@ class CompareState:
     def labels(self, rows: list[RunRow] | None = None) -> list[str]:
         rows = rows if rows is not None else self.rows()
         keys = self.keys(rows)
-        return [compare.label(r, keys) for r in rows]
+        return compare.labels(rows, keys)
 
     def order(self, rows: list[RunRow] | None = None) -> list[int]:
         """The runs in the table's order: as given, or sorted by the sort column (runs without a value last)."""

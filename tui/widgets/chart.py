@@ -232,6 +232,12 @@ def legend_fit(title: str, labels: list[str], width: int) -> tuple[str, list[str
     return (cut(title, room) if room >= 2 else ""), short, " "
 
 
+def swatch(color: Any, marker: str = "hd", colored: bool = True) -> Text:
+    """A legend's sample of a line: `━` in its colour (its own marker where it has one: a compare's repeats)."""
+    glyph = "━" if marker == "hd" else marker
+    return Text.from_ansi(plt.colorize(glyph, pixel=plt.pixel(color)).string()) if colored else Text(glyph)
+
+
 def header(title: str, lines: list[Line], color: bool, width: int = 10**6) -> Text:
     """Title and legend on one row: `title  ━ train  ━ val`, shortened to fit `width` (titles and labels may be
     a store's strings).
@@ -245,9 +251,7 @@ def header(title: str, lines: list[Line], color: bool, width: int = 10**6) -> Te
     text.append(title, style="bold" if color else "")
     for line, label in zip(named, labels, strict=True):
         text.append(sep if text.plain else "")
-        glyph = "━" if line.marker == "hd" else line.marker  # a compare's repeated colours have a marker of their own
-        sample = plt.colorize(glyph, pixel=plt.pixel(line.color)).string() if color else glyph
-        text.append_text(Text.from_ansi(sample))
+        text.append_text(swatch(line.color, line.marker, color))
         text.append(f" {label}")
     text.truncate(width)
     return text

@@ -307,6 +307,7 @@ class Heatmap(CachedLines):
     hi: float | None = None
     rows: list[str] | None = None
     steps: list[int] | None = None
+    columns: list[Text] | None = None
 
     def set_matrix(
         self,
@@ -316,15 +317,18 @@ class Heatmap(CachedLines):
         hi: float | None = None,
         rows: list[str] | None = None,
         steps: list[int] | None = None,
+        columns: list[Text] | None = None,
     ) -> None:
-        """Replace the matrix (its fixed colour range, row labels and the step of each column) and redraw."""
+        """Replace the matrix (its fixed colour range, row labels, and the step of each column or a short label of
+        each: a compare's runs) and redraw."""
         self.matrix, self.lo, self.hi = as_2d(matrix), lo, hi
-        self.rows, self.steps = rows, steps
+        self.rows, self.steps, self.columns = rows, steps, columns
         self.changed()
 
     def draw(self, width: int, height: int, color: bool) -> list[Text]:
         m = self.matrix
-        axis = self.steps is not None and len(self.steps) == m.shape[1] and height >= 3
+        named = self.columns is not None and len(self.columns) == m.shape[1] and height >= 3
+        axis = named or (self.steps is not None and len(self.steps) == m.shape[1] and height >= 3)
         label_w = min(max(map(len, map(printable, self.rows or [""]))), width // 4) if self.rows else 0
         cols, lines = width - (label_w + 1 if label_w else 0), height - axis
         if cols <= 0 or lines <= 0 or m.size == 0:
@@ -365,7 +369,9 @@ class Heatmap(CachedLines):
                 Text(label[:label_w].ljust(label_w) + " ", style=style, end="") + line
                 for label, line in zip(labels + [""] * len(out), out, strict=False)
             ]
-        if axis and self.steps is not None:
+        if named and self.columns is not None:
+            out.append(column_labels(self.columns, firsts, reps, label_w + 1 if label_w else 0))
+        elif axis and self.steps is not None:
             line = step_axis([self.steps[a] for a in firsts], reps, label_w + 1 if label_w else 0, width)
             if label_w and len(shown) < r:  # the rows that did not fit are said, under the labels
                 line = Text(f"first {len(shown)} of {r}"[:label_w].ljust(label_w), end="") + line[label_w:]
@@ -377,6 +383,18 @@ def group_starts(n: int, cols: int) -> np.ndarray:
     """Where each of at most `cols` groups of n columns starts: equal groups, the last one ending at n."""
     groups = min(n, cols)
     return (np.arange(groups) * n) // groups
+
+
+def column_labels(labels: list[Text], firsts: np.ndarray, reps: int, indent: int) -> Text:
+    """Each shown column's label centred under it (cut to its width); grouped columns show their first's."""
+    out = Text(" " * indent, end="")
+    for a in firsts.tolist():
+        label = labels[a][:reps] if reps else Text("")
+        pad = reps - label.cell_len
+        out.append(" " * (pad // 2))
+        out.append_text(label)
+        out.append(" " * (pad - pad // 2))
+    return out
 
 
 def step_axis(steps: list[int], reps: int, indent: int, width: int) -> Text:

@@ -1,0 +1,230 @@
+"""The compare panes: the runs' curves overlaid, the table of runs, and their layers side by side.
+
+Each draws from a `CompareState` (one RunState per run) and the view options, as the single-run panes
+draw from a RunState. The runs are named by what differs in their configs (`lr=0.5`); runs that
+differ only by seed are one line with a band (`lr=0.5 x3 seeds`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Grid
+from textual.widgets import DataTable, Static
+
+from engine.compare import RunRow, cell, table
+from tui.compare import AXIS_SCALE, AXIS_TITLE, LAYER_METRICS, CompareState
+from tui.screens.base import Pane, View
+from tui.widgets import Chart, Heatmap, literal
+from tui.widgets.chart import swatch
+from tui.widgets.heatmap import colour_scale
+
+EXTRA = ("learning rate", "img/s", "grad norm")  # the fourth chart's metric, m to change
+
+
+LEGEND_LINES = 2
+
+
+def legend(state: CompareState, width: int, rows: list[RunRow], color: bool) -> Text:
+    """`━ lr=0.01  ━ lr=0.5 x2 seeds` for the shown runs in the table's order, the picked one in reverse, as many as
+    fit whole in LEGEND_LINES lines of `width`; then how many more there are, hidden, unreadable."""
+    groups = state.groups(rows)
+    pieces = []
+    for group in groups:
+        piece = swatch(*state.color(group[0]), color)
+        piece.append(" ")
+        piece.append_text(literal(state.group_label(group, rows), "reverse" if state.picked in group else ""))
+        pieces.append(piece)
+    hidden = sum(m.hidden for m in state.members)
+    unreadable = sum(m.error is not None for m in state.members)
+
+    def tail(left: int) -> str:
+        said = [f"+{left} more (2: runs)"] if left else []
+        said += [f"{hidden} hidden (h)"] if hidden else []
+        said += [f"{unreadable} unreadable"] if unreadable else []
+        if not groups and not hidden:
+            said.append("no run has data yet" if state.members else "no runs")
+        return ", ".join(said)
+
+    lines: list[Text] = [Text()]
+    placed = 0
+    for piece in pieces:
+        line = lines[-1]
+        last = len(lines) == LEGEND_LINES
+        after = tail(len(pieces) - placed - 1)
+        need = line.cell_len + (2 if line.plain else 0) + piece.cell_len + (len(after) + 2 if last and after else 0)
+        if need > width and line.plain:
+            if last:
+                break
+            lines.append(Text())
+            line = lines[-1]
+        if line.plain:
+            line.append("  ")
+        line.append_text(piece)
+        placed += 1
+    said = tail(len(pieces) - placed)
+    if said:
+        lines[-1].append(("  " if lines[-1].plain else "") + said, style="dim")
+    out = Text("\n").join(lines)
+    out.no_wrap, out.overflow = True, "ellipsis"
+    return out
+
+
+class CurvesPane(Pane):
+    """Train and validation loss, validation accuracy, and one of learning rate, images/s and a layer's gradient
+    norm (m), each run a colour, on the x axis the user picked (x)."""
+
+    TITLE = "Curves"
+    KEY = "1"
+
+    extra = 0  # which of EXTRA the fourth chart shows
+    layer = 0  # which layer's gradient norm, in the order of CompareState.layer_names
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="legend")
+        with Grid(id="compare-charts"):
+            yield Chart(id="c-train")
+            yield Chart(id="c-vloss")
+            yield Chart(id="c-vacc")
+            yield Chart(id="c-extra")
+
+    def draw(self, state: CompareState, view: View) -> None:
+        rows = state.rows()
+        bar = self.query_one("#legend", Static)
+        bar.update(legend(state, bar.size.width or self.app.size.width, rows, view.color))
+        layers = state.layer_names()
+        layer = layers[self.layer % len(layers)] if layers else ""
+        metric = EXTRA[self.extra % len(EXTRA)]
+        charts = (
+            ("#c-train", "train loss", "train loss"),
+            ("#c-vloss", "val loss", "val loss"),
+            ("#c-vacc", "val acc", "val acc"),
+            ("#c-extra", metric, f"grad norm {layer}" if metric == "grad norm" else metric),
+        )
+        for selector, name, title in charts:
+            lines, lacking = state.curves(name, view.smooth, layer)
+            if lacking:
+                title += f" ({len(lacking)} without)"
+            chart = self.query_one(selector, Chart)
+            chart.set_x(AXIS_TITLE[state.axis], AXIS_SCALE[state.axis])
+            chart.set_lines(lines, title=title, log_y=view.log_y and name != "val acc", percent=name == "val acc")
+
+    def change_layer(self, state: CompareState, delta: int) -> str:
+        """The next layer for the gradient norm chart (which then shows it); its name."""
+        layers = state.layer_names()
+        self.extra = EXTRA.index("grad norm")
+        if not layers:
+            return ""
+        self.layer = (self.layer + delta) % len(layers)
+        return layers[self.layer]
+
+
+class RunsPane(Pane):
+    """The table of runs: what differs, status, best validation accuracy and its epoch, final train loss, images/s,
+    wall time, worst finding. Sorted by o (O reverses), a run hidden or shown with h; the cursor picks the run the
+    charts draw over the others."""
+
+    TITLE = "Runs"
+    KEY = "2"
+
+    _shown: tuple | None = None  # what the table holds now
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="runs-head")
+        yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+
+    def draw(self, state: CompareState, view: View) -> None:
+        rows = state.rows()
+        header, body = table(rows)
+        order = state.order(rows)
+        grid = self.query_one("#runs", DataTable)
+        cells = [[cell(name, v) for name, v in zip(header, body[run], strict=True)] for run in order]
+        hidden = [state.members[run].hidden for run in order]
+        shown = (header, cells, hidden, order, view.color)
+        if shown != self._shown:  # rebuilt only when what it says changed: a rebuild loses the table's scroll
+            self._shown = shown
+            grid.clear(columns=True)
+            grid.add_columns("", *header)
+            for run, values, off in zip(order, cells, hidden, strict=True):
+                style = "dim strike" if off else ""
+                mark = swatch(*state.color(run), view.color)
+                grid.add_row(mark, *(literal(v, style) for v in values), key=str(run))
+        if state.picked in order and grid.cursor_row != order.index(state.picked):
+            grid.move_cursor(row=order.index(state.picked), animate=False)
+        column, descending = state.sort
+        said = f"sorted by {column} {'↓' if descending else '↑'}" if column else "in the order given"
+        shown = len(state.members) - sum(m.hidden for m in state.members)
+        head = f"{len(rows)} runs, {shown} shown · {said} · o sort  O reverse  h hide/show  a show all"
+        self.query_one("#runs-head", Static).update(literal(head, "dim"))
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.row_key is not None and event.row_key.value is not None:
+            self.app.pick_run(int(event.row_key.value))
+
+    def cursor_run(self) -> int | None:
+        grid = self.query_one("#runs", DataTable)
+        if not grid.row_count:
+            return None
+        key = grid.coordinate_to_cell_key(grid.cursor_coordinate).row_key
+        return int(key.value) if key.value is not None else None
+
+
+class LayersPane(Pane):
+    """One metric (m: gradient norm, update/weight ratio, dead-ReLU share) of every layer (rows) of every shown run
+    (columns) at one step (left/right; each run's latest by default): sigmoid against ReLU at a glance."""
+
+    TITLE = "Layers"
+    KEY = "3"
+
+    metric = 0
+    at: int | None = None  # index into the probe steps; None: each run's latest
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="layers-head")
+        yield Heatmap(id="layers-heat")
+        yield Static(id="layers-legend")
+
+    def draw(self, state: CompareState, view: View) -> None:
+        metric = LAYER_METRICS[self.metric % len(LAYER_METRICS)]
+        steps = state.probe_steps()
+        step = steps[min(self.at, len(steps) - 1)] if self.at is not None and steps else None
+        picture = state.layers(metric, step)
+        log = metric != "dead-ReLU share"
+        with np.errstate(divide="ignore", invalid="ignore"):
+            values = np.log10(picture.matrix) if log else picture.matrix
+        finite = values[np.isfinite(values)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        labels = [Text(str(j + 1), "reverse" if run == state.picked else "") for j, run in enumerate(picture.columns)]
+        self.query_one("#layers-heat", Heatmap).set_matrix(values, lo=lo, hi=hi, rows=picture.rows, columns=labels)
+        where = f"at step {step:,}" if step is not None else "at each run's latest probe"
+        name = f"log10 {metric}" if log else metric
+        head = Text(f"{name}: {len(picture.rows)} layers x {len(picture.columns)} runs, {where} (←/→ step, m metric) ")
+        if finite.size:
+            head.append_text(Text.assemble(f"{lo:.2g} ", colour_scale(view.color), f" {hi:.2g}"))
+        elif picture.columns:
+            head.append("no run has this metric", style="dim")
+        self.query_one("#layers-head", Static).update(head)
+        rows = state.rows()
+        key = Text()
+        for j, run in enumerate(picture.columns):
+            group = [run]
+            key.append(f"{'  ' if j else ''}{j + 1} ")
+            key.append_text(swatch(*state.color(run), view.color))
+            key.append_text(literal(" " + state.group_label(group, rows)))
+            if run in picture.missing:
+                key.append(" (none)", style="dim")
+        self.query_one("#layers-legend", Static).update(key)
+
+    def move(self, state: CompareState, delta: int) -> str:
+        """An earlier or later probe step (past the last: each run's latest again); what is shown now."""
+        steps = state.probe_steps()
+        if not steps:
+            return "no probes yet"
+        at = len(steps) - 1 if self.at is None else self.at
+        at += delta
+        self.at = None if at >= len(steps) else max(0, at)
+        return "each run's latest probe" if self.at is None else f"step {steps[self.at]:,}"
+
+
+COMPARE_PANES = (CurvesPane, RunsPane, LayersPane)
