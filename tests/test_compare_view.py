@@ -187,3 +187,233 @@ def test_a_run_that_appears_in_a_watched_directory_joins(runs, tmp_path):
         state.apply_many(source.read(0.01))
     assert [m.path.name for m in state.members] == ["low.mirante", "high.mirante"]
     assert state.rows()[1].status == "finished" and state.labels() == ["lr=0.01", "lr=0.2"]
+
+
+# -- the app in compare mode (Pilot) ------------------------------------------------------------------------------
+
+
+def compare_app(paths: list[Path], **kwargs):
+    from tui.app import MiranteApp
+
+    return MiranteApp(CompareSource(paths, **kwargs))
+
+
+def drive_compare(app, size, script) -> None:
+    """Run the compare app until every run is read, then `await script(app, pilot)`."""
+    import asyncio
+
+    from tests.apps import until
+
+    async def main() -> None:
+        async with app.run_test(size=size) as pilot:
+            await until(pilot, lambda: app.source.done and not app._inbox, timeout=20)
+            app.redraw(force=True)
+            await pilot.pause()
+            await script(app, pilot)
+
+    asyncio.run(main())
+
+
+def chart(app, name: str):
+    from tui.widgets import Chart
+
+    return app.query_one(f"#{name}", Chart)
+
+
+def test_the_view_names_runs_by_what_differs_and_draws_the_seed_pair_as_one_line_with_a_band(runs):
+    from tests.apps import text_of
+
+    async def script(app, pilot):
+        legend = text_of(app.query_one("#legend"))
+        assert "━ lr=0.01" in legend and "━ lr=0.2 x2 seeds" in legend, legend
+        lines = chart(app, "c-train").lines
+        assert len(lines) == 2
+        band = lines[1]
+        assert np.any(band.high - band.low > 0)
+        drawn = text_of(chart(app, "c-train"))
+        assert drawn.splitlines()[0].startswith("train loss") and "step" in drawn.splitlines()[-1]
+        status = text_of(app.query_one("#status"))
+        assert "compare of 3 runs" in status and "3 finished" in status
+
+    drive_compare(compare_app([runs["low"], runs["high"], runs["high-seed1"]]), (100, 30), script)
+
+
+def test_the_x_key_puts_a_batch_64_run_at_twice_the_samples_of_a_batch_32_run(runs):
+    from tests.apps import text_of
+
+    async def script(app, pilot):
+        while app.state.axis != "samples":
+            await pilot.press("x")
+        await pilot.pause()
+        b32, b64 = chart(app, "c-train").lines
+        steps32 = app.state.members[0].state.series("train/loss").step
+        steps64 = app.state.members[1].state.series("train/loss").step
+        common = np.intersect1d(steps32, steps64)
+        x32 = b32.steps[np.searchsorted(steps32, common)]
+        x64 = b64.steps[np.searchsorted(steps64, common)]
+        assert np.array_equal(x64, 2 * x32)
+        assert text_of(chart(app, "c-train")).splitlines()[-1].rstrip().endswith("samples")
+        assert "x: samples" in text_of(app.query_one("#status"))
+
+    drive_compare(compare_app([runs["high"], runs["high-b64"]]), (100, 30), script)
+
+
+def test_hiding_a_run_from_the_table_removes_its_curve_and_the_cursor_picks_a_run(runs):
+    from tests.apps import text_of
+
+    async def script(app, pilot):
+        assert len(chart(app, "c-vacc").lines) == 3
+        await pilot.press("2")
+        await pilot.pause()
+        await pilot.press("down")  # the table's cursor: the second run
+        await pilot.pause()
+        assert app.state.picked == 1
+        await pilot.press("h")
+        await pilot.pause()
+        table = text_of(app.query_one("#runs-head"))
+        assert "3 runs, 2 shown" in table
+        await pilot.press("1")
+        await pilot.pause()
+        lines = chart(app, "c-vacc").lines
+        assert len(lines) == 2 and app.state.color(1)[0] not in [line.color for line in lines]
+        assert "1 hidden" in text_of(app.query_one("#legend"))
+        await pilot.press("a")
+        await pilot.pause()
+        lines = chart(app, "c-vacc").lines
+        assert len(lines) == 3 and lines[-1].color == app.state.color(1)[0] and lines[0].dim  # picked: on top
+
+    drive_compare(compare_app([runs["low"], runs["high"], runs["high-b64"]]), (100, 30), script)
+
+
+def test_the_layers_heatmap_has_one_column_per_run(runs):
+    from tests.apps import text_of
+    from tui.widgets import Heatmap
+
+    async def script(app, pilot):
+        await pilot.press("3")
+        await pilot.pause()
+        heat = app.query_one("#layers-heat", Heatmap)
+        names = list(app.state.members[0].state.layer_names)
+        assert heat.matrix.shape == (len(names), 4) and heat.rows == names
+        drawn = text_of(heat).splitlines()
+        assert drawn[-1].split() == ["1", "2", "3", "4"]
+        head = text_of(app.query_one("#layers-head"))
+        assert f"log10 grad norm: {len(names)} layers x 4 runs" in head
+        for metric in ("update/weight", "dead-ReLU share"):
+            await pilot.press("m")
+            await pilot.pause()
+            assert metric in text_of(app.query_one("#layers-head"))
+            assert np.isfinite(heat.matrix).all()
+        await pilot.press("left")
+        await pilot.pause()
+        assert "at step" in text_of(app.query_one("#layers-head"))
+        legend = text_of(app.query_one("#layers-legend"))
+        assert "1 ━ batch_size=32 lr=0.01 seed=0" in legend
+
+    drive_compare(compare_app(list(runs.values())), (100, 30), script)
+
+
+def test_sorting_by_key_orders_the_table(runs):
+    from textual.widgets import DataTable
+
+    async def script(app, pilot):
+        await pilot.press("2")
+        while app.state.sort[0] != "best val acc":
+            await pilot.press("o")
+        await pilot.pause()
+        grid = app.query_one("#runs", DataTable)
+        accs = [app.state.rows()[int(key.value)].best_val_acc for key in grid.rows]
+        assert accs == sorted(accs, reverse=True)
+
+    drive_compare(compare_app(list(runs.values())), (120, 30), script)
+
+
+def synthetic(directory: Path, count: int) -> list[Path]:
+    import dataclasses
+
+    from tests.runs import make_events, write_run
+
+    paths = []
+    for i in range(count):
+        events = make_events(steps=120)
+        events[0] = dataclasses.replace(events[0], name=f"r{i}", config=events[0].config | {"lr": 0.001 * (i + 1)})
+        write_run(directory / f"r{i}.mirante", events=events)
+        paths.append(directory / f"r{i}.mirante")
+    return paths
+
+
+def test_64_runs_repeat_colours_with_a_marker_and_the_legend_says_how_many_it_leaves_out(tmp_path):
+    from tests.apps import text_of
+
+    paths = synthetic(tmp_path, 64)
+
+    async def script(app, pilot):
+        legend = text_of(app.query_one("#legend"))
+        assert "more (2: runs)" in legend, legend
+        lines = chart(app, "c-train").lines
+        assert len(lines) == 64 and {line.marker for line in lines} == {"hd", "•", "+", "o"}
+        pairs = {(str(line.color), line.marker) for line in lines}
+        assert len(pairs) == 32  # 8 colours x 4 markers, then round again
+
+    drive_compare(compare_app(paths), (80, 24), script)
+
+
+def test_a_compare_of_one_run_an_unreadable_store_and_a_tiny_terminal_are_said_not_raised(runs, tmp_path):
+    import os
+
+    from textual.widgets import DataTable
+
+    from tests.apps import text_of
+
+    bad = tmp_path / "bad.mirante"
+    bad.write_bytes(b"not a store" * 100)
+    os.utime(bad, (1, 1))
+
+    async def script(app, pilot):
+        assert "1 unreadable" in text_of(app.query_one("#legend"))
+        assert len(chart(app, "c-train").lines) == 1
+        await pilot.press("2")
+        await pilot.pause()
+        grid = app.query_one("#runs", DataTable)
+        assert "unreadable" in [str(cell) for cell in grid.get_row_at(1)]
+        await pilot.resize_terminal(40, 12)
+        await pilot.pause(0.3)
+        assert app.screen.has_class("too-small")
+
+    drive_compare(compare_app([runs["low"], bad]), (80, 24), script)
+
+
+def test_a_run_being_written_updates_live_and_a_new_run_in_a_watched_directory_joins(tmp_path):
+    import asyncio
+    import dataclasses
+
+    from engine.store import RunWriter
+    from tests.apps import until
+    from tests.runs import make_events
+
+    events = make_events(steps=400, end=None)
+    events[0] = dataclasses.replace(events[0], name="live")
+    writer = RunWriter(tmp_path / "live.mirante", flush_interval=0.05)
+    for event in events[:200]:
+        writer.write(event)
+    writer.flush()
+    app = compare_app([tmp_path / "live.mirante"], watch=[tmp_path], rescan_s=0.2)
+
+    async def main() -> None:
+        async with app.run_test(size=(100, 30)) as pilot:
+            await until(pilot, lambda: app.state.members[0].state.step > 0, timeout=20)
+            before = app.state.members[0].state.step
+            for event in events[200:]:
+                writer.write(event)
+            writer.flush()
+            await until(pilot, lambda: app.state.members[0].state.step > before, timeout=20)
+            await until(pilot, lambda: chart(app, "c-train").lines[0].steps.max() > before, timeout=5)
+            synthetic(tmp_path, 1)
+            await until(pilot, lambda: len(app.state.members) == 2 and app.state.members[1].state.ended, timeout=20)
+            await until(pilot, lambda: len(chart(app, "c-train").lines) == 2, timeout=5)
+            assert app.state.status() == "1 running, 1 finished"
+
+    try:
+        asyncio.run(main())
+    finally:
+        writer.close()

@@ -159,8 +159,11 @@ class RunsPane(Pane):
         self.query_one("#runs-head", Static).update(literal(head, "dim"))
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        if event.row_key is not None and event.row_key.value is not None:
-            self.app.pick_run(int(event.row_key.value))
+        """The user moved the cursor: pick its run. A stale event (a rebuild put the cursor on row 0, then `draw` moved
+        it to the picked run) is left alone, or the two would pick in turn for ever."""
+        if event.cursor_row != event.data_table.cursor_row or event.row_key.value is None:
+            return
+        self.app.pick_run(int(event.row_key.value))
 
     def cursor_run(self) -> int | None:
         grid = self.query_one("#runs", DataTable)
