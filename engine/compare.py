@@ -47,6 +47,7 @@ NOT_COMPARED = frozenset(
 LABEL_KEYS = 3  # a run is named by at most this many config keys in legends (the table has them all)
 # the keys a run's name shows first when the runs differ in many: what a person changes first
 WEIGHTY = ("model", "dataset", "optimizer", "lr", "momentum", "batch_size", "activation", "seed", "epochs", "steps")
+FIGURES = ("status", "best val acc", "best epoch", "final train loss", "img/s", "wall s", "worst")  # in a table
 LEVELS = {"fail": 2, "warn": 1}  # the findings a table of runs reports; ok and info are not problems
 
 
@@ -196,7 +197,7 @@ def parse_where(where: list[str]) -> list[str]:
 def table(rows: list[RunRow]) -> tuple[list[str], list[list[Any]]]:
     """The header and the rows of the table of runs: the differing keys first, then the figures."""
     keys = differing_keys(rows)
-    header = ["run", *keys, "status", "best val acc", "best epoch", "final train loss", "img/s", "wall s", "worst"]
+    header = ["run", *keys, *FIGURES]
     body = []
     for r in rows:
         config = [r.config.get(k) for k in keys]

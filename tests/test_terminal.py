@@ -152,3 +152,43 @@ def stop_if_running(store: Path) -> None:
         control.stop(store, timeout=30)
     except (StoreError, control.ControlError):
         pass
+
+
+def test_compare_in_tmux(tmp_path):
+    """`mirante compare` of three sample runs at 80x24: the legend names them by what differs, the charts and the
+    table of runs are on screen, keys answer, q leaves with 0."""
+    from engine import compare
+
+    names = ("smallcnn-shapes", "plainnet-sigmoid", "diverging-lr")
+    for name in names:  # copies: the test must not leave -wal/-shm files in sample_runs
+        (tmp_path / f"{name}.mirante").write_bytes((ROOT / "sample_runs" / f"{name}.mirante").read_bytes())
+    rows = [compare.read_row(tmp_path / f"{name}.mirante") for name in names]
+    labels = compare.labels(rows, compare.differing_keys(rows))
+    done = tmp_path / "exit-code"
+    socket = f"mirante-compare-{os.getpid()}"
+    stores = " ".join(str(tmp_path / f"{name}.mirante") for name in names)
+    env = f"TERM=xterm-256color PYTHONPATH={ROOT}"
+    command = f"env {env} {sys.executable} -m tui.cli compare {stores}; echo $? > {done}"
+    tmux(socket, "new-session", "-d", "-x", "80", "-y", "24", command)
+    screen = lambda: tmux(socket, "capture-pane", "-p")  # noqa: E731
+    try:
+        wait_for(lambda: "compare of 3 runs" in screen() and "2 finished, 1 failed" in screen(), 60, "the view", screen)
+        first = screen()
+        for label in labels:
+            assert f"━ {label}" in first, first
+        assert "train loss" in first and "val acc" in first and "┤" in first, first
+        assert "Traceback" not in first
+        tmux(socket, "send-keys", "x")
+        wait_for(lambda: "x: epoch" in screen() and screen().count("epoch") >= 3, 10, "the epoch axis", screen)
+        tmux(socket, "send-keys", "2")
+        wait_for(lambda: all(name in screen() for name in names) and "val acc" in screen(), 10, "the table", screen)
+        table = screen()
+        row = next(line for line in table.splitlines() if "smallcnn-shapes" in line)
+        assert f"{100 * rows[0].best_val_acc:.2f}%" in row, table
+        tmux(socket, "send-keys", "3")
+        wait_for(lambda: "layers x 3 runs" in screen(), 10, "the layers", screen)
+        tmux(socket, "send-keys", "q")
+        wait_for(done.exists, 20, "the app to leave", screen)
+        assert done.read_text().strip() == "0"
+    finally:
+        tmux(socket, "kill-server")

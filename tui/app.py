@@ -560,7 +560,7 @@ class MiranteApp(App[int]):
     # -- a compare's keys
 
     def action_axis(self) -> None:
-        self.tell(f"x axis: {self.state.next_axis()}")
+        self.state.next_axis()  # the status line says which
         self.redraw(force=True)
 
     def action_metric(self) -> None:

@@ -13,13 +13,14 @@ from textual.app import ComposeResult
 from textual.containers import Grid
 from textual.widgets import DataTable, Static
 
-from engine.compare import RunRow, cell, table
+from engine.compare import FIGURES, RunRow, cell, table
 from tui.compare import AXIS_SCALE, AXIS_TITLE, LAYER_METRICS, CompareState
 from tui.screens.base import Pane, View
 from tui.widgets import Chart, Heatmap, literal
 from tui.widgets.chart import swatch
 from tui.widgets.heatmap import colour_scale
 
+SHORT = {"best val acc": "val acc", "best epoch": "epoch", "final train loss": "train loss", "wall s": "wall"}
 EXTRA = ("learning rate", "img/s", "grad norm")  # the fourth chart's metric, m to change
 
 
@@ -136,10 +137,14 @@ class RunsPane(Pane):
 
     def draw(self, state: CompareState, view: View) -> None:
         rows = state.rows()
-        header, body = table(rows)
+        names, body = table(rows)
+        keys = len(names) - len(FIGURES) - 1  # the differing keys, between the run's name and its figures
+        # the figures first, then the keys: at 80 columns the figures are what shows
+        columns = [0, *range(keys + 1, len(names)), *range(1, keys + 1)]
         order = state.order(rows)
         grid = self.query_one("#runs", DataTable)
-        cells = [[cell(name, v) for name, v in zip(header, body[run], strict=True)] for run in order]
+        cells = [[cell(names[i], body[run][i]) for i in columns] for run in order]
+        header = [SHORT.get(names[i], names[i]) for i in columns]
         hidden = [state.members[run].hidden for run in order]
         shown = (header, cells, hidden, order, view.color)
         if shown != self._shown:  # rebuilt only when what it says changed: a rebuild loses the table's scroll
