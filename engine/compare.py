@@ -317,13 +317,16 @@ def seed_groups(rows: list[RunRow]) -> list[list[int]]:
     return list(groups.values())
 
 
-def group_label(rows: list[RunRow], group: list[int], keys: list[str]) -> str:
-    """A group's name in a legend: its runs' label without the seed, and how many seeds (`lr=0.1 x3 seeds`)."""
-    if len(group) == 1:
-        return labels(rows, keys)[group[0]]
+def seedless_labels(rows: list[RunRow], keys: list[str]) -> list[str]:
+    """Each run's label with the seed left out: the name of the seed group it is in."""
     shown = [k for k in keys if k != "seed"]
-    name = labels(rows, shown)[group[0]] if shown else rows[group[0]].name
-    return f"{name} x{len(group)} seeds"
+    return labels(rows, shown) if shown else [r.name for r in rows]
+
+
+def group_label(group: list[int], names: list[str], seedless: list[str]) -> str:
+    """A group's name in a legend: a run alone by its label (`names`), runs that differ only by seed by their label
+    without the seed and how many seeds (`lr=0.1 x3 seeds`)."""
+    return names[group[0]] if len(group) == 1 else f"{seedless[group[0]]} x{len(group)} seeds"
 
 
 def band(curves: list[tuple[np.ndarray, np.ndarray]], points: int = 200) -> tuple[np.ndarray, ...]:

@@ -228,7 +228,8 @@ def test_runs_that_differ_only_by_seed_are_one_group_with_a_band(tmp_path):
     groups = compare.seed_groups(rows)
     assert groups == [[0, 1], [2]]
     keys = compare.differing_keys(rows)
-    assert [compare.group_label(rows, g, keys) for g in groups] == ["lr=0.1 x2 seeds", "lr=0.5 seed=0"]
+    names, seedless = compare.labels(rows, keys), compare.seedless_labels(rows, keys)
+    assert [compare.group_label(g, names, seedless) for g in groups] == ["lr=0.1 x2 seeds", "lr=0.5 seed=0"]
     x = np.arange(0.0, 11.0)
     low, high = (x, np.full(11, 1.0)), (x + 0.5, np.full(11, 3.0))  # the second starts later: the shared range
     grid, mean, lo, hi = compare.band([low, high], points=5)

@@ -298,7 +298,7 @@ def test_the_layers_heatmap_has_one_column_per_run(runs):
         drawn = text_of(heat).splitlines()
         assert drawn[-1].split() == ["1", "2", "3", "4"]
         head = text_of(app.query_one("#layers-head"))
-        assert f"log10 grad norm: {len(names)} layers x 4 runs" in head
+        assert f"log10 grad norm · {len(names)} layers x 4 runs · latest probes" in head
         for metric in ("update/weight", "dead-ReLU share"):
             await pilot.press("m")
             await pilot.pause()

@@ -97,6 +97,7 @@ class CompareState:
         self.started = None  # what a single run's state has: a compare is no one run
         self.ended = None
         self.is_range_test = False
+        self._memo: dict[Any, tuple[int, Any]] = {}  # what was worked out at which version (rows, labels, curves)
         for path in paths:
             self.add(Path(path))
 
@@ -150,6 +151,11 @@ class CompareState:
         return ", ".join(f"{n} {status}" for status, n in counts.items()) or "no runs"
 
     @property
+    def step(self) -> int:
+        """The furthest step of any run."""
+        return max((s.step for s in self.states), default=0)
+
+    @property
     def live(self) -> bool:
         return any(s.live for s in self.states)
 
@@ -163,17 +169,22 @@ class CompareState:
 
     # -- the table of runs
 
+    def _once(self, key: Any, version: int, work: Callable[[], Any]) -> Any:
+        """`work()`, worked out again only when `version` moved since it was last (a redraw asks many times)."""
+        kept = self._memo.get(key)
+        if kept is None or kept[0] != version:
+            kept = self._memo[key] = (version, work())
+        return kept[1]
+
     def rows(self) -> list[RunRow]:
-        return [row_of(m) for m in self.members]
+        return self._once("rows", self.version, lambda: [row_of(m) for m in self.members])
 
     def keys(self, rows: list[RunRow] | None = None) -> list[str]:
         """The config keys on which the runs differ."""
-        return compare.differing_keys(rows if rows is not None else self.rows())
+        return self._once("keys", self.version, lambda: compare.differing_keys(self.rows()))
 
     def labels(self, rows: list[RunRow] | None = None) -> list[str]:
-        rows = rows if rows is not None else self.rows()
-        keys = self.keys(rows)
-        return compare.labels(rows, keys)
+        return self._once("labels", self.version, lambda: compare.labels(self.rows(), self.keys()))
 
     def order(self, rows: list[RunRow] | None = None) -> list[int]:
         """The runs in the table's order: as given, or sorted by the sort column (runs without a value last)."""
@@ -237,8 +248,9 @@ class CompareState:
         return [[shown[j] for j in group] for group in groups]
 
     def group_label(self, group: list[int], rows: list[RunRow] | None = None) -> str:
-        rows = rows if rows is not None else self.rows()
-        return compare.group_label(rows, group, self.keys(rows))
+        """A group's (or, given alone, a run's) name in a legend: `lr=0.1 x3 seeds`."""
+        seedless = self._once("seedless", self.version, lambda: compare.seedless_labels(self.rows(), self.keys()))
+        return compare.group_label(group, self.labels(), seedless)
 
     def curves(self, metric: str, smooth: bool = False, layer: str = "") -> tuple[list[Line], list[int]]:
         """The lines of one metric, one per group (a seed group's mean, its band the runs' min..max), the picked
@@ -265,8 +277,13 @@ class CompareState:
         return [line for _, line in lines], lacking
 
     def curve(self, run: int, metric: str, smooth: bool, layer: str) -> Curve | None:
-        """One run's points of `metric` on the compare's x axis; None when it has none or cannot be put on the axis."""
+        """One run's points of `metric` on the compare's x axis; None when it has none or cannot be put on the axis.
+        Worked out again only when that run moved: a live run among finished ones costs its own curves alone."""
         state = self.members[run].state
+        key = ("curve", run, metric, smooth, layer, self.axis, state.smoothing)
+        return self._once(key, state.version, lambda: self._curve(state, run, metric, smooth, layer))
+
+    def _curve(self, state: RunState, run: int, metric: str, smooth: bool, layer: str) -> Curve | None:
         kind, name = CURVES[metric]
         low = high = nan = None
         if kind == "scalar":

@@ -105,7 +105,7 @@ class CurvesPane(Pane):
         )
         for selector, name, title in charts:
             lines, lacking = state.curves(name, view.smooth, layer)
-            if lacking:
+            if lacking and lines:  # some runs have it, some not (yet): say so; none has: the chart says "no data"
                 title += f" ({len(lacking)} without)"
             chart = self.query_one(selector, Chart)
             chart.set_x(AXIS_TITLE[state.axis], AXIS_SCALE[state.axis])
@@ -205,9 +205,9 @@ class LayersPane(Pane):
         lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
         labels = [Text(str(j + 1), "reverse" if run == state.picked else "") for j, run in enumerate(picture.columns)]
         self.query_one("#layers-heat", Heatmap).set_matrix(values, lo=lo, hi=hi, rows=picture.rows, columns=labels)
-        where = f"at step {step:,}" if step is not None else "at each run's latest probe"
+        where = f"at step {step:,}" if step is not None else "latest probes"
         name = f"log10 {metric}" if log else metric
-        head = Text(f"{name}: {len(picture.rows)} layers x {len(picture.columns)} runs, {where} (←/→ step, m metric) ")
+        head = Text(f"{name} · {len(picture.rows)} layers x {len(picture.columns)} runs · {where} ")
         if finite.size:
             head.append_text(Text.assemble(f"{lo:.2g} ", colour_scale(view.color), f" {hi:.2g}"))
         elif picture.columns:

@@ -14,8 +14,8 @@ from textual.widgets import Static
 
 HELP = {  # what a key does, by its action, where its footer word is not enough
     "help": "this help (esc closes)",
-    "config": "the run's configuration, every key, grouped",
-    "epochs": "the per-epoch table: loss, accuracy (%), time",
+    "config": "the run's configuration, every key, grouped (a compare: the picked run's)",
+    "epochs": "the per-epoch table: loss, accuracy (%), time (a compare: the picked run's)",
     "quit_run": "quit; while the run trains: stop it, or leave it going",
     "pause": "pause / resume the training (on this machine) or the replay",
     "freeze": "freeze / unfreeze the display",
@@ -32,6 +32,19 @@ HELP = {  # what a key does, by its action, where its footer word is not enough
     "depth(1)": "model table: deeper",
     "export": "export the run to CSV next to its store",
     "capture_now": "capture activations now (a run training on this machine)",
+    "axis": "x axis: step, epoch, samples seen, wall time (batch sizes compare by samples or epochs)",
+    "metric": "the fourth chart: learning rate, images/s, a layer's gradient norm; the layers' metric",
+    "sort": "sort the runs by the next column",
+    "reverse_sort": "sort the other way",
+    "hide": "hide the picked run from the charts, or show it again",
+    "show_all": "show every run",
+    "pick(1)": "pick the next run: drawn over the others",
+    "pick(-1)": "pick the previous run",
+    "unpick": "pick no run: all drawn alike",
+    "layer(-1)": "gradient norm chart: the previous layer",
+    "layer(1)": "gradient norm chart: the next layer",
+    "at_step(-1)": "layers at an earlier probe step",
+    "at_step(1)": "layers at a later probe step (past the last: each run's latest)",
 }
 
 
