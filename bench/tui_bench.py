@@ -61,8 +61,8 @@ SIZE = (120, 40)
 # --- a long run, as the trainer writes it -------------------------------------------------
 
 
-def write_big_run(path: Path, steps: int) -> int:
-    """Write the run; returns its last seq."""
+def write_big_run(path: Path, steps: int, config: dict | None = None) -> int:
+    """Write the run (its config with `config` over the usual one); returns its last seq."""
     rng = np.random.default_rng(0)
     t = np.arange(steps)
     columns = {
@@ -77,7 +77,12 @@ def write_big_run(path: Path, steps: int) -> int:
     grads = rng.lognormal(-3, 1, (steps // 10 + 1, LAYERS)).astype(np.float32)
     maps = np.float16(rng.random((8, 16, 16))).tobytes()
     seq = ev.Sequencer(clock=iter(1_700_000_000.0 + 0.01 * i for i in range(10**10)).__next__)
-    config = {"diagnostics": DIAGNOSTICS_VERSION, "total_steps": steps, "steps_per_epoch": 10_000, "batch_size": 128}
+    config = {
+        "diagnostics": DIAGNOSTICS_VERSION,
+        "total_steps": steps,
+        "steps_per_epoch": 10_000,
+        "batch_size": 128,
+    } | (config or {})
     with RunWriter(path) as writer:
         layers = tuple(f"layer{i}.conv" for i in range(LAYERS))
         writer.write(

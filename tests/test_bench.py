@@ -33,6 +33,15 @@ def test_the_app_benchmark_runs(tmp_path):
     assert not any(isinstance(v, float) and math.isnan(v) for v in figures.values())
 
 
+def test_the_compare_benchmark_runs(tmp_path):
+    figures_path = tmp_path / "figures.json"
+    out = run(["bench/compare_bench.py", "--tiny", "--json", str(figures_path)], timeout=300)
+    figures = json.loads(figures_path.read_text())
+    for key in ("open s", "open MB", "redraw ms", "live key ms"):
+        assert figures[key] and all(0 < v < 1e5 for v in figures[key]), (key, out)
+    assert figures["live events/s"] > 0, out
+
+
 def test_the_store_benchmark_runs():
     out = run(["bench/store_bench.py", "--steps", "20000"], timeout=120)
     assert "events/s" in out and "open + read train/loss" in out

@@ -291,3 +291,20 @@ def test_a_dim_line_is_drawn_faint():
     assert any("dim" in str(span.style) for span in text.spans)
     bright = render_chart([Line("", x, np.sin(x / 5))], 50, 10)
     assert not any("dim" in str(span.style) for span in bright.spans)
+
+
+def test_the_same_lines_given_again_are_not_drawn_again_but_changed_ones_are():
+    chart = Chart()
+    x = np.arange(10)
+    y = np.sin(x / 3)
+    calls = []
+    chart.changed = lambda: calls.append(1)
+    chart.set_lines([Line("a", x, y)], title="t")
+    chart.set_lines([Line("a", x.copy(), y.copy())], title="t")
+    assert len(calls) == 1
+    y[3] = 5.0  # changed in place, then given again
+    chart.set_lines([Line("a", x, y)], title="t")
+    assert len(calls) == 2
+    chart.set_lines([Line("a", x, y, dim=True)], title="t")
+    chart.set_lines([Line("a", x, y, dim=True)], title="u")
+    assert len(calls) == 4

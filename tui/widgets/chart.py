@@ -571,10 +571,35 @@ def render_chart(
     return Text("\n").join([head, plot]) if head.plain else plot
 
 
+def same_lines(a: list[Line], b: list[Line]) -> bool:
+    """Whether two lists of lines draw the same: the same labels, styles and values (NaN equal to NaN)."""
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b, strict=True):
+        if (x.label, x.color, x.marker, x.dim) != (y.label, y.color, y.marker, y.dim):
+            return False
+        for u, v in ((getattr(x, k), getattr(y, k)) for k in ARRAYS):
+            if (u is None) != (v is None):
+                return False
+            if u is not None and not np.array_equal(np.asarray(u), np.asarray(v), equal_nan=True):
+                return False
+    return True
+
+
+def copied(line: Line) -> Line:
+    """The line with copies of its arrays."""
+    arrays = {k: None if getattr(line, k) is None else np.array(getattr(line, k)) for k in ARRAYS}
+    return replace(line, **arrays)
+
+
+ARRAYS = ("steps", "values", "low", "high", "nan")
+
+
 class Chart(CachedLines):
     """A plotext line chart filling the widget; data comes in through `set_lines`.
 
-    Drawings are cached: after changing a line's arrays in place, call `set_lines` again. `set_window(n)` shows only
+    Drawings are cached: after changing a line's arrays in place, call `set_lines` again (lines that draw the same
+    as the last ones given are not drawn again). `set_window(n)` shows only
     the last n steps of every line (None: all). `toggle_full_screen()` makes the chart fill the screen (with a
     height of 1fr, as the app's CSS gives it) and back: it is drawn again at that size, with more labels.
     """
@@ -594,6 +619,7 @@ class Chart(CachedLines):
         self.x_label = x_label
         self.log_x = log_x
         self.x_scale = 1.0
+        self._drawn: tuple[list[Line], tuple] | None = None  # copies of what set_lines was last given, and how
 
     def set_lines(
         self, lines: list[Line], *, title: str = "", log_y: bool = False, unit: str = "", percent: bool = False
@@ -601,6 +627,10 @@ class Chart(CachedLines):
         """Replace the lines and redraw; `unit` is the y values' ("%" reads after each y label, others in the title),
         `percent` draws fractions as percent (0.968 reads 96.8%).
         """
+        settings = (title, log_y, unit, percent)
+        if self._drawn is not None and same_lines(self._drawn[0], lines) and self._drawn[1] == settings:
+            return  # nothing to draw again: a compare's validation charts between epochs, say
+        self._drawn = ([copied(line) for line in lines], settings)  # copies: a caller may change its arrays in place
         self.lines, self.title, self.log_y, self.unit, self.percent = list(lines), title, log_y, unit, percent
         self.changed()
 
