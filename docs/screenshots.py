@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tui.app import MiranteApp  # noqa: E402
-from tui.sources import FollowSource  # noqa: E402
+from tui.sources import CompareSource, FollowSource  # noqa: E402
 
 SIZE = (120, 36)
 SMALL = (80, 24)  # a plain ssh terminal
@@ -31,6 +31,11 @@ SHOTS = [  # (key, screen, run[, size])
     ("6", "system", "resnet18-shapes"),
 ]
 
+COMPARES = [  # (key, screen, runs)
+    ("1", "compare", ("smallcnn-shapes", "smallcnn-seed1", "plainnet-relu", "plainnet-sigmoid")),
+    ("3", "compare-layers", ("plainnet-relu", "plainnet-sigmoid")),
+]
+
 
 async def shoot(key: str, screen: str, run: str, out: Path, size: tuple[int, int] = SIZE) -> None:
     store = ROOT / "sample_runs" / f"{run}.mirante"
@@ -44,12 +49,26 @@ async def shoot(key: str, screen: str, run: str, out: Path, size: tuple[int, int
         await pilot.press("escape", "q")  # a view opened by its key closes first
 
 
+async def shoot_compare(key: str, screen: str, runs: tuple[str, ...], out: Path) -> None:
+    app = MiranteApp(CompareSource([ROOT / "sample_runs" / f"{run}.mirante" for run in runs]))
+    async with app.run_test(size=SIZE) as pilot:
+        while not app.source.done or app._inbox:
+            await pilot.pause(0.1)
+        await pilot.press(key)
+        await pilot.pause(0.5)
+        app.save_screenshot(filename=f"{screen}.svg", path=str(out))
+        await pilot.press("q")
+
+
 def main() -> None:
     out = ROOT / "docs" / "screens"
     out.mkdir(parents=True, exist_ok=True)
     for key, screen, run, *size in SHOTS:
         asyncio.run(shoot(key, screen, run, out, *size))
         print(f"docs/screens/{screen}.svg  ({run})")
+    for key, screen, runs in COMPARES:
+        asyncio.run(shoot_compare(key, screen, runs, out))
+        print(f"docs/screens/{screen}.svg  ({', '.join(runs)})")
 
 
 if __name__ == "__main__":

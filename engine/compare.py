@@ -143,35 +143,45 @@ def differing_keys(rows: list[RunRow]) -> list[str]:
 
 def label(row: RunRow, keys: list[str]) -> str:
     """A run's name in a compare: its values of the differing keys (`lr=0.5 momentum=0.9`); its name when none
-    differ or more than LABEL_KEYS do (`labels` names runs that differ in many keys by where each departs)."""
+    differ or more than LABEL_KEYS do."""
     if row.error is not None or not keys or len(keys) > LABEL_KEYS:
         return row.name
     return " ".join(f"{k}={text(row.config.get(k)) or 'none'}" for k in keys)
 
 
 def labels(rows: list[RunRow], keys: list[str]) -> list[str]:
-    """Each run's name in a compare. Runs differing in at most LABEL_KEYS keys: their values of them. Runs differing
-    in more: the keys where each is not what most runs are (the weightier keys first, at most LABEL_KEYS, then how
-    many more: `model=resnet18 batch_size=32 steps=200 +1`); a run that is what most runs are, by the weightiest
-    key. Where that leaves two different runs one name, they are named by their names."""
-    if len(keys) <= LABEL_KEYS:
-        return [label(r, keys) for r in rows]
-    keys = sorted(keys, key=lambda k: (WEIGHTY.index(k) if k in WEIGHTY else len(WEIGHTY), k))
-    readable = [r for r in rows if r.error is None]
-    common = {}
-    for k in keys:
-        values = [text(r.config.get(k)) for r in readable]
-        common[k] = max(dict.fromkeys(values), key=values.count) if values else ""  # the first of equals
-    out = []
-    for row in rows:
-        own = [k for k in keys if text(row.config.get(k)) != common[k]] or keys[:1]
-        more = f" +{len(own) - LABEL_KEYS}" if len(own) > LABEL_KEYS else ""
-        out.append(row.name if row.error else label(row, own[:LABEL_KEYS]) + more)
-    for i, name in enumerate(out):
-        same = [j for j, other in enumerate(out) if other == name and j != i]
-        if any(_values(rows[i], keys) != _values(rows[j], keys) for j in same):
+    """Each run's name in a compare: its values of the differing keys, or where they are more than LABEL_KEYS, of
+    the weightiest keys that tell the runs apart (the model first, then the learning rate, ...: a key is taken when
+    it splits runs that the keys taken so far leave together, up to LABEL_KEYS). Every run is named by the same
+    keys; a run those keys do not tell from another run of another config is named by its name."""
+    config = [k for k in _all_keys(rows) if k != "seed" or "seed" in keys]  # (seedless labels: seeds may differ)
+    if len(keys) > LABEL_KEYS:
+        keys = telling_keys(rows, keys)
+    named = [label(r, keys) for r in rows]
+    out = list(named)
+    for i, name in enumerate(named):
+        same = [j for j, other in enumerate(named) if other == name and j != i]
+        if any(_values(rows[i], config) != _values(rows[j], config) for j in same):
             out[i] = rows[i].name
     return out
+
+
+def telling_keys(rows: list[RunRow], keys: list[str]) -> list[str]:
+    """At most LABEL_KEYS of `keys`, the weightiest first, each splitting runs the ones before it left together."""
+    readable = [r for r in rows if r.error is None]
+    chosen: list[str] = []
+    groups = len({tuple(_values(r, chosen)) for r in readable})
+    for key in sorted(keys, key=lambda k: (WEIGHTY.index(k) if k in WEIGHTY else len(WEIGHTY), k)):
+        split = len({tuple(_values(r, [*chosen, key])) for r in readable})
+        if split > groups:
+            chosen, groups = [*chosen, key], split
+        if len(chosen) == LABEL_KEYS:
+            break
+    return chosen
+
+
+def _all_keys(rows: list[RunRow]) -> list[str]:
+    return sorted({k for r in rows for k in r.config} - NOT_COMPARED)
 
 
 def _values(row: RunRow, keys: list[str]) -> list[str]:
@@ -319,7 +329,8 @@ def seed_groups(rows: list[RunRow]) -> list[list[int]]:
 
 def seedless_labels(rows: list[RunRow], keys: list[str]) -> list[str]:
     """Each run's label with the seed left out: the name of the seed group it is in."""
-    shown = [k for k in keys if k != "seed"]
+    told = telling_keys(rows, keys) if len(keys) > LABEL_KEYS else keys  # the keys the runs' own labels show
+    shown = [k for k in told if k != "seed"]
     return labels(rows, shown) if shown else [r.name for r in rows]
 
 

@@ -73,17 +73,28 @@ def test_runs_are_named_by_what_differs(tmp_path):
     assert compare.label(rows[0], keys) == "lr=0.01 momentum=none seed=0"
 
 
-def test_runs_differing_in_many_keys_are_named_by_where_each_departs_from_the_others():
-    """The sample runs differ in nine keys: each is named by the (at most three) keys where it is not what most runs
-    are, the model and learning rate first; a run that is what most runs are is named by the first key."""
+def test_runs_differing_in_many_keys_are_named_by_the_weightiest_keys_that_tell_them_apart():
+    """The sample runs differ in ten keys: each is named by the model, learning rate and activation (each key taken
+    splits runs the ones before it left together); the smallcnn runs those do not tell apart, by their names."""
     rows = [compare.read_row(p) for p in compare.resolve([str(SAMPLES)])]
     names = dict(zip([r.name for r in rows], compare.labels(rows, compare.differing_keys(rows)), strict=True))
-    assert names["resnet18-shapes"] == "model=resnet18 batch_size=32 steps=200 +1"
-    assert names["plainnet-sigmoid"] == "model=plainnet activation=sigmoid steps=300"
-    assert names["diverging-lr"] == "model=plainnet lr=5.0 steps=60 +2"
-    assert names["lrfind-smallcnn"] == "range_test=[1e-06, 10.0] schedule=none"
-    assert names["smallcnn-shapes"] == "model=smallcnn"
-    assert len(set(names.values())) == len(names)
+    assert names["resnet18-shapes"] == "model=resnet18 lr=0.05 activation=relu"
+    assert names["plainnet-sigmoid"] == "model=plainnet lr=0.05 activation=sigmoid"
+    assert names["plainnet-relu"] == "model=plainnet lr=0.05 activation=relu"
+    assert names["diverging-lr"] == "model=plainnet lr=5.0 activation=relu"
+    for name in ("smallcnn-shapes", "smallcnn-seed1", "lrfind-smallcnn"):
+        assert names[name] == name
+    four = [r for r in rows if r.name in ("smallcnn-shapes", "smallcnn-seed1", "plainnet-relu", "plainnet-sigmoid")]
+    keys = compare.differing_keys(four)
+    assert keys == ["activation", "model", "seed", "steps"]
+    assert compare.labels(four, keys) == [
+        f"model={m} activation={a} seed={s}"
+        for m, a, s in [(r.model, r.config["activation"], r.config["seed"]) for r in four]
+    ]
+    seedless = compare.seedless_labels(four, keys)
+    groups = compare.seed_groups(four)
+    pair = next(g for g in groups if len(g) == 2)
+    assert compare.group_label(pair, compare.labels(four, keys), seedless) == "model=smallcnn activation=relu x2 seeds"
 
 
 def test_runs_resolve_from_stores_names_and_directories(tmp_path):
