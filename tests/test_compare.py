@@ -170,12 +170,18 @@ def test_mirante_compare_prints_the_table_in_each_format(tmp_path, capsys):
     [
         (["compare", "nosuch"], "nosuch: no such run"),
         (["compare", "--where", "lr"], "expected KEY=VALUE"),
+        (["compare", "notes.txt"], "notes.txt: not a mirante run store"),  # nothing to compare: in a terminal as not
+        (["compare", "notes.txt", "--format", "csv"], "notes.txt: not a mirante run store"),
     ],
 )
 def test_bad_input_to_compare_is_one_line_exit_2(argv, said, tmp_path, capsys, monkeypatch):
+    import sys
+
     from tui import cli
 
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("not a store\n" * 200)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)  # the app would open, were there a run to show
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("mirante: error: ") and said in err[0], err

@@ -155,8 +155,23 @@ def test_sorting_orders_the_table_and_the_pick_follows_it(runs):
     assert accs == sorted(accs, reverse=True)
     state.reverse_sort()
     assert [state.rows()[i].best_val_acc for i in state.order()] == sorted(accs)
+    while state.sort[0] != "lr":  # any column: the differing keys too, numbers as numbers
+        state.next_sort()
+    assert [state.rows()[i].config["lr"] for i in state.order()] == [0.01, 0.2, 0.2, 0.2]
+    assert state.columns()[-3:] == ["batch_size", "lr", "seed"] and state.next_sort() == "seed"
     first = state.step_picked(1)
     assert first == state.order()[0] and state.step_picked(1) == state.order()[1]
+
+
+def test_a_run_whose_writer_died_without_ending_it_reads_crashed(tmp_path):
+    import dataclasses
+
+    from tests.runs import make_events, write_run
+
+    events = make_events(steps=200, end=None)
+    events[0] = dataclasses.replace(events[0], name="cut")
+    write_run(tmp_path / "cut.mirante", events=events)
+    assert opened([tmp_path / "cut.mirante"]).rows()[0].status == "crashed"
 
 
 def test_a_store_that_cannot_be_read_is_a_row_that_says_so_and_draws_nothing(runs, tmp_path):

@@ -107,6 +107,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if not rows:
         print("no runs to compare" + (f" with {' '.join(args.where)}" if args.where else ""))
         return 0
+    if all(row.error is not None for row in rows):  # nothing to compare: say why, as for one bad run
+        raise CliError(printable(rows[0].error or ""))
     if args.format is None and not args.headless and sys.stdout.isatty():
         return open_compare(rows, args)
     for row in rows:

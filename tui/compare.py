@@ -43,7 +43,7 @@ CURVES = {
     "grad norm": ("layer", ""),
 }
 LAYER_METRICS = ("grad norm", "update/weight", "dead-ReLU share")
-SORTABLE = ("run", "status", "best val acc", "final train loss", "img/s", "wall s")
+BEST_FIRST = ("best val acc", "img/s")  # sorted high to low at first; the other columns low to high
 BAND_POINTS = 200  # the grid a seed group's mean and band are drawn on
 
 
@@ -197,9 +197,16 @@ class CompareState:
         known.sort(key=lambda i: values[i], reverse=descending)
         return known + [i for i, v in enumerate(values) if v is None]
 
+    def columns(self) -> list[str]:
+        """The table's columns, in the order the Runs pane shows them: the run, its figures, the differing keys."""
+        return ["run", *compare.FIGURES, *self.keys()]
+
     def next_sort(self) -> str:
-        column = SORTABLE[(SORTABLE.index(self.sort[0]) + 1) % len(SORTABLE)] if self.sort[0] else SORTABLE[0]
-        self.sort = (column, column in ("best val acc", "img/s"))  # the best first
+        """Sort by the next column of the table (any of them); the first after the last, or when none."""
+        columns = self.columns()
+        at = columns.index(self.sort[0]) + 1 if self.sort[0] in columns else 0
+        column = columns[at % len(columns)]
+        self.sort = (column, column in BEST_FIRST)
         self.version += 1
         return column
 
@@ -394,16 +401,16 @@ def row_of(member: Member) -> RunRow:
     return row
 
 
-def _sort_value(row: RunRow, column: str) -> Any:
-    value = {
-        "run": row.name,
-        "status": row.status,
-        "best val acc": row.best_val_acc,
-        "final train loss": row.final_train_loss,
-        "img/s": row.img_per_s,
-        "wall s": row.wall_s,
-    }[column]
-    return None if isinstance(value, float) and math.isnan(value) else value
+def _sort_value(row: RunRow, column: str) -> tuple[int, Any] | None:
+    """A row's value in a column as it sorts: numbers as numbers, before text; None when it has none."""
+    fields = {"run": "name", "best val acc": "best_val_acc", "best epoch": "best_epoch", "img/s": "img_per_s"}
+    fields |= {"final train loss": "final_train_loss", "wall s": "wall_s", "status": "status", "worst": "worst"}
+    value = getattr(row, fields[column]) if column in fields else row.config.get(column)
+    if isinstance(value, bool) or value is None:
+        return None if value is None else (1, str(value))
+    if isinstance(value, (int, float)):
+        return None if math.isnan(value) else (0, value)
+    return (1, compare.text(value))
 
 
 def _one_line(curve: Curve) -> Line:

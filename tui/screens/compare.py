@@ -144,7 +144,9 @@ class RunsPane(Pane):
         order = state.order(rows)
         grid = self.query_one("#runs", DataTable)
         cells = [[cell(names[i], body[run][i]) for i in columns] for run in order]
-        header = [SHORT.get(names[i], names[i]) for i in columns]
+        column, descending = state.sort
+        arrow = {column: " ↓" if descending else " ↑"} if column else {}
+        header = [SHORT.get(names[i], names[i]) + arrow.get(names[i], "") for i in columns]
         hidden = [state.members[run].hidden for run in order]
         shown = (header, cells, hidden, order, view.color)
         if shown != self._shown:  # rebuilt only when what it says changed: a rebuild loses the table's scroll
@@ -157,7 +159,6 @@ class RunsPane(Pane):
                 grid.add_row(mark, *(literal(v, style) for v in values), key=str(run))
         if state.picked in order and grid.cursor_row != order.index(state.picked):
             grid.move_cursor(row=order.index(state.picked), animate=False)
-        column, descending = state.sort
         said = f"sorted by {column} {'↓' if descending else '↑'}" if column else "in the order given"
         shown = len(state.members) - sum(m.hidden for m in state.members)
         head = f"{len(rows)} runs, {shown} shown · {said} · o sort  O reverse  h hide/show  a show all"
