@@ -18,11 +18,12 @@ from textual.worker import get_current_worker
 
 from engine.store import RunReader, StoreError
 from tui.compare import CompareState
+from tui.compare_keys import CompareKeys
 from tui.messages import EventsArrived, SourceDone, SourceFailed
 from tui.remote import Remote
 from tui.screens import PANES
 from tui.screens.base import Pane, View, duration, status_line
-from tui.screens.compare import COMPARE_PANES, CurvesPane, LayersPane
+from tui.screens.compare import COMPARE_PANES
 from tui.screens.config import ConfigScreen, resolved
 from tui.screens.dialogs import HelpScreen, QuitScreen, help_rows
 from tui.screens.epochs import EpochsScreen
@@ -40,7 +41,7 @@ WINDOW_STEPS = 500  # w: the charts show only this many last steps
 NOTE_S = 10.0  # a key's answer stays this long in the status line, then gives way to the run's own note
 
 
-class MiranteApp(App[int]):
+class MiranteApp(CompareKeys, App[int]):
     CSS_PATH = "app.tcss"
     TITLE = "mirante"
     BINDINGS = [  # the footer shows them in this order, as many as fit: help first, so it always shows
@@ -363,8 +364,13 @@ class MiranteApp(App[int]):
 
     def show_status(self) -> None:
         state = self.state
-        if isinstance(state, CompareState):
-            return self.show_compare_status(state)
+        parts = self.compare_status(state) if isinstance(state, CompareState) else self.run_status(state)
+        status = self.query_one("#status", Static)
+        # literal: the run's name and an ending's reason come from a store
+        status.update(literal(status_line(parts, status.size.width or self.size.width)))
+
+    def run_status(self, state: RunState) -> list[tuple[str, int]]:
+        """The status line's parts for one run: (text, rank), the higher ranks left out first where room is short."""
         settings = (
             ("frozen", self.frozen),
             ("paused", self.paused and state.status() != "running"),  # else the status says it
@@ -376,7 +382,7 @@ class MiranteApp(App[int]):
         eta = state.eta
         if eta is not None and speed:  # a replay: the time it has left at its speed, not the run's own
             eta /= speed
-        parts = [  # (text, rank): at 80 columns the higher ranks give way first, so the settings just toggled show
+        return [  # (text, rank): at 80 columns the higher ranks give way first, so the settings just toggled show
             (state.name, 0),
             (self.view.status(state), 0),
             *[(name, 1) for name, on in settings if on],
@@ -387,26 +393,6 @@ class MiranteApp(App[int]):
             (f"seq {state.last_seq:,}", 4),
             *([(self.note, 1)] if self.note else []),
         ]
-        status = self.query_one("#status", Static)
-        # literal: the run's name and an ending's reason come from a store
-        status.update(literal(status_line(parts, status.size.width or self.size.width)))
-
-    def show_compare_status(self, state: CompareState) -> None:
-        settings = (
-            ("frozen", self.frozen),
-            (f"smoothed {self.view.smoothing:g}", self.view.smooth),
-            ("log y", self.view.log_y),
-        )
-        parts = [
-            (state.name, 0),
-            (state.status(), 0),
-            (f"x: {state.axis}", 1),
-            *[(name, 1) for name, on in settings if on],
-            (f"elapsed {duration(state.elapsed)}", 2),
-            *([(self.note, 1)] if self.note else []),
-        ]
-        status = self.query_one("#status", Static)
-        status.update(literal(status_line(parts, status.size.width or self.size.width)))
 
     # -- actions: each changes a setting and asks for a redraw
 
@@ -556,65 +542,6 @@ class MiranteApp(App[int]):
     def action_epochs(self) -> None:
         if not isinstance(self.screen, EpochsScreen):
             self.push_screen(EpochsScreen(self.run_state))
-
-    # -- a compare's keys
-
-    def action_axis(self) -> None:
-        self.state.next_axis()  # the status line says which
-        self.redraw(force=True)
-
-    def action_metric(self) -> None:
-        pane = self.active_pane()
-        if isinstance(pane, LayersPane):
-            pane.metric += 1
-        else:
-            pane = self.query_one(CurvesPane)
-            pane.extra += 1
-        self.redraw(force=True)
-
-    def action_sort(self) -> None:
-        self.tell(f"sorted by {self.state.next_sort()}")
-        self.redraw(force=True)
-
-    def action_reverse_sort(self) -> None:
-        self.state.reverse_sort()
-        self.redraw(force=True)
-
-    def action_hide(self) -> None:
-        """Hide the picked run (the table's cursor) from the charts, or show it again."""
-        run = self.state.picked
-        if run is None:
-            self.tell("hide: pick a run first (up/down, or the table's cursor)")
-            return
-        hidden = self.state.toggle_hidden(run)
-        self.tell(f"{'hidden' if hidden else 'shown'}: {self.state.labels()[run]}")
-        self.redraw(force=True)
-
-    def action_show_all(self) -> None:
-        self.state.show_all()
-        self.redraw(force=True)
-
-    def action_pick(self, delta: int) -> None:
-        self.pick_run(self.state.step_picked(delta))
-
-    def pick_run(self, run: int) -> None:
-        """Pick a compare's run (the charts draw it over the others): by key, or by the table's cursor."""
-        if run != self.state.picked:
-            self.state.pick(run)
-            self.on_timer(lambda: self.redraw(force=True))()  # (the table's cursor moves while the app tears down too)
-
-    def action_unpick(self) -> None:
-        self.state.pick(None)
-        self.redraw(force=True)
-
-    def action_layer(self, delta: int) -> None:
-        name = self.query_one(CurvesPane).change_layer(self.state, delta)
-        self.tell(f"gradient norm of {name}" if name else "no run has per-layer gradients yet")
-        self.redraw(force=True)
-
-    def action_at_step(self, delta: int) -> None:
-        self.tell(f"layers at {self.query_one(LayersPane).move(self.state, delta)}")
-        self.redraw(force=True)
 
     def action_quit_run(self) -> None:
         """q, Ctrl+C, Ctrl+Q: leave; while the run trains, first ask whether to stop it or leave it going."""
