@@ -42,6 +42,8 @@ NOT_COMPARED = frozenset(
         "capture_layer",
         "peak_tflops",
         "workers",
+        "group",
+        "swept",
     }
 )
 LABEL_KEYS = 3  # a run is named by at most this many config keys in legends (the table has them all)

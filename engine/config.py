@@ -113,6 +113,9 @@ class TrainConfig:
         default="stop",
         choices=DIVERGENCE_ACTIONS,
     )
+    group: str | None = _opt("the sweep this run is a member of (mirante sweep sets it)", default=None)
+    swept: str | None = _opt("the values this sweep member was given: lr=0.1,momentum=0.9 (set by mirante sweep)",
+                             default=None)  # fmt: skip
     # [min, max]: the learning-rate range test of `mirante lr-find` (not an option of `mirante train`)
     range_test: list[float] | None = _opt("", default=None, cli=False)
     headless: bool = _opt("no app: progress lines on stdout (always so when stdout is not a terminal)", default=False)

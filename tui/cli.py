@@ -119,14 +119,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
     elif args.format == "csv":
         print("\n".join(printable(line) for line in compare.to_csv(rows).splitlines()))
     else:
-        header, body = compare.table(rows)
-        cells = [[printable(compare.cell(name, v)) for name, v in zip(header, line, strict=True)] for line in body]
-        text = format_table(header, cells)
-        width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
-        if width is not None and max(map(len, text.splitlines())) > width:
-            text = _run_blocks(header, cells, width)  # a row per run would wrap into a muddle: a block per run
-        print(text)
+        print_runs(rows)
     return 0
+
+
+def print_runs(rows: list) -> None:
+    """The table of runs (engine.compare.RunRow), or a block per run in a terminal too narrow for its columns."""
+    from engine import compare
+
+    header, body = compare.table(rows)
+    cells = [[printable(compare.cell(name, v)) for name, v in zip(header, line, strict=True)] for line in body]
+    text = format_table(header, cells)
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+    if width is not None and max(map(len, text.splitlines())) > width:
+        text = _run_blocks(header, cells, width)  # a row per run would wrap into a muddle: a block per run
+    print(text)
 
 
 def open_compare(rows: list, args: argparse.Namespace) -> int:
@@ -166,6 +173,43 @@ def _fill(items: list[str], indent: str, width: int, joint: str = " ") -> str:
     whole = [item.replace(" ", "\u00a0") for item in items]  # textwrap breaks lines only at ASCII spaces
     text = textwrap.fill(joint.join(whole), width, initial_indent=indent, subsequent_indent="    ")
     return text.replace("\u00a0", " ")
+
+
+# --- sweep -------------------------------------------------------------------------------
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from engine import compare
+    from engine import sweep as sw
+    from engine.config import add_arguments, from_args
+
+    train = Parser(prog="mirante sweep", add_help=False)
+    add_arguments(train)
+    if args.parallel < 1:
+        raise CliError(f"--parallel must be at least 1, got {args.parallel}")
+    try:
+        shard = sw.parse_shard(args.shard) if args.shard else None
+        whole = sw.plan(train, args.train_options, seeds=args.seeds, group=args.group)
+        plan = sw.plan(train, args.train_options, seeds=args.seeds, group=args.group, shard=shard)
+    except sw.SweepError as exc:
+        raise CliError(str(exc)) from None
+    if len(whole.members) > sw.MAX_MEMBERS and not args.yes:
+        raise CliError(f"{len(whole.members)} members (more than {sw.MAX_MEMBERS}): say --yes to run them all")
+    configs = [from_args(train.parse_args(m.argv)) for m in plan.members]  # every member valid before any starts
+    runs_dir = Path(configs[0].runs_dir) if configs else RUNS_DIR
+    pending = sw.todo(plan, runs_dir)
+    done = len(plan.members) - len(pending)
+    shard_said = f" (shard {args.shard} of {len(whole.members)})" if shard else ""
+    print(
+        f"sweep {plan.group}: {len(plan.members)} members{shard_said}, {done} done, {len(pending)} to run", flush=True
+    )
+    code = sw.run(pending, runs_dir, args.parallel, report=lambda line: print(line, flush=True))
+    rows = [compare.read_row(p) for p in (runs_dir / f"{m.name}{SUFFIX}" for m in plan.members) if p.exists()]
+    rows.sort(key=lambda r: (r.best_val_acc is None, -(r.best_val_acc or 0.0)))
+    if rows:
+        print()
+        print_runs(rows)
+    return code
 
 
 # --- export ------------------------------------------------------------------------------
@@ -491,6 +535,26 @@ def build_parser() -> argparse.ArgumentParser:
     lf.add_argument("--max-lr", type=finite_float, default=10.0, help="last learning rate of the sweep (default: 10)")
     lf.set_defaults(func=cmd_lr_find)
 
+    sw = sub.add_parser(
+        "sweep",
+        allow_abbrev=False,  # --seed is train's, not short for --seeds
+        help="train every combination of options given comma lists, one run each",
+        description="Run a grid: any option of `mirante train` given a comma list (--lr 0.01,0.1 --momentum "
+        "0.5,0.9) is swept, and every combination is trained, times --seeds, each an ordinary run named "
+        "GROUP_VALUES_sSEED in --runs-dir whose config records its group and values. Members that finished (or "
+        "failed) are not run again: repeat the command to finish an interrupted sweep. Ctrl-C stops it: the "
+        "running members end interrupted, the rest are not started. At the end, the table of runs, the best "
+        "first. Takes every option of `mirante train`.",
+    )
+    sw.add_argument("--seeds", type=int, default=1, metavar="N", help="each point of the grid with seeds 0..N-1")
+    sw.add_argument("--group", default=None, help="the sweep's name (default: sweep-KEYS, from the swept options)")
+    sw.add_argument("--parallel", type=int, default=1, metavar="K", help="members trained at once (default 1; "
+                    "with several GPUs, one each, round robin)")  # fmt: skip
+    sw.add_argument("--shard", default=None, metavar="I/N", help="only the members whose index is I modulo N: "
+                    "N machines sharing the runs directory cover the sweep between them")  # fmt: skip
+    sw.add_argument("--yes", action="store_true", help=f"run a grid of more than {100} members")
+    sw.set_defaults(func=cmd_sweep, train_options=[])
+
     wa = sub.add_parser("watch", help="attach to a run being written (or finished)", description="Attach to a run.")
     wa.add_argument("run", nargs="?", help=f"a run store or name (default: the newest running run in {RUNS_DIR}/)")
     wa.set_defaults(func=cmd_watch)
@@ -524,7 +588,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "sweep":  # a sweep's other words are train options, checked by engine.sweep
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.train_options = rest if args.command == "sweep" else []
     args.argv = list(sys.argv[1:] if argv is None else argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:

@@ -1,0 +1,149 @@
+"""mirante sweep (issue 18): the grid of options given comma lists, its members run as ordinary runs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from engine import sweep as sw
+from engine.config import add_arguments
+from engine.store import RunReader, StoreError
+from tests.procs import run_group, start
+from tui.cli import Parser
+
+ROOT = Path(__file__).resolve().parents[1]
+ELEVEN = ",".join(str(i / 1000) for i in range(1, 12))
+TEN = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,0.95"
+TINY = ["--batch-size", "16", "--log-every", "2", "--capture-every", "0", "--device", "cpu"]
+
+
+def parser() -> Parser:
+    train = Parser(prog="mirante sweep", add_help=False)
+    add_arguments(train)
+    return train
+
+
+def test_the_grid_is_the_product_of_the_lists_times_the_seeds_in_the_order_given():
+    plan = sw.plan(parser(), ["--lr", "0.01,0.1", "--momentum", "0.5,0.9,0.99", "--steps", "5"], seeds=2)
+    assert plan.group == "sweep-lr-momentum" and plan.swept == ["lr", "momentum"]
+    assert len(plan.members) == 12
+    first, last = plan.members[0], plan.members[-1]
+    assert first.name == "sweep-lr-momentum_lr0.01_momentum0.5_s0" and first.values == {"lr": "0.01", "momentum": "0.5"}
+    assert last.name == "sweep-lr-momentum_lr0.1_momentum0.99_s1" and last.seed == 1
+    assert first.argv == ["--steps", "5", "--lr", "0.01", "--momentum", "0.5", "--seed", "0", "--name", first.name,
+                          "--group", "sweep-lr-momentum", "--swept", "lr=0.01,momentum=0.5"]  # fmt: skip
+    assert len({m.name for m in plan.members}) == 12
+    one = parser().parse_args(last.argv)
+    assert (one.lr, one.momentum, one.seed, one.steps, one.group) == (0.1, 0.99, 1, 5, plan.group)
+
+
+def test_shards_cover_the_grid_between_them_and_no_member_twice():
+    argv = ["--lr", "0.01,0.1,0.5", "--momentum", "0.5,0.9"]
+    whole = [m.name for m in sw.plan(parser(), argv, seeds=2).members]
+    shards = [[m.name for m in sw.plan(parser(), argv, seeds=2, shard=(i, 3)).members] for i in range(3)]
+    assert sorted(n for shard in shards for n in shard) == sorted(whole)
+    assert all(shards) and len({n for shard in shards for n in shard}) == len(whole)
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["--lr", "0.1,abc"], "--lr abc: not a number"),
+        (["--augment", "true,false"], "--augment takes no value"),
+        (["--bogus", "1,2"], "unknown option '--bogus'"),
+        (["--lr", "1e-4:1:log"], "a range is for --search optuna"),
+        (["--lr", "0.1,0.2", "--shard", "3/2"], "--shard 3/2: expected I/N"),
+        (["--lr", "0.1,0.2", "--parallel", "0"], "--parallel must be at least 1"),
+        (["--lr", "0.1"], "nothing to sweep"),
+        (["--seed", "1", "--lr", "0.1,0.2"], "--seed: a sweep sets it"),
+        (["--optimizer", "sgd,lbfgs"], "--optimizer lbfgs: choose from"),
+        (["--momentum", "0.5,1.5"], "--momentum must be in [0, 1)"),
+        ([f"--lr={ELEVEN}", "--momentum", TEN], "110 members (more than 100): say --yes"),
+    ],
+)
+def test_bad_input_to_sweep_is_one_line_exit_2_and_nothing_starts(argv, said, tmp_path, capsys, monkeypatch):
+    from tui import cli
+
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["sweep", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mirante: error: ") and said in err[0], err
+    assert not (tmp_path / "runs").exists()  # nothing started
+
+
+def mirante(*args: str, cwd: Path, timeout: float = 240) -> str:
+    result = run_group([sys.executable, "-m", "tui.cli", *args], cwd=cwd, timeout=timeout, merge=True)
+    assert result.returncode == 0, result.stdout
+    return result.stdout
+
+
+def test_a_2x2_sweep_in_two_shards_records_four_runs_and_a_repeat_runs_none(tmp_path):
+    argv = ["sweep", "--lr", "0.01,0.2", "--momentum", "0.5,0.9", "--steps", "4", *TINY]
+    first = mirante(*argv, "--shard", "0/2", cwd=tmp_path)
+    assert "sweep sweep-lr-momentum: 2 members (shard 0/2 of 4), 0 done, 2 to run" in first
+    second = mirante(*argv, "--shard", "1/2", cwd=tmp_path)
+    stores = sorted((tmp_path / "runs").glob("*.mirante"))
+    assert len(stores) == 4
+    for store in stores:
+        with RunReader(store) as run:
+            config, status = run.started().config, run.status()
+        assert status == "finished" and config["group"] == "sweep-lr-momentum"
+        assert config["swept"] == f"lr={config['lr']},momentum={config['momentum']}"
+    again = mirante(*argv, cwd=tmp_path)
+    assert "4 members, 4 done, 0 to run" in again
+    table = again.split("\n\n")[-1].strip().splitlines()
+    assert table[0].split()[:3] == ["run", "lr", "momentum"] and len(table) == 5
+    accs = [float(line.split()[4].rstrip("%")) for line in table[1:]]
+    assert accs == sorted(accs, reverse=True)  # the best first
+    assert second.count(": finished") == 2
+
+
+def test_a_killed_sweep_is_finished_by_repeating_it_and_no_finished_member_runs_twice(tmp_path):
+    argv = ["sweep", "--lr", "0.01,0.02,0.03", "--steps", "400", *TINY]
+    names = [f"sweep-lr_lr{lr}_s0" for lr in ("0.01", "0.02", "0.03")]
+    stores = [tmp_path / "runs" / f"{name}.mirante" for name in names]
+    # the first member finished before (as if the sweep had got that far): a short run under its name
+    mirante("train", "--headless", "--steps", "3", "--lr", "0.01", "--name", names[0], *TINY, cwd=tmp_path)
+    with RunReader(stores[0]) as run:
+        first_seq = run.last_seq()
+    proc = start([sys.executable, "-m", "tui.cli", *argv], cwd=tmp_path, merge=True)
+    try:
+        deadline = time.monotonic() + 120
+        while step(stores[1]) < 20:  # the second member trains: kill the sweep and its members with it
+            assert time.monotonic() < deadline and proc.poll() is None, "the second member never got going"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    deadline = time.monotonic() + 60
+    while status(stores[1]) == "running":  # its trainer, if it outlived the kill, stops with its parent gone
+        assert time.monotonic() < deadline, "the killed member still runs"
+        time.sleep(0.2)
+    assert status(stores[1]) in ("crashed", "interrupted", "failed") and not stores[2].exists()
+    out = mirante(*argv, cwd=tmp_path, timeout=300)
+    assert "3 members, 1 done, 2 to run" in out, out
+    assert f"{names[0]}:" not in out  # the finished member is not run again...
+    with RunReader(stores[0]) as run:
+        assert run.last_seq() == first_seq  # ... nor its store touched
+    assert status(stores[1]) == status(stores[2]) == "finished"
+    with RunReader(stores[1]) as run:
+        resumed = "resumed_at_step" in run.started().config
+    assert resumed or (tmp_path / "runs" / f"{names[1]}.mirante.try-1").exists()  # from its checkpoint, or afresh
+
+
+def step(store: Path) -> int:
+    try:
+        with RunReader(store) as run:
+            return run.extent()[1]
+    except (StoreError, FileNotFoundError):
+        return 0
+
+
+def status(store: Path) -> str:
+    with RunReader(store) as run:
+        return run.status()
