@@ -16,6 +16,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -219,11 +220,13 @@ def run(
     parallel: int = 1,
     report: Callable[[str], None] = print,
     gpus: int | None = None,
+    stop: threading.Event | None = None,
 ) -> int:
     """Train `members`, `parallel` at once, each `mirante train --headless` in a child (its output in
     runs_dir/NAME.log), saying one line as each ends. A member that fails does not stop the others. Ctrl-C: the
     running members stop (they get the same SIGINT and end interrupted, with a checkpoint), the rest are not
-    started; returns 130 then, else 0. With `gpus` > 1 each member sees one GPU, round robin."""
+    started; returns 130 then, else 0. Run in a thread, it stops so when `stop` is set (the members got the
+    Ctrl-C themselves). With `gpus` > 1 each member sees one GPU, round robin."""
     runs_dir.mkdir(parents=True, exist_ok=True)
     waiting = list(members)
     running: list[tuple[Member, subprocess.Popen, Any]] = []
@@ -231,6 +234,9 @@ def run(
     interrupted = False
     try:
         while waiting or running:
+            if stop is not None and stop.is_set() and not interrupted:  # Ctrl-C in the thread that runs the sweep
+                interrupted = True
+                report(f"stopping: {len(running)} running members end interrupted, {len(waiting)} not started")
             while waiting and len(running) < parallel and not interrupted:
                 member = waiting.pop(0)
                 env = dict(os.environ)

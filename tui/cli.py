@@ -203,13 +203,66 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(
         f"sweep {plan.group}: {len(plan.members)} members{shard_said}, {done} done, {len(pending)} to run", flush=True
     )
-    code = sw.run(pending, runs_dir, args.parallel, report=lambda line: print(line, flush=True))
+    gpus = _gpus() if args.parallel > 1 else None
+    if args.headless or not sys.stdout.isatty():
+        code = sw.run(pending, runs_dir, args.parallel, report=lambda line: print(line, flush=True), gpus=gpus)
+    else:
+        code = sweep_in_view(plan, pending, runs_dir, args.parallel, gpus)
     rows = [compare.read_row(p) for p in (runs_dir / f"{m.name}{SUFFIX}" for m in plan.members) if p.exists()]
     rows.sort(key=lambda r: (r.best_val_acc is None, -(r.best_val_acc or 0.0)))
     if rows:
         print()
         print_runs(rows)
     return code
+
+
+def sweep_in_view(plan, pending: list, runs_dir: Path, parallel: int, gpus: int | None) -> int:
+    """Run the sweep in a thread while the compare view shows its members, live (each joins as its store
+    appears); each member's end is said in the status line. Leaving the view (q) leaves the sweep running here,
+    a line per member; Ctrl-C then stops it."""
+    import threading
+
+    from engine import sweep as sw
+    from tui.sources import CompareSource
+
+    stop, lines, ended = threading.Event(), [], {}
+    app = None
+
+    def report(line: str) -> None:
+        if app is not None and app.is_running:
+            app.call_from_thread(app.tell, line)
+            lines.append(line)
+        else:
+            print(line, flush=True)
+
+    def work() -> None:
+        ended["code"] = sw.run(pending, runs_dir, parallel, report=report, gpus=gpus, stop=stop)
+
+    runner = threading.Thread(target=work, name="sweep", daemon=True)
+    runner.start()
+    names = {m.name for m in plan.members}
+    stores = [runs_dir / f"{name}{SUFFIX}" for name in sorted(names) if (runs_dir / f"{name}{SUFFIX}").exists()]
+    source = CompareSource(stores, watch=[runs_dir], keep=lambda path: path.name.removesuffix(SUFFIX) in names)
+    from tui.app import MiranteApp
+
+    app = MiranteApp(source.prefetch())
+    app.run()
+    print("\n".join(lines), flush=True)
+    if runner.is_alive():
+        print("the sweep goes on here (Ctrl-C stops it; mirante compare shows it again)", flush=True)
+    while runner.is_alive():
+        try:
+            runner.join(0.2)
+        except KeyboardInterrupt:  # the members got it too
+            stop.set()
+    return ended.get("code", 130)
+
+
+def _gpus() -> int:
+    """CUDA devices this machine has (0 without torch's CUDA): a parallel sweep gives each member one."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 # --- export ------------------------------------------------------------------------------
@@ -553,6 +606,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--shard", default=None, metavar="I/N", help="only the members whose index is I modulo N: "
                     "N machines sharing the runs directory cover the sweep between them")  # fmt: skip
     sw.add_argument("--yes", action="store_true", help=f"run a grid of more than {100} members")
+    sw.add_argument("--headless", action="store_true", help="no compare view: a line per member, then the table "
+                    "(always so when stdout is not a terminal)")  # fmt: skip
     sw.set_defaults(func=cmd_sweep, train_options=[])
 
     wa = sub.add_parser("watch", help="attach to a run being written (or finished)", description="Attach to a run.")
