@@ -59,7 +59,8 @@ MODELS: dict[str, ModelSpec] = {
         ),
         ModelSpec(
             "plainnet",
-            "plain stack of 3x3 convs, no skips or BatchNorm (--depth, default 20): vanishing gradients",
+            "plain stack of 3x3 convs, no skips or BatchNorm (--depth, default 20): vanishing gradients; "
+            "--residual adds skips",
             "made for them: two stride-2 convs, 32x32 ends at 8x8",
             min_size=4,
             default_size=None,

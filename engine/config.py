@@ -56,6 +56,8 @@ class TrainConfig:
     image_size: int | None = _opt("input side fed to the model (default: the data's, or the model's own)", default=None)
     activation: str = _opt("activation of plainnet", default="relu", choices=catalog.ACTIVATIONS)
     depth: int | None = _opt("conv layers of plainnet after its stem (default 20)", default=None)
+    residual: bool = _opt("plainnet with a skip connection around each conv of equal input and output shape",
+                          default=False)  # fmt: skip
     pretrained: bool = _opt("start from torchvision's ImageNet weights (downloads them)", default=False)
     aux_logits: bool = _opt("train googlenet/inception_v3 with their auxiliary heads", default=False)
     val_fraction: float = _opt("share of the training data held out for validation", default=0.1)

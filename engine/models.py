@@ -45,10 +45,11 @@ def build_model(
     pretrained: bool = False,
     aux_logits: bool = False,
     depth: int | None = None,
+    residual: bool = False,
 ) -> nn.Module:
     """Build `name` for square inputs of side `image_size` (use `input_size`), in training mode.
 
-    `activation` and `depth` shape `plainnet` only; `aux_logits` adds googlenet's and inception_v3's
+    `activation`, `depth` and `residual` shape `plainnet` only; `aux_logits` adds googlenet's and inception_v3's
     auxiliary heads. `pretrained` loads torchvision's ImageNet weights (a download) and keeps the
     ImageNet stem; the classifier is replaced when `num_classes` is not 1000.
     """
@@ -63,6 +64,8 @@ def build_model(
         raise ModelError(
             f"{name}'s auxiliary heads need inputs of at least {side}x{side}, not {image_size}x{image_size}"
         )
+    if residual and name != "plainnet":
+        raise ModelError(f"--residual is plainnet's (skip connections in the plain stack); {name} is as it is")
     if pretrained and not spec.pretrained:
         raise ModelError(f"{name} has no pretrained weights; leave out --pretrained")
     if pretrained and in_channels != 3:
@@ -71,7 +74,7 @@ def build_model(
     if name in ("smallcnn", "sepcnn"):
         return _small_cnn(in_channels, num_classes, separable=name == "sepcnn")
     if name == "plainnet":
-        return _plain_net(in_channels, num_classes, activation, 20 if depth is None else depth)
+        return _plain_net(in_channels, num_classes, activation, 20 if depth is None else depth, residual)
     if pretrained:
         return _pretrained(name, num_classes, aux_logits, image_size)
 
@@ -128,8 +131,33 @@ def _small_cnn(in_channels: int, num_classes: int, *, separable: bool) -> nn.Seq
     return nn.Sequential(OrderedDict(layers))
 
 
-def _plain_net(in_channels: int, num_classes: int, activation: str, depth: int) -> nn.Sequential:
+class _SkipNet(nn.Sequential):
+    """plainnet with a skip connection around each conv whose input and output have the same shape:
+    x + act(conv(x)); the layers (and their names) are plainnet's."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        layers = list(self.children())
+        i = 0
+        while i < len(layers):
+            layer = layers[i]
+            if isinstance(layer, nn.Conv2d) and i + 1 < len(layers):
+                y = layers[i + 1](layer(x))
+                x = x + y if y.shape == x.shape else y
+                i += 2
+            else:
+                x = layer(x)
+                i += 1
+        return x
+
+
+def _plain_net(
+    in_channels: int, num_classes: int, activation: str, depth: int, residual: bool = False
+) -> nn.Sequential:
     """A stem conv and `depth` 3x3 convs, each followed by `activation`: ResNet's plain CIFAR net.
+
+    With `residual`, the same layers with a skip around each conv of equal input and output shape (`_SkipNet`);
+    those convs start at 1/sqrt(depth) of their usual scale, so that 20 skips add up to an output of the input's
+    order, as ResNets without BatchNorm are started (Fixup, SkipInit).
 
     Widths 16, 32, 64 in three stages; the first conv of stages 2 and 3 has stride 2. Kaiming init for
     relu, Xavier for sigmoid and tanh. Measured at init (depth 20, a random batch of 8, three seeds):
@@ -147,7 +175,7 @@ def _plain_net(in_channels: int, num_classes: int, activation: str, depth: int) 
         layers += [(f"conv{i + 2}", nn.Conv2d(width, out, 3, stride=stride, padding=1)), (f"act{i + 2}", act())]
         width = out
     layers += [("avgpool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()), ("fc", nn.Linear(width, num_classes))]
-    model = nn.Sequential(OrderedDict(layers))
+    model = (_SkipNet if residual else nn.Sequential)(OrderedDict(layers))
 
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
@@ -155,6 +183,9 @@ def _plain_net(in_channels: int, num_classes: int, activation: str, depth: int) 
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
             else:
                 nn.init.xavier_normal_(module.weight, gain=nn.init.calculate_gain(activation))
+            if residual and module.stride == (1, 1) and module.in_channels == module.out_channels:
+                with torch.no_grad():
+                    module.weight.mul_(depth**-0.5)  # a branch beside a skip
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             nn.init.zeros_(module.bias)
     return model

@@ -154,6 +154,7 @@ def setup(config: TrainConfig, dist: Dist | None = None) -> Setup:
         image_size=size,
         activation=c.activation,
         depth=c.depth,
+        residual=c.residual,
         pretrained=c.pretrained,
         aux_logits=c.aux_logits,
     )
