@@ -147,3 +147,52 @@ def step(store: Path) -> int:
 def status(store: Path) -> str:
     with RunReader(store) as run:
         return run.status()
+
+
+# -- mirante lab ------------------------------------------------------------------------------------------------
+
+PROMISED = {  # each lab's runs: the option that tells them apart, as the issue lists them
+    "lr": ("lr", [0.0001, 0.01, 20.0, 0.5]),
+    "momentum": ("momentum", [0.0, 0.5, 0.9, 0.95, 0.99]),
+    "batch": ("batch_size", [32, 128, 512, 32, 512]),
+    "activation": ("activation", ["sigmoid", "tanh", "relu"]),
+    "skip": ("residual", [False, True]),
+    "optimizer": ("optimizer", ["sgd", "sgd", "adam", "adam"]),
+    "init": ("init", ["normal", "xavier", "kaiming"]),
+    "regularization": ("l1", [0.0, 0.0, 0.0001]),
+    "loss": ("loss", ["ce", "mse"]),
+    "separable": ("model", ["smallcnn", "sepcnn"]),
+    "seeds": ("seed", [0, 1, 2, 3, 4]),
+}
+
+
+@pytest.mark.parametrize("name", list(PROMISED))
+def test_every_lab_expands_to_the_runs_it_promises(name, tmp_path):
+    from engine import lab
+    from engine.config import from_args
+
+    plan = lab.plan(name, ["--runs-dir", str(tmp_path)])
+    configs = [from_args(parser().parse_args(m.argv)) for m in plan.members]  # each a valid train command line
+    option, values = PROMISED[name]
+    assert [getattr(c, option) for c in configs] == values
+    assert all(c.dataset == "shapes" and c.group == f"lab-{name}" for c in configs)
+    assert len({c.name for c in configs}) == len(configs)
+    if name == "batch":  # the rate scaled in proportion to the batch, beside the fixed rate
+        assert {(c.batch_size, c.lr) for c in configs} >= {(32, 0.0125), (128, 0.05), (512, 0.2), (512, 0.05)}
+    if name == "optimizer":
+        assert [(c.momentum, c.lr) for c in configs][:2] == [(0.0, 0.05), (0.9, 0.05)]
+        assert [c.lr for c in configs][2:] == [0.001, 0.05]
+    if name == "regularization":
+        assert [c.weight_decay for c in configs] == [0.0, 0.005, 0.0]
+    overridden = lab.plan(name, ["--steps", "7"])
+    assert all(parser().parse_args(m.argv).steps == 7 for m in overridden.members)  # the user's options win
+
+
+def test_a_lab_runs_end_to_end(tmp_path):
+    out = mirante("lab", "separable", "--steps", "3", *TINY, cwd=tmp_path)
+    assert "lab separable: depthwise-separable convolutions" in out
+    assert "lab-separable: 2 members, 0 done, 2 to run" in out
+    for model in ("smallcnn", "sepcnn"):
+        with RunReader(tmp_path / "runs" / f"lab-separable_model{model}.mirante") as run:
+            assert run.status() == "finished" and run.started().config["model"] == model
+    assert "model" in out.split("\n\n")[-1].splitlines()[0]  # the table of runs names what differs

@@ -178,13 +178,19 @@ def _fill(items: list[str], indent: str, width: int, joint: str = " ") -> str:
 # --- sweep -------------------------------------------------------------------------------
 
 
-def cmd_sweep(args: argparse.Namespace) -> int:
-    from engine import compare
-    from engine import sweep as sw
-    from engine.config import add_arguments, from_args
+def train_options(prog: str) -> argparse.ArgumentParser:
+    """The options of `mirante train`, for reading a sweep's or a lab's command lines."""
+    from engine.config import add_arguments
 
-    train = Parser(prog="mirante sweep", add_help=False)
+    train = Parser(prog=prog, add_help=False)
     add_arguments(train)
+    return train
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from engine import sweep as sw
+
+    train = train_options("mirante sweep")
     if args.parallel < 1:
         raise CliError(f"--parallel must be at least 1, got {args.parallel}")
     try:
@@ -195,14 +201,42 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     if len(whole.members) > sw.MAX_MEMBERS and not args.yes:
         raise CliError(f"{len(whole.members)} members (more than {sw.MAX_MEMBERS}): say --yes to run them all")
+    return carry_out(plan, train, args, f" (shard {args.shard} of {len(whole.members)})" if shard else "")
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    from engine import lab
+
+    if args.list or args.lab is None:
+        print(lab.listing())
+        return 0
+    if args.parallel < 1:
+        raise CliError(f"--parallel must be at least 1, got {args.parallel}")
+    try:
+        plan = lab.plan(args.lab, args.train_options)
+    except lab.LabError as exc:
+        raise CliError(str(exc)) from None
+    train = train_options("mirante lab")
+    for word in args.train_options:  # an option the lab cannot take: one line, before anything starts
+        flag = word.partition("=")[0]
+        if flag.startswith("--") and flag not in {f for a in train._actions for f in a.option_strings}:
+            raise CliError(f"unknown option {word!r} (see: mirante train --help)")
+    print(f"lab {args.lab}: {lab.LABS[args.lab].claim}", flush=True)
+    return carry_out(plan, train, args)
+
+
+def carry_out(plan, train: argparse.ArgumentParser, args: argparse.Namespace, said: str = "") -> int:
+    """Run the members of a sweep (or a lab) that have not run yet: in the compare view in a terminal, else a line
+    per member; then the table of runs, the best first."""
+    from engine import compare
+    from engine import sweep as sw
+    from engine.config import from_args
+
     configs = [from_args(train.parse_args(m.argv)) for m in plan.members]  # every member valid before any starts
     runs_dir = Path(configs[0].runs_dir) if configs else RUNS_DIR
     pending = sw.todo(plan, runs_dir)
     done = len(plan.members) - len(pending)
-    shard_said = f" (shard {args.shard} of {len(whole.members)})" if shard else ""
-    print(
-        f"sweep {plan.group}: {len(plan.members)} members{shard_said}, {done} done, {len(pending)} to run", flush=True
-    )
+    print(f"{plan.group}: {len(plan.members)} members{said}, {done} done, {len(pending)} to run", flush=True)
     gpus = _gpus() if args.parallel > 1 else None
     if args.headless or not sys.stdout.isatty():
         code = sw.run(pending, runs_dir, args.parallel, report=lambda line: print(line, flush=True), gpus=gpus)
@@ -610,6 +644,21 @@ def build_parser() -> argparse.ArgumentParser:
                     "(always so when stdout is not a terminal)")  # fmt: skip
     sw.set_defaults(func=cmd_sweep, train_options=[])
 
+    lb = sub.add_parser(
+        "lab",
+        allow_abbrev=False,
+        help="the lecture's experiments, ready to run on shapes on a CPU",
+        description="Run one of the lecture's experiments: a few ordinary runs on the built-in shapes data, "
+        "each testing one of its claims (mirante lab --list), run and shown as a sweep is. Any option of "
+        "`mirante train` after the lab's name overrides its presets (--steps, --epochs, --device...).",
+    )
+    lb.add_argument("lab", nargs="?", help="the experiment: lr, momentum, batch, activation, skip, optimizer, init, "
+                    "regularization, loss, separable, seeds")  # fmt: skip
+    lb.add_argument("--list", action="store_true", help="each lab, its runs and the lecture's claim it tests")
+    lb.add_argument("--parallel", type=int, default=1, metavar="K", help="runs trained at once (default 1)")
+    lb.add_argument("--headless", action="store_true", help="no compare view: a line per run, then the table")
+    lb.set_defaults(func=cmd_lab)
+
     wa = sub.add_parser("watch", help="attach to a run being written (or finished)", description="Attach to a run.")
     wa.add_argument("run", nargs="?", help=f"a run store or name (default: the newest running run in {RUNS_DIR}/)")
     wa.set_defaults(func=cmd_watch)
@@ -645,9 +694,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if rest and args.command != "sweep":  # a sweep's other words are train options, checked by engine.sweep
+    takes_train_options = args.command in ("sweep", "lab")  # their other words are train options, checked later
+    if rest and not takes_train_options:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    args.train_options = rest if args.command == "sweep" else []
+    args.train_options = rest if takes_train_options else []
     args.argv = list(sys.argv[1:] if argv is None else argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
