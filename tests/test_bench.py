@@ -42,6 +42,15 @@ def test_the_compare_benchmark_runs(tmp_path):
     assert figures["live events/s"] > 0, out
 
 
+def test_the_labs_benchmark_runs(tmp_path):
+    """bench/labs.py, the source of the README's table of labs, on one lab at a few steps a run."""
+    figures_path = tmp_path / "labs.json"
+    out = run(["bench/labs.py", "--only", "loss", "--tiny", "--json", str(figures_path)], timeout=300)
+    rows = json.loads(figures_path.read_text())
+    assert [r["lab"] for r in rows] == ["loss"] and set(rows[0]["runs"]) == {"lossce", "lossmse"}, out
+    assert rows[0]["seconds"] > 0 and isinstance(rows[0]["held"], bool), out
+
+
 def test_the_store_benchmark_runs():
     out = run(["bench/store_bench.py", "--steps", "20000"], timeout=120)
     assert "events/s" in out and "open + read train/loss" in out
