@@ -54,6 +54,63 @@ class Sweep:
     members: list[Member]
 
 
+@dataclass
+class Options:
+    """A `mirante train` command line read for a sweep or a search: what is fixed, and what varies."""
+
+    fixed: list[str]  # the options given one value, as given
+    varied: dict[str, list[str]]  # dest -> its comma list's values (or [range] for a search), in the order given
+    flags: dict[str, str]  # dest -> the flag it was given with
+
+
+def read_options(parser: argparse.ArgumentParser, argv: list[str], ranges: bool = False) -> Options:
+    """Read `argv` as `parser` (mirante train's options) would, but with comma lists (and, for a search, ranges
+    LO:HI[:log]) allowed: each list's values are checked as the option parses one value."""
+    actions = {flag: action for action in parser._actions for flag in action.option_strings}
+    out = Options([], {}, {})
+    words = list(argv)
+    while words:
+        word = words.pop(0)
+        flag, eq, value = word.partition("=")
+        action = actions.get(flag)
+        if action is None or action.dest in ("help",):
+            raise SweepError(f"unknown option {word!r} (see: mirante train --help)")
+        if action.nargs == 0:
+            if eq or (words and "," in words[0] and not words[0].startswith("--")):
+                raise SweepError(f"{flag} takes no value: sweep it as {flag} and --no-{flag[2:]} in two sweeps")
+            out.fixed.append(word)
+            continue
+        if action.nargs == "+":  # a list option (--milestones 30 60): passed on as it is
+            taken = [value] if eq else []
+            while words and not words[0].startswith("--"):
+                taken.append(words.pop(0))
+            out.fixed += [flag, *taken]
+            continue
+        if not eq:
+            if not words:
+                raise SweepError(f"{flag} needs a value")
+            value = words.pop(0)
+        if action.dest in SET_HERE:
+            raise SweepError(f"{flag}: a sweep sets it for each member{SET_HERE[action.dest]}")
+        numeric = action.type in (int, finite_float)
+        if ":" in value and numeric and not ranges:
+            raise SweepError(f"{flag} {value}: a range is for --search optuna; a grid takes a comma list")
+        if ":" in value and numeric:
+            values = [value]
+            _range(action, flag, value)
+        else:
+            values = value.split(",")
+            for one in values:
+                _parse(action, flag, one)
+        if len(values) > 1 or ":" in value and numeric:
+            if action.dest in out.varied:
+                raise SweepError(f"{flag} is given twice")
+            out.varied[action.dest], out.flags[action.dest] = values, flag
+        else:
+            out.fixed += [flag, value]
+    return out
+
+
 def plan(
     parser: argparse.ArgumentParser,
     argv: list[str],
@@ -64,52 +121,13 @@ def plan(
 ) -> Sweep:
     """The sweep of a `mirante train` command line (`argv`, as `parser` reads it) in which options hold comma lists.
 
-    Each list's values are parsed as the option parses one value; the grid is their cartesian product, in the
-    order the options were given, times seeds 0..seeds-1. With `shard` (I, N), only the members whose index is I
-    modulo N.
+    The grid is their cartesian product, in the order the options were given, times seeds 0..seeds-1. With
+    `shard` (I, N), only the members whose index is I modulo N.
     """
     if seeds < 1:
         raise SweepError(f"--seeds must be at least 1, got {seeds}")
-    actions = {flag: action for action in parser._actions for flag in action.option_strings}
-    base: list[str] = []
-    swept: dict[str, list[str]] = {}
-    flags: dict[str, str] = {}
-    words = list(argv)
-    while words:
-        word = words.pop(0)
-        flag, eq, value = word.partition("=")
-        action = actions.get(flag)
-        if action is None or action.dest in ("help",):
-            raise SweepError(f"unknown option {word!r} (see: mirante train --help)")
-        takes = action.nargs != 0
-        if not takes:
-            if eq or (words and "," in words[0] and not words[0].startswith("--")):
-                raise SweepError(f"{flag} takes no value: sweep it as {flag} and --no-{flag[2:]} in two sweeps")
-            base.append(word)
-            continue
-        if action.nargs == "+":  # a list option (--milestones 30 60): passed on as it is
-            taken = [value] if eq else []
-            while words and not words[0].startswith("--"):
-                taken.append(words.pop(0))
-            base += [flag, *taken]
-            continue
-        if not eq:
-            if not words:
-                raise SweepError(f"{flag} needs a value")
-            value = words.pop(0)
-        if action.dest in SET_HERE:
-            raise SweepError(f"{flag}: a sweep sets it for each member{SET_HERE[action.dest]}")
-        if ":" in value and action.type in (int, finite_float):
-            raise SweepError(f"{flag} {value}: a range is for --search optuna; a grid takes a comma list")
-        values = value.split(",") if "," in value else [value]
-        for one in values:
-            _parse(action, flag, one)
-        if len(values) > 1:
-            if action.dest in swept:
-                raise SweepError(f"{flag} is given twice")
-            swept[action.dest], flags[action.dest] = values, flag
-        else:
-            base += [flag, value]
+    options = read_options(parser, argv)
+    swept, flags = options.varied, options.flags
     if not swept and seeds == 1:
         raise SweepError("nothing to sweep: give an option a comma list (--lr 0.01,0.1) or --seeds N")
     group = group or "sweep-" + ("-".join(dest.replace("_", "") for dest in swept) or "seeds")
@@ -118,7 +136,7 @@ def plan(
     for index, (point, seed) in enumerate(itertools.product(grid, range(seeds))):
         values = dict(zip(swept, point, strict=True))
         name = "_".join([group, *(f"{dest.replace('_', '')}{v}" for dest, v in values.items()), f"s{seed}"])
-        argv_member = [*base, *(w for dest, v in values.items() for w in (flags[dest], v))]
+        argv_member = [*options.fixed, *(w for dest, v in values.items() for w in (flags[dest], v))]
         argv_member += ["--seed", str(seed), "--name", _safe(name), "--group", group]
         argv_member += ["--swept", ",".join(f"{dest}={v}" for dest, v in values.items())]
         members.append(Member(index, _safe(name), values, seed, argv_member))
@@ -161,6 +179,20 @@ def _parse(action: argparse.Action, flag: str, value: str) -> None:
         raise SweepError(f"{flag} {value}: {exc}") from None
     if action.choices is not None and parsed not in action.choices:
         raise SweepError(f"{flag} {value}: choose from {', '.join(map(str, action.choices))}")
+
+
+def _range(action: argparse.Action, flag: str, value: str) -> tuple[float, float, bool]:
+    """LO:HI or LO:HI:log of a numeric option, checked: (lo, hi, log)."""
+    parts = value.split(":")
+    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "log"):
+        raise SweepError(f"{flag} {value}: a range is LO:HI or LO:HI:log")
+    for one in parts[:2]:
+        _parse(action, flag, one)
+    lo, hi = float(parts[0]), float(parts[1])
+    log = len(parts) == 3
+    if not lo < hi or (log and lo <= 0):
+        raise SweepError(f"{flag} {value}: a range needs LO < HI (and LO > 0 on a log scale)")
+    return lo, hi, log
 
 
 def _safe(name: str) -> str:

@@ -85,7 +85,7 @@ def mirante(*args: str, cwd: Path, timeout: float = 240) -> str:
 def test_a_2x2_sweep_in_two_shards_records_four_runs_and_a_repeat_runs_none(tmp_path):
     argv = ["sweep", "--lr", "0.01,0.2", "--momentum", "0.5,0.9", "--steps", "4", *TINY]
     first = mirante(*argv, "--shard", "0/2", cwd=tmp_path)
-    assert "sweep sweep-lr-momentum: 2 members (shard 0/2 of 4), 0 done, 2 to run" in first
+    assert "sweep-lr-momentum: 2 members (shard 0/2 of 4), 0 done, 2 to run" in first
     second = mirante(*argv, "--shard", "1/2", cwd=tmp_path)
     stores = sorted((tmp_path / "runs").glob("*.mirante"))
     assert len(stores) == 4
