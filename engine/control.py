@@ -26,7 +26,7 @@ from pathlib import Path
 from queue import Empty
 from typing import Any
 
-COMMANDS = ("pause", "resume", "stop", "capture", "detach")
+COMMANDS = ("pause", "resume", "stop", "capture", "detach", "prune")
 CTL_SUFFIX = ".ctl"
 DETACH = b"detach"  # said on the lifeline before the parent exits: the trainer then outlives it
 OWNER_ENV = "MIRANTE_OWNER"  # "PID:START" of the `mirante train` that launched torchrun's ranks
@@ -380,6 +380,8 @@ class RunControl:
             for command in self.channel.poll():
                 if command == "stop":
                     self.request("stopped by a command from the app or mirante stop")
+                elif command == "prune":  # a search's pruner: a result, not an interruption (no checkpoint)
+                    self.request("pruned by the search: its validation fell below the other trials'", "pruned")
                 elif command == "pause" and self.agree is not None:  # the other ranks would time out waiting
                     print("mirante: pause is not available under torchrun; ignored", file=sys.stderr)
                 elif command in ("pause", "resume"):

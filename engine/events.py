@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 SCHEMA_VERSION = 1
 """Version of the event schema and of the run store that keeps it (`PRAGMA user_version`)."""
 
-RUN_STATUSES = ("finished", "failed", "interrupted")
+RUN_STATUSES = ("finished", "failed", "interrupted", "pruned")  # pruned: a search stopped a poor trial early
 DIAGNOSTIC_LEVELS = ("ok", "warn", "fail")
 
 

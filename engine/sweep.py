@@ -28,7 +28,11 @@ from engine.names import SUFFIX
 from engine.store import RunReader, StoreError
 
 MAX_MEMBERS = 100  # a grid larger than this needs --yes
-DONE = ("finished", "failed")  # a member that ended so is not run again; interrupted, crashed or absent ones are
+DONE = (
+    "finished",
+    "failed",
+    "pruned",
+)  # a member that ended so is not run again; interrupted, crashed or absent ones are
 SET_HERE = {"name": "", "group": " (--group names the sweep)", "swept": "", "seed": " (--seeds N: seeds 0..N-1)"}
 
 

@@ -646,7 +646,7 @@ def run(
         trainer.start(resumed)
         status = trainer.fit()
         reason = trainer.control.reason or ""
-        code = {"finished": 0, "failed": 1}.get(status, 130)
+        code = {"finished": 0, "failed": 1, "pruned": 0}.get(status, 130)
     except torch.cuda.OutOfMemoryError:
         ending()
         reason = f"out of GPU memory at --batch-size {config.batch_size}: try --batch-size {config.batch_size // 2}"

@@ -152,7 +152,7 @@ def status(store: Path) -> str:
 # -- mirante lab ------------------------------------------------------------------------------------------------
 
 PROMISED = {  # each lab's runs: the option that tells them apart, as the issue lists them
-    "lr": ("lr", [0.0001, 0.01, 20.0, 0.5]),
+    "lr": ("lr", [0.0001, 0.01, 20.0, 0.1]),
     "momentum": ("momentum", [0.0, 0.5, 0.9, 0.95, 0.99]),
     "batch": ("batch_size", [32, 128, 512, 32, 512]),
     "activation": ("activation", ["sigmoid", "tanh", "relu"]),
@@ -196,3 +196,99 @@ def test_a_lab_runs_end_to_end(tmp_path):
         with RunReader(tmp_path / "runs" / f"lab-separable_model{model}.mirante") as run:
             assert run.status() == "finished" and run.started().config["model"] == model
     assert "model" in out.split("\n\n")[-1].splitlines()[0]  # the table of runs names what differs
+
+
+# -- mirante sweep --search optuna --------------------------------------------------------------------------
+
+
+def folder(root: Path) -> list[str]:
+    """A tiny ImageFolder (3 optimizer steps an epoch at batch 8) and the options that train on it quickly."""
+    from tests.test_rel_train import image_folder
+
+    image_folder(root, per_class=12)
+    return ["--dataset", str(root), "--batch-size", "8", "--workers", "0", "--log-every", "1", "--capture-every", "0",
+            "--device", "cpu"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["--search", "optuna", "--lr", "1e-4:1:log"], "--search optuna needs --trials N"),
+        (["--search", "optuna", "--trials", "2", "--lr", "1:1e-4"], "a range needs LO < HI"),
+        (["--search", "optuna", "--trials", "2", "--lr", "0:1:log"], "LO > 0 on a log scale"),
+        (["--search", "optuna", "--trials", "2", "--lr", "1e-4:1:ln"], "a range is LO:HI or LO:HI:log"),
+        (["--search", "optuna", "--trials", "2", "--steps", "5"], "nothing to search"),
+        (["--search", "optuna", "--trials", "2", "--lr", "1e-4:1", "--shard", "0/2"], "--shard and --seeds"),
+    ],
+)
+def test_bad_input_to_a_search_is_one_line_exit_2(argv, said, tmp_path, capsys, monkeypatch):
+    from tui import cli
+
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["sweep", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and said in err[0], err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_search_records_its_trials_and_a_repeat_goes_on_with_the_study(tmp_path):
+    import optuna
+
+    options = folder(tmp_path / "images")
+    argv = ["sweep", "--search", "optuna", "--trials", "3", "--lr", "0.001:0.5:log", "--epochs", "2", *options]
+    out = mirante(*argv, "--headless", cwd=tmp_path)
+    assert "search search-lr: 3 trials of lr" in out and "best: trial" in out, out
+    stores = sorted((tmp_path / "runs").glob("search-lr_t*.mirante"))
+    assert [s.name for s in stores] == [f"search-lr_t{i}.mirante" for i in range(3)]
+    study = optuna.load_study(study_name="search-lr", storage=f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}")
+    assert len(study.trials) == 3
+    for trial, store in zip(study.trials, stores, strict=True):
+        with RunReader(store) as run:
+            config = run.started().config
+        assert config["group"] == "search-lr" and config["lr"] == pytest.approx(trial.params["lr"], rel=1e-3)
+        assert 0.001 <= config["lr"] <= 0.5
+    again = mirante(*argv[:3], "4", *argv[4:], "--headless", cwd=tmp_path)  # --trials 4: one more
+    assert again.count(": finished") + again.count(": pruned") == 1, again
+    assert len(optuna.load_study(study_name="search-lr", storage=study._storage).trials) == 4
+
+
+def test_a_trial_the_pruner_stops_ends_pruned_and_is_told_so(tmp_path):
+    """The pruner forced (a trial that always says prune): the run is asked to end after its first epoch, ends
+    pruned (not failed), and the study records the trial as pruned."""
+    import subprocess
+
+    import optuna
+
+    from engine import search
+
+    options = folder(tmp_path / "images")
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    trial.should_prune = lambda: True
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    command = [sys.executable, "-m", "tui.cli", "train", "--headless", "--epochs", "200", "--name", "t", *options]
+    log = open(runs / "t.log", "wb")  # noqa: SIM115
+    entry = search.Trial(trial, "t", subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=log), log)
+    store = tmp_path / "runs" / "t.mirante"
+    deadline = time.monotonic() + 120
+    try:
+        while entry.process.poll() is None:
+            assert time.monotonic() < deadline, "the pruned run did not end"
+            entry.report(store)
+            time.sleep(0.2)
+    finally:
+        if entry.process.poll() is None:
+            entry.process.kill()
+        log.close()
+    assert entry.pruned and entry.process.returncode == 0
+    with RunReader(store) as run:
+        summary = run.summary()
+    assert summary.status == "pruned" and len(run_epochs(store)) < 200
+    search._tell(study, entry, store)
+    assert study.trials[0].state == optuna.trial.TrialState.PRUNED
+
+
+def run_epochs(store: Path) -> list:
+    with RunReader(store) as run:
+        return run.epochs()

@@ -193,6 +193,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     train = train_options("mirante sweep")
     if args.parallel < 1:
         raise CliError(f"--parallel must be at least 1, got {args.parallel}")
+    if args.search is not None:
+        return search(args, train)
     try:
         shard = sw.parse_shard(args.shard) if args.shard else None
         whole = sw.plan(train, args.train_options, seeds=args.seeds, group=args.group)
@@ -202,6 +204,43 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if len(whole.members) > sw.MAX_MEMBERS and not args.yes:
         raise CliError(f"{len(whole.members)} members (more than {sw.MAX_MEMBERS}): say --yes to run them all")
     return carry_out(plan, train, args, f" (shard {args.shard} of {len(whole.members)})" if shard else "")
+
+
+def search(args: argparse.Namespace, train: argparse.ArgumentParser) -> int:
+    """`mirante sweep --search optuna`: trials of ranges and lists picked by Optuna, poor ones pruned."""
+    from engine import search as se
+    from engine import sweep as sw
+    from engine.config import from_args
+
+    if args.trials is None or args.trials < 1:
+        raise CliError("--search optuna needs --trials N (N at least 1)")
+    if args.shard or args.seeds != 1:
+        raise CliError("--shard and --seeds are a grid's: several machines share a search through --storage")
+    try:
+        fixed, searched, flags = se.space(train, args.train_options)
+    except sw.SweepError as exc:
+        raise CliError(str(exc)) from None
+    lowest = [w for dest, spec in searched.items() for w in (flags[dest], str(spec[1]))]  # a trial, checked
+    config = from_args(train.parse_args([*fixed, *lowest]))
+    runs_dir = Path(config.runs_dir)
+    group = args.group or "search-" + "-".join(dest.replace("_", "") for dest in searched)
+    storage = args.storage or f"sqlite:///{(runs_dir / 'optuna.db').resolve()}"
+    try:
+        se.study(group, storage, args.prune_after)  # Optuna there, the storage reachable: before any trial
+    except sw.SweepError as exc:
+        raise CliError(str(exc)) from None
+    print(f"search {group}: {args.trials} trials of {', '.join(searched)} in {storage}", flush=True)
+
+    def work(report: Callable[[str], None], stop) -> int:
+        return se.run(group, fixed, searched, flags, args.trials, runs_dir, storage, parallel=args.parallel,
+                      prune_after=args.prune_after, report=report, stop=stop)  # fmt: skip
+
+    if args.headless or not sys.stdout.isatty():
+        code = work(lambda line: print(line, flush=True), None)
+    else:
+        code = in_view(work, runs_dir, keep=lambda path: path.name.startswith(f"{group}_t"))
+    print(se.best(group, storage), flush=True)
+    return code
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
@@ -241,7 +280,9 @@ def carry_out(plan, train: argparse.ArgumentParser, args: argparse.Namespace, sa
     if args.headless or not sys.stdout.isatty():
         code = sw.run(pending, runs_dir, args.parallel, report=lambda line: print(line, flush=True), gpus=gpus)
     else:
-        code = sweep_in_view(plan, pending, runs_dir, args.parallel, gpus)
+        names = {m.name for m in plan.members}
+        work = lambda report, stop: sw.run(pending, runs_dir, args.parallel, report, gpus, stop)  # noqa: E731
+        code = in_view(work, runs_dir, keep=lambda path: path.name.removesuffix(SUFFIX) in names)
     rows = [compare.read_row(p) for p in (runs_dir / f"{m.name}{SUFFIX}" for m in plan.members) if p.exists()]
     rows.sort(key=lambda r: (r.best_val_acc is None, -(r.best_val_acc or 0.0)))
     if rows:
@@ -250,13 +291,12 @@ def carry_out(plan, train: argparse.ArgumentParser, args: argparse.Namespace, sa
     return code
 
 
-def sweep_in_view(plan, pending: list, runs_dir: Path, parallel: int, gpus: int | None) -> int:
-    """Run the sweep in a thread while the compare view shows its members, live (each joins as its store
-    appears); each member's end is said in the status line. Leaving the view (q) leaves the sweep running here,
-    a line per member; Ctrl-C then stops it."""
+def in_view(work: Callable, runs_dir: Path, keep: Callable[[Path], bool]) -> int:
+    """Run `work(report, stop)` (a sweep's or a search's runs) in a thread while the compare view shows the runs
+    that `keep` takes, live (each joins as its store appears); each run's end is said in the status line.
+    Leaving the view (q) leaves the work going here, a line per run; Ctrl-C then stops it."""
     import threading
 
-    from engine import sweep as sw
     from tui.sources import CompareSource
 
     stop, lines, ended = threading.Event(), [], {}
@@ -269,14 +309,10 @@ def sweep_in_view(plan, pending: list, runs_dir: Path, parallel: int, gpus: int 
         else:
             print(line, flush=True)
 
-    def work() -> None:
-        ended["code"] = sw.run(pending, runs_dir, parallel, report=report, gpus=gpus, stop=stop)
-
-    runner = threading.Thread(target=work, name="sweep", daemon=True)
+    runner = threading.Thread(target=lambda: ended.setdefault("code", work(report, stop)), name="sweep", daemon=True)
     runner.start()
-    names = {m.name for m in plan.members}
-    stores = [runs_dir / f"{name}{SUFFIX}" for name in sorted(names) if (runs_dir / f"{name}{SUFFIX}").exists()]
-    source = CompareSource(stores, watch=[runs_dir], keep=lambda path: path.name.removesuffix(SUFFIX) in names)
+    stores = sorted(p for p in runs_dir.glob(f"*{SUFFIX}") if keep(p)) if runs_dir.is_dir() else []
+    source = CompareSource(stores, watch=[runs_dir], keep=keep)
     from tui.app import MiranteApp
 
     app = MiranteApp(source.prefetch())
@@ -287,7 +323,7 @@ def sweep_in_view(plan, pending: list, runs_dir: Path, parallel: int, gpus: int 
     while runner.is_alive():
         try:
             runner.join(0.2)
-        except KeyboardInterrupt:  # the members got it too
+        except KeyboardInterrupt:  # the runs got it too
             stop.set()
     return ended.get("code", 130)
 
@@ -640,6 +676,14 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--shard", default=None, metavar="I/N", help="only the members whose index is I modulo N: "
                     "N machines sharing the runs directory cover the sweep between them")  # fmt: skip
     sw.add_argument("--yes", action="store_true", help=f"run a grid of more than {100} members")
+    sw.add_argument("--search", choices=("optuna",), default=None, help="not a grid: Optuna picks each trial's "
+                    "values from ranges (--lr 1e-4:1:log, --batch-size 32:256) and lists, and its median pruner "
+                    "stops poor trials early (pip install 'mirante[optuna]')")  # fmt: skip
+    sw.add_argument("--trials", type=int, default=None, metavar="N", help="--search: trials to run in all")
+    sw.add_argument("--storage", default=None, metavar="URL", help="--search: the study's storage, which several "
+                    "machines may share (default: sqlite:///RUNS_DIR/optuna.db)")  # fmt: skip
+    sw.add_argument("--prune-after", type=int, default=2, metavar="N", help="--search: trials that complete "
+                    "before the pruner may stop one (default 2)")  # fmt: skip
     sw.add_argument("--headless", action="store_true", help="no compare view: a line per member, then the table "
                     "(always so when stdout is not a terminal)")  # fmt: skip
     sw.set_defaults(func=cmd_sweep, train_options=[])
