@@ -133,21 +133,34 @@ def _small_cnn(in_channels: int, num_classes: int, *, separable: bool) -> nn.Seq
 
 class _SkipNet(nn.Sequential):
     """plainnet with a skip connection around each conv whose input and output have the same shape:
-    x + act(conv(x)); the layers (and their names) are plainnet's."""
+    x + g * act(conv(x)), with a learnt gain g per skip starting at SKIP_GAIN (SkipInit's remedy for a deep
+    residual stack without BatchNorm, whose activations otherwise grow with each added branch); the layers (and
+    their names) are plainnet's."""
+
+    def __init__(self, layers: OrderedDict) -> None:
+        super().__init__(layers)
+        skips = sum(1 for m in self.children() if isinstance(m, nn.Conv2d) and _keeps_shape(m))
+        self.gains = nn.Parameter(torch.full((skips,), SKIP_GAIN))
 
     def forward(self, x: Tensor) -> Tensor:
-        layers = list(self.children())
-        i = 0
+        layers = [m for m in self.children() if not isinstance(m, nn.ParameterList)]
+        i = k = 0
         while i < len(layers):
             layer = layers[i]
-            if isinstance(layer, nn.Conv2d) and i + 1 < len(layers):
-                y = layers[i + 1](layer(x))
-                x = x + y if y.shape == x.shape else y
-                i += 2
+            if isinstance(layer, nn.Conv2d) and _keeps_shape(layer) and i + 1 < len(layers):
+                x = x + self.gains[k] * layers[i + 1](layer(x))
+                i, k = i + 2, k + 1
             else:
                 x = layer(x)
                 i += 1
         return x
+
+
+SKIP_GAIN = 0.1
+
+
+def _keeps_shape(conv: nn.Conv2d) -> bool:
+    return conv.stride == (1, 1) and conv.in_channels == conv.out_channels
 
 
 def _plain_net(
@@ -155,9 +168,7 @@ def _plain_net(
 ) -> nn.Sequential:
     """A stem conv and `depth` 3x3 convs, each followed by `activation`: ResNet's plain CIFAR net.
 
-    With `residual`, the same layers with a skip around each conv of equal input and output shape (`_SkipNet`);
-    those convs start at 1/sqrt(depth) of their usual scale, so that 20 skips add up to an output of the input's
-    order, as ResNets without BatchNorm are started (Fixup, SkipInit).
+    With `residual`, the same layers with a skip around each conv of equal input and output shape (`_SkipNet`).
 
     Widths 16, 32, 64 in three stages; the first conv of stages 2 and 3 has stride 2. Kaiming init for
     relu, Xavier for sigmoid and tanh. Measured at init (depth 20, a random batch of 8, three seeds):
@@ -183,9 +194,6 @@ def _plain_net(
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
             else:
                 nn.init.xavier_normal_(module.weight, gain=nn.init.calculate_gain(activation))
-            if residual and module.stride == (1, 1) and module.in_channels == module.out_channels:
-                with torch.no_grad():
-                    module.weight.mul_(depth**-0.5)  # a branch beside a skip
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             nn.init.zeros_(module.bias)
     return model

@@ -219,6 +219,10 @@ def folder(root: Path) -> list[str]:
         (["--search", "optuna", "--trials", "2", "--lr", "1e-4:1:ln"], "a range is LO:HI or LO:HI:log"),
         (["--search", "optuna", "--trials", "2", "--steps", "5"], "nothing to search"),
         (["--search", "optuna", "--trials", "2", "--lr", "1e-4:1", "--shard", "0/2"], "--shard and --seeds"),
+        (
+            ["--search", "optuna", "--trials", "2", "--lr", "1e-4:1", "--storage", "sqlite:////nonexistent/x/o.db"],
+            "--storage sqlite:////nonexistent/x/o.db: ",
+        ),  # fmt: skip
     ],
 )
 def test_bad_input_to_a_search_is_one_line_exit_2(argv, said, tmp_path, capsys, monkeypatch):
@@ -247,7 +251,7 @@ def test_a_search_records_its_trials_and_a_repeat_goes_on_with_the_study(tmp_pat
             config = run.started().config
         assert config["group"] == "search-lr" and config["lr"] == pytest.approx(trial.params["lr"], rel=1e-3)
         assert 0.001 <= config["lr"] <= 0.5
-    again = mirante(*argv[:3], "4", *argv[4:], "--headless", cwd=tmp_path)  # --trials 4: one more
+    again = mirante(*argv[:4], "4", *argv[5:], "--headless", cwd=tmp_path)  # --trials 4: one more
     assert again.count(": finished") + again.count(": pruned") == 1, again
     assert len(optuna.load_study(study_name="search-lr", storage=study._storage).trials) == 4
 

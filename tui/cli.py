@@ -555,5 +555,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m tui.cli: run the imported module's main, so that its errors are the ones
+    from tui.cli import main as imported_main  # that tui.sweeps raises (this file runs here as __main__, a copy)
+
+    sys.exit(imported_main())

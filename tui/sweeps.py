@@ -106,11 +106,15 @@ def search(args: argparse.Namespace, train: argparse.ArgumentParser) -> int:
     config = from_args(train.parse_args([*fixed, *lowest]))
     runs_dir = Path(config.runs_dir)
     group = args.group or "search-" + "-".join(dest.replace("_", "") for dest in searched)
+    if args.storage is None:
+        runs_dir.mkdir(parents=True, exist_ok=True)
     storage = args.storage or f"sqlite:///{(runs_dir / 'optuna.db').resolve()}"
     try:
         se.study(group, storage, args.prune_after)  # Optuna there, the storage reachable: before any trial
     except sw.SweepError as exc:
         raise CliError(str(exc)) from None
+    except Exception as exc:  # whatever the storage's driver raises: said in a line
+        raise CliError(f"--storage {storage}: {str(exc).splitlines()[0]}") from None
     print(f"search {group}: {args.trials} trials of {', '.join(searched)} in {storage}", flush=True)
 
     def work(report: Callable[[str], None], stop) -> int:
