@@ -13,8 +13,8 @@ from textual.widgets import Static
 from tui.widgets import literal
 
 GROUPS = {  # group -> the config keys it shows, in this order; keys of no group are shown under "other"
-    "model": ("model", "num_classes", "activation", "depth", "image_size", "pretrained", "aux_logits", "init",
-              "init_std"),
+    "model": ("model", "num_classes", "activation", "depth", "residual", "image_size", "pretrained", "aux_logits",
+              "init", "init_std"),
     "data": ("dataset", "data_dir", "val_fraction", "test", "batch_size", "workers", "overfit_batches"),
     "optimizer and schedule": ("optimizer", "lr", "momentum", "nesterov", "weight_decay", "l1", "schedule",
                                "warmup_steps", "step_size", "milestones", "gamma", "patience", "loss",
@@ -23,8 +23,8 @@ GROUPS = {  # group -> the config keys it shows, in this order; keys of no group
     "seed": ("seed",),
     "device and precision": ("device", "precision", "channels_last", "compile", "peak_tflops", "world_size",
                              "backend"),
-    "run": ("name", "runs_dir", "log_every", "probe_every", "update_every", "capture_every", "capture_layer",
-            "on_divergence", "range_test", "headless", "diagnostics"),
+    "run": ("name", "group", "swept", "runs_dir", "log_every", "probe_every", "update_every", "capture_every",
+            "capture_layer", "on_divergence", "range_test", "headless", "diagnostics"),
 }  # fmt: skip
 
 
