@@ -19,7 +19,6 @@ from tui.cli import Parser
 ROOT = Path(__file__).resolve().parents[1]
 ELEVEN = ",".join(str(i / 1000) for i in range(1, 12))
 TEN = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,0.95"
-TINY = ["--batch-size", "16", "--log-every", "2", "--capture-every", "0", "--device", "cpu"]
 
 
 def parser() -> Parser:
@@ -83,7 +82,7 @@ def mirante(*args: str, cwd: Path, timeout: float = 240) -> str:
 
 
 def test_a_2x2_sweep_in_two_shards_records_four_runs_and_a_repeat_runs_none(tmp_path):
-    argv = ["sweep", "--lr", "0.01,0.2", "--momentum", "0.5,0.9", "--steps", "4", *TINY]
+    argv = ["sweep", "--lr", "0.01,0.2", "--momentum", "0.5,0.9", "--epochs", "2", *folder(tmp_path / "images")]
     first = mirante(*argv, "--shard", "0/2", cwd=tmp_path)
     assert "sweep-lr-momentum: 2 members (shard 0/2 of 4), 0 done, 2 to run" in first
     second = mirante(*argv, "--shard", "1/2", cwd=tmp_path)
@@ -104,11 +103,11 @@ def test_a_2x2_sweep_in_two_shards_records_four_runs_and_a_repeat_runs_none(tmp_
 
 
 def test_a_killed_sweep_is_finished_by_repeating_it_and_no_finished_member_runs_twice(tmp_path):
-    argv = ["sweep", "--lr", "0.01,0.02,0.03", "--steps", "400", *TINY]
+    argv = ["sweep", "--lr", "0.01,0.02,0.03", "--steps", "400", *folder(tmp_path / "images")]
     names = [f"sweep-lr_lr{lr}_s0" for lr in ("0.01", "0.02", "0.03")]
     stores = [tmp_path / "runs" / f"{name}.mirante" for name in names]
     # the first member finished before (as if the sweep had got that far): a short run under its name
-    mirante("train", "--headless", "--steps", "3", "--lr", "0.01", "--name", names[0], *TINY, cwd=tmp_path)
+    mirante("train", "--headless", "--steps", "3", "--lr", "0.01", "--name", names[0], *argv[5:], cwd=tmp_path)
     with RunReader(stores[0]) as run:
         first_seq = run.last_seq()
     proc = start([sys.executable, "-m", "tui.cli", *argv], cwd=tmp_path, merge=True)
@@ -189,7 +188,7 @@ def test_every_lab_expands_to_the_runs_it_promises(name, tmp_path):
 
 
 def test_a_lab_runs_end_to_end(tmp_path):
-    out = mirante("lab", "separable", "--steps", "3", *TINY, cwd=tmp_path)
+    out = mirante("lab", "separable", "--steps", "3", *folder(tmp_path / "images"), cwd=tmp_path)
     assert "lab separable: depthwise-separable convolutions" in out
     assert "lab-separable: 2 members, 0 done, 2 to run" in out
     for model in ("smallcnn", "sepcnn"):
