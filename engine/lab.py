@@ -54,12 +54,12 @@ LABS: dict[str, Lab] = {
     ),
     "activation": Lab(
         "prefer ReLU to sigmoid: a deep sigmoid stack's first layers get vanishing gradients",
-        ("--model", "plainnet", "--steps", "300", "--probe-every", "5"),
+        ("--model", "plainnet", "--steps", "1000", "--probe-every", "5"),  # plainnet starts slowly: 300 is too few
         _grid("--activation", ["sigmoid", "tanh", "relu"]),
     ),
     "skip": Lab(
         "a deep plain stack trains worse than the same depth with skip connections: the reason ResNet exists",
-        ("--model", "plainnet", "--depth", "30", "--steps", "300", "--probe-every", "5"),
+        ("--model", "plainnet", "--depth", "30", "--steps", "1000", "--probe-every", "5"),
         (("plain", ()), ("residual", ("--residual",))),
     ),
     "optimizer": Lab(
@@ -74,7 +74,7 @@ LABS: dict[str, Lab] = {
     ),
     "init": Lab(
         "initialise weights with care: normal(0, 1) is too large; Xavier and Kaiming keep the signal's scale",
-        ("--model", "plainnet", "--depth", "10", "--steps", "300", "--lr", "0.01"),
+        ("--model", "plainnet", "--depth", "10", "--steps", "1000", "--lr", "0.01"),
         (
             ("normal-std1", ("--init", "normal", "--init-std", "1")),
             ("xavier", ("--init", "xavier")),
