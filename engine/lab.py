@@ -33,7 +33,7 @@ LABS: dict[str, Lab] = {
             ("too-small", ("--lr", "0.0001", "--schedule", "none")),
             ("lecture-0.01", ("--lr", "0.01", "--schedule", "none")),
             ("too-large", ("--lr", "20", "--schedule", "none")),
-            ("large-decayed", ("--lr", "0.1", "--schedule", "cosine")),
+            ("large-decayed", ("--lr", "0.05", "--schedule", "cosine")),  # 0.1 and 0.5 were too large without warm-up
         ),
     ),
     "momentum": Lab(

@@ -151,7 +151,7 @@ def status(store: Path) -> str:
 # -- mirante lab ------------------------------------------------------------------------------------------------
 
 PROMISED = {  # each lab's runs: the option that tells them apart, as the issue lists them
-    "lr": ("lr", [0.0001, 0.01, 20.0, 0.1]),
+    "lr": ("lr", [0.0001, 0.01, 20.0, 0.05]),
     "momentum": ("momentum", [0.0, 0.5, 0.9, 0.95, 0.99]),
     "batch": ("batch_size", [32, 128, 512, 32, 512]),
     "activation": ("activation", ["sigmoid", "tanh", "relu"]),
