@@ -143,7 +143,7 @@ class _SkipNet(nn.Sequential):
         self.gains = nn.Parameter(torch.full((skips,), SKIP_GAIN))
 
     def forward(self, x: Tensor) -> Tensor:
-        layers = [m for m in self.children() if not isinstance(m, nn.ParameterList)]
+        layers = list(self.children())  # (the gains are a parameter, not a layer)
         i = k = 0
         while i < len(layers):
             layer = layers[i]

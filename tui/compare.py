@@ -94,8 +94,7 @@ class CompareState:
         self.sort = ("", False)  # (column, descending); "" keeps the runs in the order they were given
         self.version = 0
         self.last_seq = 0  # events folded, over all runs
-        self.started = None  # what a single run's state has: a compare is no one run
-        self.ended = None
+        self.ended = None  # what the app reads of a single run's state: a compare is no one run
         self.is_range_test = False
         self._memo: dict[Any, tuple[int, Any]] = {}  # what was worked out at which version (rows, labels, curves)
         for path in paths:
@@ -163,10 +162,6 @@ class CompareState:
     def elapsed(self) -> float:
         return max((s.elapsed for s in self.states), default=0.0)
 
-    eta = None
-    silent_for = None
-    config: dict[str, Any] = {}
-
     # -- the table of runs
 
     def _once(self, key: Any, version: int, work: Callable[[], Any]) -> Any:
@@ -179,16 +174,16 @@ class CompareState:
     def rows(self) -> list[RunRow]:
         return self._once("rows", self.version, lambda: [row_of(m) for m in self.members])
 
-    def keys(self, rows: list[RunRow] | None = None) -> list[str]:
+    def keys(self) -> list[str]:
         """The config keys on which the runs differ."""
         return self._once("keys", self.version, lambda: compare.differing_keys(self.rows()))
 
-    def labels(self, rows: list[RunRow] | None = None) -> list[str]:
+    def labels(self) -> list[str]:
         return self._once("labels", self.version, lambda: compare.labels(self.rows(), self.keys()))
 
-    def order(self, rows: list[RunRow] | None = None) -> list[int]:
+    def order(self) -> list[int]:
         """The runs in the table's order: as given, or sorted by the sort column (runs without a value last)."""
-        rows = rows if rows is not None else self.rows()
+        rows = self.rows()
         column, descending = self.sort
         if not column:
             return list(range(len(rows)))
@@ -247,14 +242,14 @@ class CompareState:
         """A run's (colour, marker)."""
         return PALETTE[run % len(PALETTE)], MARKERS[run // len(PALETTE) % len(MARKERS)]
 
-    def groups(self, rows: list[RunRow] | None = None) -> list[list[int]]:
+    def groups(self) -> list[list[int]]:
         """The shown runs in groups that differ only by seed, each group in the table's order."""
-        rows = rows if rows is not None else self.rows()
-        shown = [i for i in self.order(rows) if not self.members[i].hidden and self.members[i].error is None]
+        rows = self.rows()
+        shown = [i for i in self.order() if not self.members[i].hidden and self.members[i].error is None]
         groups = compare.seed_groups([rows[i] for i in shown])
         return [[shown[j] for j in group] for group in groups]
 
-    def group_label(self, group: list[int], rows: list[RunRow] | None = None) -> str:
+    def group_label(self, group: list[int]) -> str:
         """A group's (or, given alone, a run's) name in a legend: `lr=0.1 x3 seeds`."""
         seedless = self._once("seedless", self.version, lambda: compare.seedless_labels(self.rows(), self.keys()))
         return compare.group_label(group, self.labels(), seedless)
@@ -262,10 +257,9 @@ class CompareState:
     def curves(self, metric: str, smooth: bool = False, layer: str = "") -> tuple[list[Line], list[int]]:
         """The lines of one metric, one per group (a seed group's mean, its band the runs' min..max), the picked
         run's group last and the others faint while one is picked; and the runs that lack the metric or the axis."""
-        rows = self.rows()
         lines: list[tuple[bool, Line]] = []
         lacking = []
-        for group in self.groups(rows):
+        for group in self.groups():
             curves = []
             for run in group:
                 curve = self.curve(run, metric, smooth, layer)

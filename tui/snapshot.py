@@ -50,11 +50,12 @@ def load(
             return None
         state = RunState(clock=clock, smoothing=smoothing)
         state.apply(starts[-1])
-        for name, (steps, values) in reader.scalars_many(upto_seq=last_seq).items():
+        scalars, walls = reader.scalars_and_walls(upto_seq=last_seq)  # one pass over the step chunks
+        for name, (steps, values) in scalars.items():
             if len(steps):
                 series = state.scalars[name] = Series(smoothing)
                 series.extend(steps, values)
-        state.walls.extend(*reader.step_walls(upto_seq=last_seq))
+        state.walls.extend(*walls)
         for kind in ("Epoch", "Diagnostic", "System"):  # one per epoch, per finding, per 5 s: few
             state.apply_many(reader.events_of(kind, upto_seq=last_seq))
         count = reader.count_of("LayerStats", upto_seq=last_seq)

@@ -352,43 +352,54 @@ class RunReader:
         self, names: list[str] | None = None, upto_seq: int | None = None
     ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """`scalars` of several names (all if None) in one pass: each step chunk is read and checked once."""
-        ids = dict(self._db.execute("SELECT name, id FROM names").fetchall())
-        names = list(ids) if names is None else names
-        bound = _NO_LIMIT if upto_seq is None else upto_seq
-        out = {name: (np.empty(0, np.int64), np.empty(0, np.float64)) for name in names}
-        with self.snapshot():
-            chunks: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}  # first_seq -> (steps, seqs if cut)
-            for first, last, s0, s1, n, seqs, steps_blob, walls, crc in self._db.execute(
-                "SELECT first_seq, last_seq, first_step, last_step, n, seqs, steps, walls, crc FROM step_chunks"
-                " WHERE first_seq <= ?",
-                (bound,),
-            ):
-                if crc != chunk_crc(seqs, steps_blob, walls, ints=(first, last, s0, s1, n)):
-                    raise StoreError(f"checksum mismatch in step chunk {first}")
-                cut = last > bound  # the chunk the bound cuts through
-                chunks[first] = (unpack_i64(steps_blob, n), unpack_i64(seqs, n) if cut else None)
-            for name in names:
-                if name in ids:
-                    out[name] = self._series_values(name, ids[name], chunks, bound)
-        return out
+        return self._read_steps(names, upto_seq, clock=False)[0]
 
     @_guarded
     def step_walls(self, upto_seq: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Every Step event's (step, wall time) up to `upto_seq`, in order: a run drawn against the clock."""
+        return self._read_steps([], upto_seq, clock=True)[1]
+
+    @_guarded
+    def scalars_and_walls(
+        self, upto_seq: int | None = None
+    ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], tuple[np.ndarray, np.ndarray]]:
+        """`scalars_many()` of every name and `step_walls()`, from one pass over the step chunks (opening a run)."""
+        return self._read_steps(None, upto_seq, clock=True)
+
+    def _read_steps(
+        self, names: list[str] | None, upto_seq: int | None, clock: bool
+    ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], tuple[np.ndarray, np.ndarray]]:
+        """The named scalars (all if None) and, with `clock`, every Step's (step, wall time), up to `upto_seq`."""
+        ids = dict(self._db.execute("SELECT name, id FROM names").fetchall())
+        names = list(ids) if names is None else names
         bound = _NO_LIMIT if upto_seq is None else upto_seq
+        out = {name: (np.empty(0, np.int64), np.empty(0, np.float64)) for name in names}
         steps, walls = [np.empty(0, np.int64)], [np.empty(0, np.float64)]
         with self.snapshot():
-            for first, last, s0, s1, n, seqs, steps_blob, walls_blob, crc in self._db.execute(
-                "SELECT first_seq, last_seq, first_step, last_step, n, seqs, steps, walls, crc FROM step_chunks"
-                " WHERE first_seq <= ? ORDER BY first_seq",
-                (bound,),
-            ):
-                if crc != chunk_crc(seqs, steps_blob, walls_blob, ints=(first, last, s0, s1, n)):
-                    raise StoreError(f"checksum mismatch in step chunk {first}")
-                keep = unpack_i64(seqs, n) <= bound if last > bound else slice(None)  # the chunk the bound cuts
-                steps.append(unpack_i64(steps_blob, n)[keep])
-                walls.append(unpack_f64(walls_blob, n)[keep])
-        return np.concatenate(steps), np.concatenate(walls)
+            chunks: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}  # first_seq -> (steps, seqs if cut)
+            for first, last, n, seqs_blob, steps_blob, walls_blob in self._step_chunks(bound):
+                seqs = unpack_i64(seqs_blob, n) if last > bound else None  # the chunk the bound cuts through
+                chunks[first] = (unpack_i64(steps_blob, n), seqs)
+                if clock:
+                    keep = slice(None) if seqs is None else seqs <= bound
+                    steps.append(chunks[first][0][keep])
+                    walls.append(unpack_f64(walls_blob, n)[keep])
+            for name in names:
+                if name in ids:
+                    out[name] = self._series_values(name, ids[name], chunks, bound)
+        return out, (np.concatenate(steps), np.concatenate(walls))
+
+    def _step_chunks(self, bound: int) -> Iterator[tuple[int, int, int, bytes, bytes, bytes]]:
+        """The step chunks that start at or before seq `bound`, in seq order, each checked against its CRC:
+        (first_seq, last_seq, n, seqs, steps, walls), the blobs still packed."""
+        for first, last, s0, s1, n, seqs, steps, walls, crc in self._db.execute(
+            "SELECT first_seq, last_seq, first_step, last_step, n, seqs, steps, walls, crc FROM step_chunks"
+            " WHERE first_seq <= ? ORDER BY first_seq",
+            (bound,),
+        ):
+            if crc != chunk_crc(seqs, steps, walls, ints=(first, last, s0, s1, n)):
+                raise StoreError(f"checksum mismatch in step chunk {first}")
+            yield first, last, n, seqs, steps, walls
 
     def _series_values(
         self, name: str, nid: int, chunks: dict[int, tuple[np.ndarray, np.ndarray | None]], bound: int

@@ -13,7 +13,7 @@ from textual.app import ComposeResult
 from textual.containers import Grid
 from textual.widgets import DataTable, Static
 
-from engine.compare import FIGURES, RunRow, cell, table
+from engine.compare import FIGURES, cell, table
 from tui.compare import AXIS_SCALE, AXIS_TITLE, LAYER_METRICS, CompareState
 from tui.screens.base import Pane, View
 from tui.widgets import Chart, Heatmap, literal
@@ -27,15 +27,15 @@ EXTRA = ("learning rate", "img/s", "grad norm")  # the fourth chart's metric, m 
 LEGEND_LINES = 2
 
 
-def legend(state: CompareState, width: int, rows: list[RunRow], color: bool) -> Text:
+def legend(state: CompareState, width: int, color: bool) -> Text:
     """`━ lr=0.01  ━ lr=0.5 x2 seeds` for the shown runs in the table's order, the picked one in reverse, as many as
     fit whole in LEGEND_LINES lines of `width`; then how many more there are, hidden, unreadable."""
-    groups = state.groups(rows)
+    groups = state.groups()
     pieces = []
     for group in groups:
         piece = swatch(*state.color(group[0]), color)
         piece.append(" ")
-        piece.append_text(literal(state.group_label(group, rows), "reverse" if state.picked in group else ""))
+        piece.append_text(literal(state.group_label(group), "reverse" if state.picked in group else ""))
         pieces.append(piece)
     hidden = sum(m.hidden for m in state.members)
     unreadable = sum(m.error is not None for m in state.members)
@@ -91,9 +91,8 @@ class CurvesPane(Pane):
             yield Chart(id="c-extra")
 
     def draw(self, state: CompareState, view: View) -> None:
-        rows = state.rows()
         bar = self.query_one("#legend", Static)
-        bar.update(legend(state, bar.size.width or self.app.size.width, rows, view.color))
+        bar.update(legend(state, bar.size.width or self.app.size.width, view.color))
         layers = state.layer_names()
         layer = layers[self.layer % len(layers)] if layers else ""
         metric = EXTRA[self.extra % len(EXTRA)]
@@ -141,7 +140,7 @@ class RunsPane(Pane):
         keys = len(names) - len(FIGURES) - 1  # the differing keys, between the run's name and its figures
         # the figures first, then the keys: at 80 columns the figures are what shows
         columns = [0, *range(keys + 1, len(names)), *range(1, keys + 1)]
-        order = state.order(rows)
+        order = state.order()
         grid = self.query_one("#runs", DataTable)
         cells = [[cell(names[i], body[run][i]) for i in columns] for run in order]
         column, descending = state.sort
@@ -214,13 +213,11 @@ class LayersPane(Pane):
         elif picture.columns:
             head.append("no run has this metric", style="dim")
         self.query_one("#layers-head", Static).update(head)
-        rows = state.rows()
         key = Text()
         for j, run in enumerate(picture.columns):
-            group = [run]
             key.append(f"{'  ' if j else ''}{j + 1} ")
             key.append_text(swatch(*state.color(run), view.color))
-            key.append_text(literal(" " + state.group_label(group, rows)))
+            key.append_text(literal(" " + state.group_label([run])))
             if run in picture.missing:
                 key.append(" (none)", style="dim")
         self.query_one("#layers-legend", Static).update(key)
