@@ -7,7 +7,10 @@ from dataclasses import dataclass
 
 from textual.containers import Container
 
+from engine.compare import hms as duration  # h:mm:ss, as the CLI's tables write it
 from tui.state import DEFAULT_SMOOTHING, RunState
+
+__all__ = ["Pane", "View", "duration", "fmt", "status_line"]
 
 
 @dataclass
@@ -62,10 +65,3 @@ def status_line(parts: list[tuple[str, int]], width: int) -> str:
             break
         del kept[max(droppable, key=lambda i: (kept[i][1], i))]
     return line()
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
