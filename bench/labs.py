@@ -76,8 +76,11 @@ RULES: dict[str, tuple[str, Callable[[R], bool]]] = {  # (the rule in words, the
     ),
     "momentum": ("0.9 above 0 (plain SGD)", lambda r: r["momentum0.9"].score > r["momentum0"].score),
     "batch": (
-        "at 512 the scaled rate (0.2) above the fixed one (0.05), both by the same epochs",
-        lambda r: r["batch512-lr0.2"].score > r["batch512-lr0.05"].score,
+        "the rate scaled with the batch above the fixed 0.05, at 512 (0.2) and at 32 (0.0125), by the same epochs",
+        lambda r: (
+            r["batch512-lr0.2"].score > r["batch512-lr0.05"].score
+            and r["batch32-lr0.0125"].score > r["batch32-lr0.05"].score
+        ),
     ),
     "activation": (
         "ReLU above sigmoid, and the sigmoid run's gradients flagged vanishing",
