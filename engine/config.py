@@ -109,7 +109,9 @@ class TrainConfig:
     probe_every: int = _opt("steps between per-layer gradient norms (1: every step, at almost no cost)", default=1)
     update_every: int = _opt("steps between per-layer weight norms and update/weight ratios", default=10)
     capture_every: int = _opt("steps between activation and filter captures (0: at epoch ends only)", default=200)
-    capture_layer: str | None = _opt("deeper layer whose activations are captured (default: automatic)", default=None)
+    capture_images: int = _opt("validation images each capture shows, one per class in turn", default=10)
+    capture_kb: int = _opt("kilobytes of maps per capture: channels capped and maps pooled down to fit", default=1024)
+    capture_layer: str | None = _opt("a layer every capture keeps whole: all channels, full size", default=None)
     on_divergence: str = _opt(
         "on a NaN/infinite loss, or one grown 100x: stop the run (as failed), or only warn",
         default="stop",
@@ -140,6 +142,7 @@ class TrainConfig:
             (self.image_size is not None and self.image_size <= 0, "--image-size must be positive"),
             (self.depth is not None and self.depth <= 0, "--depth must be positive"),
             (self.capture_every < 0 or self.warmup_steps < 0, "--capture-every and --warmup-steps cannot be negative"),
+            (self.capture_images < 1 or self.capture_kb < 1, "--capture-images and --capture-kb must be positive"),
             (self.nesterov and (self.optimizer != "sgd" or self.momentum == 0), "--nesterov needs sgd with momentum"),
             (self.init_std <= 0, "--init-std must be positive"),
             (self.gamma <= 0, "--gamma must be positive"),

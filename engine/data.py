@@ -261,6 +261,27 @@ class Data:
         x, label = self._val_image(index)
         return self._finish(x), label
 
+    def fixed_images(self, count: int) -> tuple[Tensor, list[int], list[int]]:
+        """`count` validation images for captures, one per class in turn (the first of each in the split's order):
+        the batch [n, C, H, W] on the device, their labels and their indices in the split."""
+        if count < 1:
+            raise DataError(f"no validation images to capture (asked for {count})")
+        by_class: dict[int, list[int]] = {}
+        for i, label in enumerate(self._val_labels_host().tolist()):
+            by_class.setdefault(int(label), []).append(i)
+        queues = [by_class[k][::-1] for k in sorted(by_class)]
+        picked: list[int] = []
+        while len(picked) < min(count, self.spec.n_val):
+            for queue in queues:
+                if queue and len(picked) < count:
+                    picked.append(queue.pop())
+        images, labels = zip(*(self._val_image(i) for i in picked), strict=True)
+        return self._finish(torch.cat(images)), [int(y) for y in labels], picked
+
+    def _val_labels_host(self) -> np.ndarray:
+        """The validation split's labels, in its order, on the host."""
+        raise NotImplementedError
+
     def _epoch_plan(self, epoch: int) -> tuple[Tensor, Tensor, Tensor]:
         """This epoch's sample order, crop corners [n, 2] and flips [n], from a generator seeded by (seed, epoch).
 
@@ -427,6 +448,9 @@ class _TensorData(Data):
     def _val_image(self, index: int) -> tuple[Tensor, int]:
         return self._images[self._index["val"][index : index + 1]], int(self._val_labels[index])
 
+    def _val_labels_host(self) -> np.ndarray:
+        return np.asarray(self._val_labels)
+
 
 def _load_torchvision(name: str, root: Path, with_test: bool) -> tuple[list[str], _Arrays, _Arrays | None]:
     """Class names, the training pool and maybe the test split of a torchvision dataset, downloaded if missing."""
@@ -521,6 +545,9 @@ class _FolderData(Data):
     def _val_image(self, index: int) -> tuple[Tensor, int]:
         image, label = self._pool[int(self._val_index[index])]
         return image[None].to(self._settings.device), label
+
+    def _val_labels_host(self) -> np.ndarray:
+        return np.asarray(self._pool.targets)[self._val_index]
 
     def _loader(self, dataset, batches: _Batches) -> torch.utils.data.DataLoader:
         workers = self._settings.workers

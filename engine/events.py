@@ -69,12 +69,14 @@ class RunStarted(Event):
     model_summary: Mapping[str, Any] = field(default_factory=dict)
     # parameterised modules, in order; LayerStats vectors are aligned with it
     layers: tuple[str, ...] = ()
+    classes: tuple[str, ...] = ()  # the dataset's class names, in label order
     device: Mapping[str, Any] = field(default_factory=dict)
     versions: Mapping[str, str] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))
+        object.__setattr__(self, "classes", tuple(self.classes))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -111,6 +113,11 @@ class Epoch(Event):
     val_loss: float | None = None
     val_acc: float | None = None
     scalars: Mapping[str, float] = field(default_factory=dict)
+    # the validation's counts, row = true class, column = predicted, K x K row-major (empty: not counted)
+    confusion: array = field(default_factory=lambda: array("f"))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "confusion", _f32(self.confusion))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -126,6 +133,54 @@ class Activation(Event):
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(int(n) for n in self.shape))
         object.__setattr__(self, "data", bytes(self.data))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Capture(Event):
+    """What the model made of a few fixed validation images: their classes, its probabilities, and Grad-CAM on its
+    last conv layer; each layer's maps follow as `Maps` events of the same step."""
+
+    kind: ClassVar[str] = "Capture"
+    images: tuple[int, ...]  # indices in the validation split
+    labels: tuple[int, ...]  # their true classes (-1: unknown)
+    probs: array = field(default_factory=lambda: array("f"))  # [N, K] row-major: the model's softmax
+    layers: tuple[str, ...] = ()  # the captured layers, in the model's order ("input" first)
+    budget: int = 0  # bytes of maps the capture was fitted to
+    cam_layer: str = ""  # the layer Grad-CAM was taken on ("": none)
+    cam_shape: tuple[int, ...] = ()  # (2, N, H, W): for the predicted class, then for the true class
+    cam: bytes = b""  # uint8, each map scaled to its own maximum
+
+    def __post_init__(self) -> None:
+        for name in ("images", "labels", "layers", "cam_shape"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        object.__setattr__(self, "probs", _f32(self.probs))
+        object.__setattr__(self, "cam", bytes(self.cam))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Maps(Event):
+    """One layer's output maps for a capture's images, one byte a value: value = lo + q / 255 * (hi - lo) per
+    channel (a channel whose lo is NaN had a NaN). The first `shape[1]` of the layer's `channels`, average-pooled
+    from `size` to `shape[2:]` when the capture's budget asked for it."""
+
+    kind: ClassVar[str] = "Maps"
+    layer: str  # module name, or "input" for the images themselves
+    shape: tuple[int, ...]  # (images, channels, height, width) kept
+    channels: int  # the layer's own channel count
+    size: tuple[int, ...]  # the layer's own (height, width)
+    block: bool = False  # a block's output (a residual block, an Inception module), not a conv's
+    lo: array = field(default_factory=lambda: array("f"))
+    hi: array = field(default_factory=lambda: array("f"))
+    data: bytes = b""  # uint8 [images, channels, height, width], C-order
+    dead: bytes = b""  # one byte per channel of the layer, 1 where it is zero on every image after its ReLU
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", tuple(int(n) for n in self.shape))
+        object.__setattr__(self, "size", tuple(int(n) for n in self.size))
+        object.__setattr__(self, "lo", _f32(self.lo))
+        object.__setattr__(self, "hi", _f32(self.hi))
+        object.__setattr__(self, "data", bytes(self.data))
+        object.__setattr__(self, "dead", bytes(self.dead))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -172,7 +227,8 @@ class RunEnded(Event):
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.kind: cls for cls in (RunStarted, Step, LayerStats, Epoch, Activation, Filters, Diagnostic, System, RunEnded)
+    cls.kind: cls
+    for cls in (RunStarted, Step, LayerStats, Epoch, Activation, Capture, Maps, Filters, Diagnostic, System, RunEnded)
 }
 
 

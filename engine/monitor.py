@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from engine import events as ev
 from engine import flops
+from engine.capture import MAX_IMAGES
 from engine.checks import LiveChecks
 from engine.diagnostics import VERSION, Diagnostics, Settings
 from engine.emit import Emitter
@@ -61,6 +62,8 @@ class Monitor:
         input_shape: tuple[int, int, int] | None = None,
         example_inputs: Any = None,
         sample: Tensor | None = None,
+        sample_labels: Any = None,
+        classes: Any = None,
         log_every: int = 10,
         probe_every: int = 1,
         update_every: int = 10,
@@ -74,9 +77,10 @@ class Monitor:
         `input_shape` (C, H, W) adds parameter and MAC counts, and with `batch_size` TFLOP/s and,
         given the device's `peak_tflops`, MFU; `example_inputs` does the same for a model that takes
         more than an image: a batch of what it takes (a tensor, a tuple of positional arguments or a
-        dict of keyword arguments), counted per sample; `sample` (one input, [1, C, H, W])
-        enables activation captures every `capture_every` steps (0: at each `epoch()`, as `--capture-every 0`
-        means in `mirante train`); `live` is a queue for the app.
+        dict of keyword arguments), counted per sample; `sample` (a few inputs, [N, C, H, W], N <= 10)
+        enables captures of every conv layer's maps every `capture_every` steps (0: at each `epoch()`, as
+        `--capture-every 0` means in `mirante train`), with Grad-CAM for the true class when `sample_labels`
+        (N class indices) says it; `classes` names the classes; `live` is a queue for the app.
         The lecture's checks run on what is recorded (they warn; they never stop your loop): the
         optimizer's settings are read from `optimizer`, and the class count for the initial-loss
         check from `num_classes` or the first `logits` passed to `step`.
@@ -118,12 +122,14 @@ class Monitor:
         else:
             summary["params"] = sum(p.numel() for p in model.parameters())
         if sample is not None:
-            if not isinstance(sample, Tensor) or sample.dim() != 4 or sample.shape[0] != 1:
+            if not isinstance(sample, Tensor) or sample.dim() != 4 or not 1 <= sample.shape[0] <= MAX_IMAGES:
                 what = tuple(sample.shape) if isinstance(sample, Tensor) else type(sample).__name__
-                raise ValueError(f"sample must be one input of shape [1, C, H, W], not {what}")
+                raise ValueError(f"sample must be 1 to {MAX_IMAGES} inputs of shape [N, C, H, W], not {what}")
             if sample.device != device:
                 raise ValueError(f"sample is on {sample.device}, the model on {device}")
             _fits(lambda: _forward(model, sample), f"sample of shape {tuple(sample.shape)}")
+        labels = _labels(sample_labels, sample)
+        names = tuple(str(c) for c in classes) if classes is not None else ()
         self.model = model
         self.optimizer = optimizer
         self.batch_size = batch_size
@@ -145,6 +151,7 @@ class Monitor:
                 update_every=update_every,
                 capture_every=capture_every,
                 sample=sample,
+                labels=labels,
             )
             if counts is not None:
                 self.rec.train_flops, self.rec.peak_tflops = counts.train_flops, peak_tflops
@@ -157,6 +164,7 @@ class Monitor:
                 dataset=dataset,
                 config=known | dict(config or {}),
                 summary=summary,
+                classes=names,
             )
         except BaseException:  # a run that never started leaves no store behind to block its name
             with contextlib.suppress(Exception):
@@ -385,6 +393,20 @@ def _forward(model: nn.Module, sample: Tensor) -> None:
             model(sample)
     finally:
         model.train(was_training)
+
+
+def _labels(labels: Any, sample: Tensor | None) -> list[int] | None:
+    """`sample_labels` as a list of class indices, one per sample image (None: not given)."""
+    if labels is None:
+        return None
+    if sample is None:
+        raise ValueError("sample_labels needs a sample")
+    values = labels.tolist() if isinstance(labels, Tensor) else labels  # a few labels, once, at the start
+    if not isinstance(values, (list, tuple)) or len(values) != sample.shape[0]:
+        raise ValueError(f"sample_labels must hold one class index per sample image ({sample.shape[0]})")
+    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 0 for v in values):
+        raise ValueError("sample_labels must be class indices (whole numbers >= 0)")
+    return [int(v) for v in values]
 
 
 def _count(value: Any, what: str, least: int = 1) -> int:

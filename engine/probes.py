@@ -1,4 +1,4 @@
-"""Per-layer norms, activation and filter captures, and batched read-back: no host sync per step.
+"""Per-layer norms, the first layer's filters, and batched read-back: no host sync per step.
 
 Everything here is computed on the training device and copied to the host without waiting:
 each read-back is a non-blocking copy into pinned memory followed by a CUDA event, and
@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -28,21 +27,6 @@ def parameterised_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def conv_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-
-
-def capture_layers(model: nn.Module, deeper: str | None = None) -> list[tuple[str, nn.Module]]:
-    """The first conv layer and one deeper layer (two thirds down the convs, or the one named)."""
-    convs = conv_layers(model)
-    if not convs:
-        return []
-    modules = dict(model.named_modules())
-    if deeper is not None:
-        if deeper not in modules:
-            raise ValueError(f"no layer named {deeper!r} in the model")
-        chosen = (deeper, modules[deeper])
-    else:
-        chosen = convs[(2 * len(convs)) // 3]
-    return [convs[0]] if chosen[0] == convs[0][0] else [convs[0], chosen]
 
 
 class ReadBack:
@@ -181,82 +165,12 @@ class LayerNorms:
         return out.index_add_(0, self._owner2, norms * norms).sqrt().view(2, len(self.names))
 
 
-RELUS = (nn.ReLU, nn.ReLU6)
-
-
 @dataclass
 class Maps:
     """Small float16 maps of one layer, on the device, ready to copy."""
 
     layer: str
-    maps: Tensor  # [C, H, W] float16
-    # of the first ReLU after the layer: [share of outputs that are zero, share of channels zero everywhere]
-    relu: Tensor | None = None
-
-
-def zero_shares(output: Tensor) -> Tensor:
-    """[share of zero values, share of channels that are zero everywhere] of one sample's [C, ...] output."""
-    flat = output.detach().reshape(output.shape[0], -1)
-    zero = flat == 0
-    return torch.stack([zero.float().mean(), zero.all(dim=1).float().mean()])
-
-
-def shrink_maps(x: Tensor, max_channels: int, max_side: int) -> Tensor:
-    """[C, H, W] float16: the first `max_channels` channels, average-pooled to at most `max_side`."""
-    x = x[:max_channels].float()
-    if x.dim() == 3 and max(x.shape[-2:]) > max_side:
-        h, w = x.shape[-2:]
-        scale = max_side / max(h, w)
-        x = F.adaptive_avg_pool2d(x, (max(1, round(h * scale)), max(1, round(w * scale))))
-    return x.to(torch.float16)
-
-
-def capture_activations(
-    model: nn.Module,
-    sample: Tensor,
-    layers: list[tuple[str, nn.Module]],
-    *,
-    autocast: Callable[[], Any],
-    max_channels: int = 32,
-    max_side: int = 32,
-) -> list[Maps]:
-    """Maps of `layers` for one input, from a separate eval-mode forward pass.
-
-    The hooks clone inside the hook: torchvision's in-place ReLUs overwrite a conv's output
-    right after it is produced. The first ReLU module to run after a captured layer gives
-    that layer's dead-ReLU figures (`Maps.relu`). Hooks exist only during this pass, so
-    other steps pay nothing.
-    """
-    captured: list[Maps] = []
-    waiting: list[Maps] = []  # captured layers whose ReLU has not run yet
-
-    def hook_for(name: str):
-        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            out = output[0] if isinstance(output, (tuple, list)) else output
-            captured.append(Maps(name, shrink_maps(out.detach()[0].clone(), max_channels, max_side)))
-            waiting.append(captured[-1])
-
-        return hook
-
-    def relu_hook(module: nn.Module, inputs: Any, output: Any) -> None:
-        if waiting and isinstance(output, Tensor) and output.dim() >= 2:
-            shares = zero_shares(output[0])
-            for maps in waiting:
-                maps.relu = shares
-            waiting.clear()
-
-    handles = [module.register_forward_hook(hook_for(name)) for name, module in layers]
-    handles += [m.register_forward_hook(relu_hook) for m in model.modules() if isinstance(m, RELUS)]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad(), autocast():
-            model(sample)
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
-    return captured
+    maps: Tensor
 
 
 def first_filters(model: nn.Module, max_filters: int = 64) -> Maps | None:

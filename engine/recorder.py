@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from engine import capture as capture_mod
 from engine import events as ev
 from engine import probes
 from engine.device import device_info
@@ -53,6 +54,9 @@ class Recorder:
         update_every: int = 10,
         capture_every: int = 0,
         sample: Tensor | None = None,
+        labels: list[int] | None = None,
+        indices: list[int] | None = None,
+        capture_budget: int = capture_mod.BUDGET,
         capture_layer: str | None = None,
         autocast: Any = None,
         train_flops: int | None = None,
@@ -77,7 +81,13 @@ class Recorder:
         self._grad_steps: list[int] = []  # the step of each of the ring's rows
         self._updates: list[tuple[int, Tensor]] = []  # (step, [update norm, weight norm] on the device)
         self.readback = probes.ReadBack(device)
-        self.capture_layers = probes.capture_layers(model, capture_layer) if sample is not None else []
+        self.capturer = (
+            capture_mod.Capturer(
+                model, sample, labels, indices, budget=capture_budget, whole=capture_layer, autocast=self._ctx
+            )
+            if sample is not None
+            else None
+        )
         # the interval being gathered: device tensors and host floats
         self._losses: list[Tensor] = []
         self._correct: list[Tensor] = []
@@ -145,7 +155,15 @@ class Recorder:
             self.flush(step)
 
     def start(
-        self, step: int, *, name: str, model: str, dataset: str, config: dict[str, Any], summary: dict[str, Any]
+        self,
+        step: int,
+        *,
+        name: str,
+        model: str,
+        dataset: str,
+        config: dict[str, Any],
+        summary: dict[str, Any],
+        classes: tuple[str, ...] = (),
     ) -> None:
         """Emit the run's RunStarted: the one place its fields are made, for mirante's loop and the Monitor."""
         world = self.dist.world if self.dist is not None else 1
@@ -158,6 +176,7 @@ class Recorder:
             config=config,
             model_summary=summary | {"layer_types": list(self.norms.types)},
             layers=self.layers,
+            classes=classes,
             device=device_info(self.device) | ({"count": world} if world > 1 else {}),
             versions=versions(),
         )
@@ -232,35 +251,73 @@ class Recorder:
         return loss, acc
 
     def capture(self, step: int) -> None:
-        """Activation maps of the fixed sample, the sample itself, and the first layer's filters (rank 0 only)."""
+        """Every layer's maps of the fixed images with the model's predictions and Grad-CAM, and the first layer's
+        filters (rank 0 only): computed on the device, read back without waiting."""
         if not self.main:
             return
-        maps: list[probes.Maps] = []
-        if self.sample is not None:
-            maps = probes.capture_activations(self.model, self.sample, self.capture_layers, autocast=self._ctx)
-            maps.insert(0, probes.Maps("input", probes.shrink_maps(self.sample[0], 3, 64)))
+        captured = self.capturer.capture() if self.capturer is not None else None
         filters = probes.first_filters(self.model)
-        relus = [m for m in maps if m.relu is not None]
-        tensors = [m.maps for m in maps] + [m.relu for m in relus] + ([filters.maps] if filters else [])
+        tensors: list[Tensor] = [filters.maps] if filters else []
+        if captured is not None:
+            tensors.append(captured.probs)
+            tensors += [captured.cams] if captured.cams is not None else []
+            for layer in captured.layers:
+                tensors += [layer.q, layer.lo, layer.hi]
+                tensors += [t for t in (layer.dead, layer.zero) if t is not None]
         if not tensors:
             return
 
         def deliver(host: list[Tensor]) -> None:
-            for m, values in zip(maps, host, strict=False):
-                self.out.emit(
-                    ev.Activation, step, layer=m.layer, sample=0, shape=tuple(values.shape), data=_f16(values)
-                )
-            shares: dict[str, float] = {}
-            for m, values in zip(relus, host[len(maps) :], strict=False):
-                zero, dead = values.tolist()
-                shares |= {f"{ZERO_SHARE_PREFIX}{m.layer}": zero, f"{DEAD_SHARE_PREFIX}{m.layer}": dead}
-            if shares:
-                self.out.emit(ev.Step, step, scalars=shares)
+            values = iter(host)
             if filters:
-                values = host[-1]
-                self.out.emit(ev.Filters, step, layer=filters.layer, shape=tuple(values.shape), data=_f16(values))
+                first = next(values)
+                self.out.emit(ev.Filters, step, layer=filters.layer, shape=tuple(first.shape), data=_f16(first))
+            if captured is not None:
+                self._emit_capture(step, captured, values)
 
         self.readback.submit(tensors, deliver)
+
+    def _emit_capture(self, step: int, captured: capture_mod.Captured, host: Any) -> None:
+        """Capture, then each layer's Maps, then the dead-ReLU shares of the convs, from the host copies in the
+        order `capture` submitted them."""
+        probs = next(host)
+        cams = next(host) if captured.cams is not None else None
+        capturer = self.capturer
+        self.out.emit(
+            ev.Capture,
+            step,
+            images=capturer.indices,
+            labels=capturer.labels if capturer.labels is not None else [-1] * len(probs),
+            probs=probs.numpy().reshape(-1),
+            layers=[layer.layer for layer in captured.layers],
+            budget=capturer.budget,
+            cam_layer=captured.cam_layer,
+            cam_shape=tuple(cams.shape) if cams is not None else (),
+            cam=cams.numpy().tobytes() if cams is not None else b"",
+        )
+        shares: dict[str, float] = {}
+        for layer in captured.layers:
+            q, lo, hi = next(host), next(host), next(host)
+            dead = next(host) if layer.dead is not None else None
+            zero = next(host) if layer.zero is not None else None
+            self.out.emit(
+                ev.Maps,
+                step,
+                layer=layer.layer,
+                shape=tuple(q.shape),
+                channels=layer.channels,
+                size=layer.size,
+                block=layer.block,
+                lo=lo.numpy(),
+                hi=hi.numpy(),
+                data=q.contiguous().numpy().tobytes(),
+                dead=dead.to(torch.uint8).numpy().tobytes() if dead is not None else b"",
+            )
+            if zero is not None and dead is not None:
+                share = float(dead.float().mean())
+                shares |= {f"{ZERO_SHARE_PREFIX}{layer.layer}": float(zero), f"{DEAD_SHARE_PREFIX}{layer.layer}": share}
+        if shares:
+            self.out.emit(ev.Step, step, scalars=shares)
 
     def _ctx(self) -> Any:
         return self._autocast() if self._autocast is not None else torch.autocast(self.device.type, enabled=False)

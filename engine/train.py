@@ -103,7 +103,8 @@ class Setup:
     loss_fn: Callable[[Tensor, Tensor], Tensor]
     total_steps: int
     counts: flops.Counts
-    sample: Tensor | None = None  # validation image 0, for activation maps: read here, so a bad file fails setup
+    # the validation images of captures, their labels and indices: read here, so a bad file fails setup
+    fixed: tuple[Tensor, list[int], list[int]] | None = None
 
     def autocast(self) -> Any:
         if self.amp_dtype is None:
@@ -191,7 +192,7 @@ def setup(config: TrainConfig, dist: Dist | None = None) -> Setup:
         loss_fn=loss_function(c, data.spec.num_classes),
         total_steps=total,
         counts=counts,
-        sample=data.fixed_sample(0)[0],
+        fixed=data.fixed_images(c.capture_images),
     )
 
 
@@ -390,7 +391,7 @@ class Trainer:
                 self.save()  # to resume from; a diverged run's weights are not worth keeping
             return control.status
         if self.c.test:
-            loss, acc = evaluate(self.s, self.dist, self.s.data.test_batches())
+            loss, acc, _ = evaluate(self.s, self.dist, self.s.data.test_batches())
             self.out.emit(ev.Step, self.at.step, scalars={"test/loss": loss, "test/acc": acc})
         return "finished"
 
@@ -447,7 +448,9 @@ class Trainer:
         self.check_stop()  # the epoch's last values are in: a divergence among them ends the run here
         if self.control.stopped and self.control.failing():
             return  # no validation of broken weights, no checkpoint of them
-        val_loss, val_acc = (None, None) if self.sanity_check else evaluate(self.s, self.dist, data.val_batches())
+        val_loss, val_acc, confusion = (
+            (None, None, []) if self.sanity_check else evaluate(self.s, self.dist, data.val_batches())
+        )
         train_loss, train_acc = self.rec.take_epoch()
         lr = self.s.optimizer.param_groups[0]["lr"]
         self.out.emit(
@@ -459,6 +462,7 @@ class Trainer:
             val_loss=val_loss,
             val_acc=val_acc,
             scalars={"lr": lr},
+            confusion=confusion,
         )
         if self.c.schedule == "plateau" and val_loss is not None:
             self.plateau.update(val_loss)
@@ -504,13 +508,24 @@ def run_recorder(s: Setup, emitter: Emitter, dist: Dist | None) -> Recorder:
         probe_every=c.probe_every,
         update_every=c.update_every,
         capture_every=c.capture_every,
-        sample=s.sample if s.sample is not None else s.data.fixed_sample(0)[0],
-        capture_layer=c.capture_layer,
+        **capture_options(s),
         autocast=s.autocast,
         train_flops=s.counts.train_flops,
         peak_tflops=c.peak_tflops or device_peak(s.device, s.amp_dtype),
         dist=dist,
     )
+
+
+def capture_options(s: Setup) -> dict[str, Any]:
+    """The Recorder's capture settings: the fixed validation images, their labels and indices, the budget."""
+    images, labels, indices = s.fixed if s.fixed is not None else s.data.fixed_images(s.config.capture_images)
+    return {
+        "sample": images,
+        "labels": labels,
+        "indices": indices,
+        "capture_budget": s.config.capture_kb * 1024,
+        "capture_layer": s.config.capture_layer,
+    }
 
 
 def record_start(rec: Recorder, s: Setup, name: str, dist: Dist | None, step: int, discarded: int | None) -> None:
@@ -525,7 +540,15 @@ def record_start(rec: Recorder, s: Setup, name: str, dist: Dist | None, step: in
     if discarded is not None:
         plan |= {"resumed_at_step": step, "discarded_events": discarded}
     summary = s.counts.summary() | {"peak_tflops": rec.peak_tflops}
-    rec.start(step, name=name, model=c.model, dataset=data.spec.name, config=c.to_dict() | plan, summary=summary)
+    rec.start(
+        step,
+        name=name,
+        model=c.model,
+        dataset=data.spec.name,
+        config=c.to_dict() | plan,
+        summary=summary,
+        classes=data.spec.classes,
+    )
     if discarded:
         rec.out.emit(
             ev.Diagnostic,
@@ -544,24 +567,34 @@ def epoch_batches(data: Data, at: Position, overfit: int) -> Iterator[tuple[Tens
     return itertools.cycle(list(itertools.islice(data.train_batches(0), overfit)))
 
 
-def evaluate(s: Setup, dist: Dist | None, batches: Iterator[tuple[Tensor, Tensor]]) -> tuple[float, float]:
-    """Mean loss and accuracy over `batches` (under torchrun, each rank its share, added up)."""
+CONFUSION_CLASSES = 100  # a validation counts its confusion matrix up to this many classes (K x K floats)
+
+
+def evaluate(s: Setup, dist: Dist | None, batches: Iterator[tuple[Tensor, Tensor]]) -> tuple[float, float, list[float]]:
+    """Mean loss and accuracy over `batches` (under torchrun, each rank its share, added up), and the counts of
+    the confusion matrix (true class x predicted, row-major; empty past CONFUSION_CLASSES classes)."""
     s.model.eval()
-    total = torch.zeros(2, device=s.device)
+    k = s.data.spec.num_classes
+    k = k if k <= CONFUSION_CLASSES else 0
+    total = torch.zeros(2 + k * k, device=s.device)  # loss sum, correct, then the confusion counts
     seen = 0
     model = s.eager if dist is not None else s.model  # each rank its share; DDP's forward would sync buffers
     with torch.no_grad(), s.autocast():
         for x, y in batches:
             logits, _ = models.split_outputs(model(x))
-            total += torch.stack([s.loss_fn(logits, y) * len(y), (logits.argmax(dim=1) == y).sum().float()])
+            predicted = logits.argmax(dim=1)
+            total[:2] += torch.stack([s.loss_fn(logits, y) * len(y), (predicted == y).sum().float()])
+            if k:  # index_add_, not bincount: bincount reads its input's maximum back on a GPU
+                total[2:].index_add_(0, y * k + predicted, torch.ones_like(predicted, dtype=total.dtype))
             seen += len(y)
     s.model.train()
-    if dist is not None:  # one collective per evaluation: the ranks' shares added up
+    if dist is not None:  # one collective per evaluation: the ranks' shares added up, the count of images last
         total = dist.sum_(torch.cat([total, torch.tensor([float(seen)], device=total.device)]))
-        seen = 0
-    loss_sum, correct, *counted = total.tolist()  # note: a CPU-GPU sync point, once per evaluation
-    seen = int(counted[0]) if counted else seen
-    return loss_sum / max(1, seen), correct / max(1, seen)
+    values = total.tolist()  # note: a CPU-GPU sync point, once per evaluation
+    if dist is not None:
+        seen, values = int(values[-1]), values[:-1]
+    loss_sum, correct = values[:2]
+    return loss_sum / max(1, seen), correct / max(1, seen), values[2:]
 
 
 # --- entry points -----------------------------------------------------------------------

@@ -82,7 +82,7 @@ def test_every_pane_shows_its_content(runs, run):
         await pilot.press("4")
         await pilot.pause()
         caption = text_of(app.query_one("#caption"))
-        assert ("capture 1 of 1, showing step 500" if run == "good" else "no capture yet") in caption, caption
+        assert ("capture 1/1 · step 500" if run == "good" else "no capture yet") in caption, caption
         await pilot.press("5")
         await pilot.pause()
         checks = app.query_one("#checks")
@@ -298,9 +298,9 @@ def test_sample_runs_render_on_every_pane(store, tmp_path):
         assert app.query_one("#table").row_count > 3
         await pilot.press("4")
         await pilot.pause()
-        assert "showing step" in text_of(app.query_one("#caption")) and state.captures
-        picture = text_of(app.query_one("#image"))
-        assert picture.startswith("input") and "▀" in picture  # the validation image, drawn
+        assert "· step" in text_of(app.query_one("#caption")) and state.captures
+        view = text_of(app.query_one("#view"))
+        assert "▀" in view.splitlines()[0]  # the validation image, drawn at the top left
         await pilot.press("5", "6")
         await pilot.pause()
         assert "rss" in text_of(app.query_one("#sys0")), app.size
@@ -417,11 +417,11 @@ def test_older_captures_are_read_back_from_the_store_when_stepped_to(tmp_path):
         await pilot.press("4")
         await pilot.pause(0.2)
         assert len(app.state.maps) <= MAPS_KEPT and len(app.state.capture_steps) == 30
-        assert "capture 30 of 30, showing step 1,450" in text_of(app.query_one("#caption"))
+        assert "capture 30/30 · step 1,450" in text_of(app.query_one("#caption"))
         for _ in range(29):
             await pilot.press("left")
         await pilot.pause(0.2)
-        assert "capture 1 of 30, showing step 0" in text_of(app.query_one("#caption"))
+        assert "capture 1/30 · step 0" in text_of(app.query_one("#caption"))
         assert app.state.latest_maps("conv1", 0).maps.max() == 0.0  # capture 0's maps, read back from the store
         assert app.state.latest_maps("conv1", 400).maps.max() == 8.0
         assert len(app.state.maps) <= MAPS_KEPT

@@ -292,7 +292,7 @@ def test_nothing_the_trainer_sends_needs_torch_to_unpickle(tmp_path, monkeypatch
     ).validate()  # fmt: skip
     assert train.run(config, live=Live()) == 0
     kinds = {e.kind for batch in sent for e in batch}
-    assert kinds >= {"RunStarted", "Step", "LayerStats", "Epoch", "Activation", "Filters", "System", "RunEnded"}
+    assert kinds >= {"RunStarted", "Step", "LayerStats", "Epoch", "Capture", "Maps", "Filters", "System", "RunEnded"}
     modules: set[str] = set()
 
     class Unpickler(pickle.Unpickler):  # what the parent's unpickling of each batch imports

@@ -120,7 +120,7 @@ def visit_every_pane(store: Path, kind: str) -> dict[str, str]:
         "1": {"info": text_of, "worst": text_of},
         "2": {"layers": table_text},
         "3": {"table": table_text},
-        "4": {"filters": text_of, "first": text_of},
+        "4": {"view": text_of, "caption": text_of},
         "5": {"checks": table_text, "diagnostics": table_text, "detail": text_of},
         "6": {"sys0": text_of},
     }
@@ -164,7 +164,7 @@ def test_every_pane_shows_a_hostile_store_literally(store, kind):
     assert f"message{SHOWN}" in seen["worst"]
     assert f"conv1{SHOWN}" in seen["layers"] and "fc[/]" in seen["layers"]
     assert SHOWN in seen["table"] and "fc[/]" in seen["table"] and "[bold]" in seen["table"]
-    assert "conv1[/]" in seen["first"]  # the title, cut to the map width
+    assert "conv1[/]" in seen["view"]  # the layer's name over its maps
     assert f"message{SHOWN}" in seen["checks"] and f"code{SHOWN}" in seen["diagnostics"]
     assert f"message{SHOWN}" in seen["detail"] and f"key{SHOWN}" in seen["detail"]
     assert "cpu/[/][bold]" in seen["sys0"]

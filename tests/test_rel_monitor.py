@@ -411,5 +411,5 @@ def test_capture_every_zero_captures_at_each_epoch_as_in_mirante_train(tmp_path)
                 mon.step(loss)
                 optimizer.step()
             mon.epoch()
-    captures = [e for e in stored(tmp_path / "caps.mirante")[2] if isinstance(e, ev.Activation) and e.layer == "input"]
+    captures = [e for e in stored(tmp_path / "caps.mirante")[2] if isinstance(e, ev.Maps) and e.layer == "input"]
     assert [e.step for e in captures] == [3, 6]

@@ -191,15 +191,18 @@ def test_the_activation_grids_say_what_they_show_at_80x24():
     async def script(app, pilot):
         await pilot.press("4")
         await pilot.pause()
-        filters, first, deeper = (app.query_one(f"#{name}") for name in ("filters", "first", "deeper"))
-        assert lines_of(filters)[0].startswith("conv1 filters")  # was cut to the map width: "con"
-        assert filters.region.right <= 80  # beside the image, not past the screen's right edge
-        assert re.match(r"conv1 · \d+ of 32 channels", lines_of(first)[0])  # not all 32 fit at 80x24
-        assert re.match(r"conv4 · \d+ of 64 channels", lines_of(deeper)[0])
-        for grid in (filters, first, deeper):
-            head = lines_of(grid)[0]
+        view = app.query_one("#view")
+        head = next(line for line in lines_of(view) if "conv1" in line)
+        assert re.search(r"conv1 · 32x32 · \d+ of 32 channels", head), head  # not all 32 fit at 80x24
+        assert view.region.right <= 80
+        await pilot.press("v", "v", "v")  # maps, Grad-CAM, confusion, filters
+        await pilot.pause()
+        filters = app.query_one("#filters")
+        assert lines_of(filters)[0].startswith("conv1 filters")
+        for grid, row in ((filters, 0),):
+            head = lines_of(grid)[row]
             assert "min" in head and "max" in head, head  # the colour scale: each map from its min to its max
-            scale = colours_of(grid.strips()[0])
+            scale = colours_of(grid.strips()[row])
             low, high = colour_table("viridis")[0], colour_table("viridis")[-1]
             assert tuple(low) in scale and tuple(high) in scale
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,7 @@ from tests.procs import run_group
 pytestmark = pytest.mark.usefixtures("one_thread", "small_shapes")
 
 ROOT = Path(__file__).resolve().parents[1]
-EVERY_KIND = {"RunStarted", "Step", "LayerStats", "Epoch", "Activation", "Filters", "System", "RunEnded"}
+EVERY_KIND = {"RunStarted", "Step", "LayerStats", "Epoch", "Capture", "Maps", "Filters", "System", "RunEnded"}
 
 
 def tiny(tmp_path: Path, **overrides) -> TrainConfig:
@@ -74,7 +75,11 @@ def test_a_run_records_every_event_kind(tmp_path):
     assert all(len(s.grad_norm) == len(started.layers) for s in stats)
     epochs = [e for e in events if isinstance(e, ev.Epoch)]
     assert [e.epoch for e in epochs] == [1, 2] and all(0 <= e.val_acc <= 1 for e in epochs)
-    maps = {(e.layer, e.step) for e in events if isinstance(e, ev.Activation)}
+    for e in epochs:  # the validation's confusion counts: every validation image once, the right ones on the diagonal
+        counts = np.asarray(e.confusion).reshape(10, 10)
+        n_val = round(1200 * TrainConfig().val_fraction)
+        assert counts.sum() == n_val and np.trace(counts) / n_val == pytest.approx(e.val_acc)
+    maps = {(e.layer, e.step) for e in events if isinstance(e, ev.Maps)}
     assert ("input", 0) in maps and ("conv1", 0) in maps and ("conv1", 10) in maps
     assert isinstance(events[-1], ev.RunEnded) and events[-1].status == "finished"
     assert (tmp_path / "runs" / "tiny.ckpt" / "last.pt").exists()
@@ -123,7 +128,7 @@ def test_steps_that_do_not_log_never_wait_for_the_device(tmp_path, monkeypatch):
     stats = [e for e in events if isinstance(e, ev.LayerStats)]
     assert [e.step for e in stats] == list(range(1, 24)) and all(len(e.grad_norm) for e in stats)
     assert [e.step for e in stats if len(e.update_ratio)] == [1, 5, 9, 13, 17, 21]
-    assert sorted({e.step for e in events if isinstance(e, ev.Activation)}) == [7, 14, 21]
+    assert sorted({e.step for e in events if isinstance(e, (ev.Capture, ev.Maps))}) == [7, 14, 21]
 
 
 def test_ctrl_c_checkpoints_and_resume_continues_the_same_store(tmp_path):

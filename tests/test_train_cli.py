@@ -14,7 +14,7 @@ from engine.store import RunReader
 from tests.procs import finish, start
 
 ROOT = Path(__file__).resolve().parents[1]
-EVERY_KIND = {"RunStarted", "Step", "LayerStats", "Epoch", "Activation", "Filters", "System", "RunEnded"}
+EVERY_KIND = {"RunStarted", "Step", "LayerStats", "Epoch", "Capture", "Maps", "Filters", "System", "RunEnded"}
 
 
 def mirante(*args: str, cwd: Path) -> subprocess.Popen:

@@ -216,9 +216,9 @@ def test_heatmap_constant_and_all_nan_matrices():
     assert render_heatmap(np.empty((0, 0))) == []
 
 
-def test_heatmap_without_colour_uses_shades():
-    lines = render_heatmap(np.array([[0.0, 0.5, 1.0], [0.0, 0.5, 1.0]]), color=False)
-    assert [line.plain for line in lines] == [" ▒█"]
+def test_heatmap_without_colour_uses_the_ascii_ramp():
+    lines = render_heatmap(np.array([[0.0, 0.5, 0.6, 1.0], [0.0, 0.5, 0.6, 1.0]]), color=False)
+    assert [line.plain for line in lines] == [" =+@"]  # " .:-=+*#%@": any terminal draws it
     assert not has_colour(lines[0])
 
 

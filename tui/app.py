@@ -16,6 +16,7 @@ from textual.css.query import NoMatches
 from textual.widgets import Footer, Static, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
+from engine import events as ev
 from engine.store import RunReader, StoreError
 from tui.compare import CompareState
 from tui.compare_keys import CompareKeys
@@ -174,6 +175,7 @@ class MiranteApp(CompareKeys, App[int]):
             return CompareState(self.source.paths, smoothing=self.view.smoothing)
         state = state or RunState(smoothing=self.view.smoothing)
         state.load_maps = self._load_maps if self.store is not None else None
+        state.load_capture = self._load_capture if self.store is not None else None
         if self.replay:
             state.clock = self._replay_clock
         if state.smoothing != self.view.smoothing:
@@ -225,6 +227,14 @@ class MiranteApp(CompareKeys, App[int]):
         except StoreError:
             return None
         return maps_of(event) if event is not None else None
+
+    def _load_capture(self, step: int) -> ev.Capture | None:
+        """A capture's images, probabilities and Grad-CAM the state no longer keeps, read back from the store."""
+        reader = self._store_reader()
+        try:
+            return reader.capture_at(step) if reader is not None else None
+        except StoreError:
+            return None
 
     def _smooth(self, state: RunState | CompareState) -> None:
         """Smooth every series at the view's weight, reading the points the state no longer holds from the store."""

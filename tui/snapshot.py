@@ -68,6 +68,9 @@ def load(
             if latest is not None:
                 state.keep_maps(maps_of(latest))
         state.apply_many(reader.events_of("Filters", limit=1, upto_seq=last_seq))
+        latest_capture = reader.capture_at(upto_seq=last_seq)
+        if latest_capture is not None:
+            state.apply(latest_capture)
         ended = [e for e in reader.events_of("RunEnded", limit=1, upto_seq=last_seq) if e.seq > starts[-1].seq]
         state.apply_many(ended)
     state.last_seq, state.step, state.first_wall, state.last_wall = last_seq, step, first_wall, last_wall

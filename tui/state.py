@@ -147,7 +147,11 @@ class LayerHistory:
 class MapCapture:
     step: int
     layer: str
-    maps: np.ndarray  # float32, [C, H, W] (activations) or [out, in, kh, kw] (filters)
+    maps: np.ndarray  # float32, [images, C, H, W] (activations) or [out, in, kh, kw] (filters)
+    channels: int = 0  # the layer's own channel count (maps may hold the first few only)
+    size: tuple[int, ...] = ()  # the layer's own map size (maps may be pooled down from it)
+    dead: np.ndarray | None = None  # bool [channels]: zero on every image after the layer's ReLU (None: unknown)
+    block: bool = False  # a block's output (residual block, Inception module), not a conv's
 
 
 class RunState:
@@ -173,6 +177,9 @@ class RunState:
         # reads a capture's maps back from the store: set by whoever owns the store (the state does no I/O)
         self.load_maps: Callable[[str, int], MapCapture | None] | None = None
         self.filters: MapCapture | None = None
+        self.captured: OrderedDict[int, ev.Capture] = OrderedDict()  # the last MAPS_KEPT Capture events seen
+        self.load_capture: Callable[[int], ev.Capture | None] | None = None  # reads an older one back from the store
+        self.capture_order: list[str] = []  # the layers of the latest capture, in the model's order
         self.diagnostics: list[ev.Diagnostic] = []  # as stored by the run
         self.stored: dict[str, Finding] = {}  # the run's latest Diagnostic of each code
         self.checks = Diagnostics()  # the same checks run here: for runs that did not store them
@@ -229,9 +236,22 @@ class RunState:
     def _epoch(self, e: ev.Epoch) -> None:
         self.epochs.append(e)
 
-    def _activation(self, e: ev.Activation) -> None:
+    def _activation(self, e: ev.Activation | ev.Maps) -> None:
         self.note_capture(e.layer, e.step)
         self.keep_maps(maps_of(e))
+
+    def _capture(self, e: ev.Capture) -> None:
+        self.keep_capture(e)
+        self.capture_order = list(e.layers)
+        i = bisect.bisect_left(self.capture_steps, e.step)
+        if i == len(self.capture_steps) or self.capture_steps[i] != e.step:
+            self.capture_steps.insert(i, e.step)
+
+    def keep_capture(self, e: ev.Capture) -> None:
+        self.captured[e.step] = e
+        self.captured.move_to_end(e.step)
+        while len(self.captured) > MAPS_KEPT:
+            self.captured.popitem(last=False)
 
     def note_capture(self, layer: str, step: int) -> None:
         """A capture of `layer` at `step` exists (its maps are in the store, and maybe here)."""
@@ -276,6 +296,8 @@ class RunState:
         ev.LayerStats: _layer_stats,
         ev.Epoch: _epoch,
         ev.Activation: _activation,
+        ev.Maps: _activation,
+        ev.Capture: _capture,
         ev.Filters: _filters,
         ev.Diagnostic: _diagnostic,
         ev.System: _system,
@@ -458,8 +480,25 @@ class RunState:
 
     @property
     def capture_layers(self) -> list[str]:
-        """Layers with activation captures, in the order they were first seen."""
-        return list(self.captures)
+        """Layers with captures: in the model's order as the latest capture lists them, then any others in the
+        order they were first seen (an older run's captures, or layers the latest capture left out)."""
+        return list(dict.fromkeys([n for n in self.capture_order if n in self.captures] + list(self.captures)))
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.started.classes if self.started else ()
+
+    def capture_at(self, step: int | None = None) -> ev.Capture | None:
+        """The Capture at or before `step` (the latest if None): kept here, or read back from the store."""
+        steps = [s for s in self.capture_steps if step is None or s <= step]
+        if not steps:
+            return None
+        found = self.captured.get(steps[-1])
+        if found is None and self.load_capture is not None:
+            found = self.load_capture(steps[-1])
+            if found is not None and found.step == steps[-1]:
+                self.keep_capture(found)
+        return found if found is not None and found.step == steps[-1] else None
 
     def latest_maps(self, layer: str, step: int | None = None) -> MapCapture | None:
         """The capture of `layer` at or before `step` (the latest if None): kept here, or read back from the store."""
@@ -511,9 +550,31 @@ class RunState:
 _NOT_CHECKED = (RunState._diagnostic, RunState._run_started)  # the run's own findings; started in its handler
 
 
-def maps_of(event: ev.Activation | ev.Filters) -> MapCapture:
-    """An Activation or Filters event's maps as float32 (empty if the stored shape does not match)."""
-    return MapCapture(event.step, event.layer, _f16(event.data, event.shape))
+def maps_of(event: ev.Maps | ev.Activation | ev.Filters) -> MapCapture:
+    """A capture's maps as float32: [images, C, H, W] (an older run's one image as one), or a Filters event's
+    [out, in, kh, kw]; empty if the stored shape does not match its data."""
+    if isinstance(event, ev.Maps):
+        maps = dequantise(event.data, event.shape, np.asarray(event.lo), np.asarray(event.hi))
+        dead = np.frombuffer(event.dead, dtype=np.uint8).astype(bool) if event.dead else None
+        return MapCapture(event.step, event.layer, maps, event.channels, tuple(event.size), dead, event.block)
+    maps = _f16(event.data, event.shape)
+    if isinstance(event, ev.Activation):
+        maps = maps[None] if maps.ndim == 3 else maps
+        return MapCapture(event.step, event.layer, maps, maps.shape[1] if maps.ndim == 4 else 0, maps.shape[2:])
+    return MapCapture(event.step, event.layer, maps)
+
+
+def dequantise(data: bytes, shape: tuple[int, ...], lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """A Maps event's uint8 values as float32 [N, C, H, W]: lo + q / 255 * (hi - lo) per channel (NaN where the
+    channel had a NaN); empty when the data, the shape and the bounds do not agree."""
+    q = np.frombuffer(data, dtype=np.uint8)
+    if len(shape) != 4 or q.size != int(np.prod(shape)) or lo.size != shape[1] or hi.size != shape[1]:
+        return np.zeros((0, 0, 0, 0), np.float32)
+    view = (1, -1, 1, 1)
+    with np.errstate(invalid="ignore"):
+        return (lo.reshape(view) + q.reshape(shape).astype(np.float32) / 255 * (hi - lo).reshape(view)).astype(
+            np.float32
+        )
 
 
 def _f16(data: bytes, shape: tuple[int, ...]) -> np.ndarray:

@@ -489,28 +489,38 @@ class RunReader:
         return self._db.execute("SELECT count(*) FROM events WHERE kind=? AND seq <= ?", (kind, bound)).fetchone()[0]
 
     @_guarded
-    def activation_index(self, kind: str = "Activation", upto_seq: int | None = None) -> list[tuple[int, int, str]]:
-        """(seq, step, layer) of every Activation (or Filters) event, without reading the maps."""
-        if kind not in ("Activation", "Filters"):
-            raise ValueError(f"not a kind of map: {kind!r}")
+    def activation_index(self, kind: str = "maps", upto_seq: int | None = None) -> list[tuple[int, int, str]]:
+        """(seq, step, layer) of every capture of maps ("maps": Maps, or an older run's Activation) or of Filters
+        events, without reading the maps."""
+        kinds = _map_kinds(kind)
         bound = _NO_LIMIT if upto_seq is None else upto_seq
         rows = self._db.execute(
-            "SELECT seq, step, tag FROM events WHERE kind=? AND seq <= ? ORDER BY seq", (kind, bound)
+            f"SELECT seq, step, tag FROM events WHERE kind IN ({','.join('?' * len(kinds))}) AND seq <= ? ORDER BY seq",
+            (*kinds, bound),
         )
         return [(seq, step, tag) for seq, step, tag in rows]
 
     @_guarded
     def activation(
-        self, layer: str, step: int | None = None, kind: str = "Activation", upto_seq: int | None = None
-    ) -> ev.Activation | ev.Filters | None:
+        self, layer: str, step: int | None = None, kind: str = "maps", upto_seq: int | None = None
+    ) -> ev.Maps | ev.Activation | ev.Filters | None:
         """The maps of `layer` recorded last at or before `step` (the latest if step is None), seq <= `upto_seq`."""
-        if kind not in ("Activation", "Filters"):
-            raise ValueError(f"not a kind of map: {kind!r}")
+        kinds = _map_kinds(kind)
         limit = step if step is not None else _NO_LIMIT
         row = self._db.execute(
-            f"SELECT {EVENT_COLUMNS} FROM events WHERE kind=? AND tag=? AND step <= ? AND seq <= ?"
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE kind IN ({','.join('?' * len(kinds))}) AND tag=? AND step <= ?"
+            " AND seq <= ? ORDER BY step DESC, seq DESC LIMIT 1",
+            (*kinds, layer, limit, _NO_LIMIT if upto_seq is None else upto_seq),
+        ).fetchone()
+        return self._decode_row(row) if row else None  # type: ignore[return-value]
+
+    @_guarded
+    def capture_at(self, step: int | None = None, upto_seq: int | None = None) -> ev.Capture | None:
+        """The Capture event (images, probabilities, Grad-CAM) recorded last at or before `step` (None: the latest)."""
+        row = self._db.execute(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE kind='Capture' AND step <= ? AND seq <= ?"
             " ORDER BY step DESC, seq DESC LIMIT 1",
-            (kind, layer, limit, _NO_LIMIT if upto_seq is None else upto_seq),
+            (_NO_LIMIT if step is None else step, _NO_LIMIT if upto_seq is None else upto_seq),
         ).fetchone()
         return self._decode_row(row) if row else None  # type: ignore[return-value]
 
@@ -714,3 +724,11 @@ def start_time(path: Path) -> float:
     except (StoreError, sqlite3.Error):
         row = None
     return float(row[0]) if row and row[0] is not None else path.stat().st_mtime
+
+
+def _map_kinds(kind: str) -> tuple[str, ...]:
+    """The event kinds a kind of map is stored as: "maps" (Maps, or an older run's Activation), or "Filters"."""
+    kinds = {"maps": ("Maps", "Activation"), "Activation": ("Activation",), "Maps": ("Maps",), "Filters": ("Filters",)}
+    if kind not in kinds:
+        raise ValueError(f"not a kind of map: {kind!r}")
+    return kinds[kind]

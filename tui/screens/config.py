@@ -24,7 +24,7 @@ GROUPS = {  # group -> the config keys it shows, in this order; keys of no group
     "device and precision": ("device", "precision", "channels_last", "compile", "peak_tflops", "world_size",
                              "backend"),
     "run": ("name", "group", "swept", "runs_dir", "log_every", "probe_every", "update_every", "capture_every",
-            "capture_layer", "on_divergence", "range_test", "headless", "diagnostics"),
+            "capture_images", "capture_kb", "capture_layer", "on_divergence", "range_test", "headless", "diagnostics"),
 }  # fmt: skip
 
 

@@ -16,7 +16,7 @@ from engine.export import printable
 from tui.widgets.base import CachedLines
 
 HALF_BLOCK = "▀"  # foreground paints the upper pixel, background the lower one
-SHADES = " ░▒▓█"  # without colour: one character per cell, by value
+SHADES = " .:-=+*#%@"  # without colour (NO_COLOR): one ASCII character per cell, by value
 NAN_CHAR = "×"
 NAN_RGB = (255, 0, 255)  # magenta: no colour map here uses it
 # matplotlib's viridis sampled at 0, 1/8, ..., 1; interpolated to LEVELS entries
@@ -256,7 +256,7 @@ def render_maps(
 def colour_scale(color: bool, cmap: str = "viridis", cells: int = 8) -> Text:
     """The colour map from its lowest to its highest colour in `cells` cells (shades without colour)."""
     if not color:
-        return Text(SHADES[1:] + SHADES[-1] * (cells - len(SHADES) + 1))
+        return Text("".join(SHADES[1 + round(i * (len(SHADES) - 2) / max(1, cells - 1))] for i in range(cells)))
     table = colour_table(cmap)[np.linspace(0, LEVELS - 1, cells).round().astype(int)]
     return Text.assemble(*(("█", Style(color=Color.from_rgb(*map(int, rgb)))) for rgb in table))
 

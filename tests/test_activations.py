@@ -1,0 +1,151 @@
+"""The Activations pane on a real capture: any layer from the tree, each image, channels ordered and enlarged,
+Grad-CAM, the confusion matrix and the filters, at 80x24; and NO_COLOR in a real terminal draws them in ASCII."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests import apps
+from tests import test_terminal as terminal
+from tui import captures
+from tui.app import MiranteApp
+from tui.sources import FollowSource
+
+ROOT = Path(__file__).resolve().parents[1]
+RAMP = set(" .:-=+*#%@")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """smallcnn on a small shapes set, captured at steps 10 and 20 and at the end: 10 images each."""
+    import engine.data
+    from engine import train
+    from engine.config import TrainConfig
+
+    tmp = tmp_path_factory.mktemp("act")
+    original = engine.data.build_data
+    train.build_data = lambda *a, **k: original(*a, **{**k, "shapes_count": 1200})
+    try:
+        config = TrainConfig(model="smallcnn", dataset="shapes", steps=20, batch_size=32, runs_dir=str(tmp / "runs"),
+                             name="act", log_every=5, capture_every=10, device="cpu")  # fmt: skip
+        assert train.run(config.validate()) == 0
+    finally:
+        train.build_data = original
+    return tmp / "runs" / "act.mirante"
+
+
+def lines(widget) -> list[str]:
+    return [widget.render_line(y).text for y in range(widget.size.height)]
+
+
+def drive(store: Path, script, size=(80, 24)) -> None:
+    apps.drive(MiranteApp(FollowSource(store), store=store), size, script, tries=200)
+
+
+def test_any_layer_each_image_channels_gradcam_confusion_and_filters_at_80x24(run):
+    async def script(app, pilot):
+        await pilot.press("4")
+        await pilot.pause()
+        pane, view = app.query_one("ActivationsPane"), app.query_one("#view")
+        caption = apps.text_of(app.query_one("#caption"))
+        assert caption.startswith("capture 3/3 · step 20 · image 1/10 · maps"), caption
+        shown = "\n".join(lines(view))
+        assert "conv1 · 32x32" in shown and "of 32 channels" in shown  # the first conv first
+        capture = app.state.capture_at()
+        first = captures.guess(capture, 0)
+        assert captures.class_name(app.state.classes, first.label) + " ->" in shown  # the image's class, the guess
+
+        await pilot.press("slash", *"conv4", "enter")  # find a layer by name
+        await pilot.pause()
+        assert pane.picked == "conv4"
+        assert "conv4 · 16x16" in "\n".join(lines(view))
+        await pilot.press("right_square_bracket")
+        await pilot.pause()
+        assert "image 2/10" in apps.text_of(app.query_one("#caption"))
+        await pilot.press("o")  # by mean activation: the strongest channel first, under the cursor
+        await pilot.pause()
+        maps = app.state.latest_maps("conv4").maps[1]
+        strongest = int(np.argmax(maps.reshape(len(maps), -1).mean(axis=1)))
+        text = "\n".join(lines(view))
+        assert "by mean" in text and f">{strongest}" in text
+        await pilot.press("z")  # enlarge it
+        await pilot.pause()
+        text = "\n".join(lines(view))
+        assert f"conv4 channel {strongest} (1 of 64 by mean)" in text.replace("\n", " "), text
+        await pilot.press("v")
+        await pilot.pause()
+        text = "\n".join(lines(view))
+        assert "looks at:" in text and "likeliest:" in text and "Grad-CAM on conv5" in text.replace("\n", " ")
+        await pilot.press("v")
+        await pilot.pause()
+        text = "\n".join(lines(view))
+        assert "confusion, validation of epoch" in text
+        for name in app.state.classes:  # every class names its row (cut to fit, at 80 columns)
+            assert any(line.strip().startswith(name[:14]) for line in text.splitlines()), name
+        assert "worst:" in text
+        await pilot.press("v")
+        await pilot.pause()
+        assert "conv1 filters" in "\n".join(lines(app.query_one("#filters")))
+        await pilot.press("left")  # an earlier capture
+        await pilot.pause()
+        assert apps.text_of(app.query_one("#caption")).startswith("capture 2/3 · step 10")
+
+    drive(run, script)
+
+
+def test_the_layer_tree_groups_stages_and_blocks():
+    names = ["input", "conv1", "layer1.0", "layer1.0.conv1", "layer1.0.conv2", "layer1.1", "layer1.1.conv1",
+             "layer2.0", "layer2.0.conv1", "layer2.0.downsample.0", "layer2.1", "layer2.1.conv1"]  # fmt: skip
+    tree = captures.layer_tree(names)
+    top = [(n.label, n.layer) for n in tree.children]
+    assert top == [("input", "input"), ("conv1", "conv1"), ("layer1", None), ("layer2", None)]
+    stage = tree.children[2]
+    assert [(n.label, n.layer) for n in stage.children] == [("0", "layer1.0"), ("1", "layer1.1")]
+    block = tree.children[3].children[0]
+    assert [(n.label, n.layer) for n in block.children] == [("conv1", "layer2.0.conv1"),
+                                                            ("downsample.0", "layer2.0.downsample.0")]  # fmt: skip
+    assert sorted(n.layer for n in tree.walk() if n.layer) == sorted(names)  # every layer once
+    assert captures.find_layers(names, "CONV1")[:2] == ["conv1", "layer1.0.conv1"]
+
+
+def test_the_worst_pairs_say_the_commonest_mistakes():
+    m = np.array([[8, 2, 0], [5, 5, 0], [0, 0, 10]], dtype=float)
+    assert captures.worst_pairs(m, ("a", "b", "c")) == ["b as a: 5 (50% of b)", "a as b: 2 (20% of a)"]
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (.ci/run installs it)")
+def test_no_color_draws_the_maps_in_ascii_in_a_real_terminal(run, tmp_path):
+    store = tmp_path / run.name
+    store.write_bytes(run.read_bytes())
+    socket = f"mirante-act-{os.getpid()}"
+    env = f"TERM=xterm-256color PYTHONPATH={ROOT} NO_COLOR=1"
+
+    def tmux(*args: str) -> str:
+        return terminal.tmux(socket, *args)
+
+    tmux("new-session", "-d", "-x", "80", "-y", "24", f"env {env} {sys.executable} -m tui.cli watch {store}")
+    try:
+        screen = ""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "finished" not in screen:
+            screen = tmux("capture-pane", "-p")
+            time.sleep(0.3)
+        tmux("send-keys", "4")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and "conv1 · 32x32" not in screen:
+            time.sleep(0.3)
+            screen = tmux("capture-pane", "-p")
+        assert "conv1 · 32x32" in screen, screen
+        rows = [row[38:] for row in screen.splitlines()[4:20]]  # the grid, right of the tree and the image
+        drawn = [row for row in rows if row.strip() and set(row) <= RAMP and len(set(row) - {" "}) >= 3]
+        assert len(drawn) >= 6, screen  # map rows in the ASCII ramp, several levels each
+        assert "▀" not in screen and "Traceback" not in screen
+    finally:
+        tmux("kill-server")
