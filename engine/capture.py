@@ -257,7 +257,11 @@ class Capturer:
         convs = [(n, m) for n, m in self.layers if isinstance(m, nn.Conv2d)]
         if not convs:
             return "", None
-        from captum.attr import LayerAttribution, LayerGradCam  # imported on the first capture: it loads matplotlib
+        try:  # imported on the first capture (0.5 s: it loads matplotlib)
+            from captum.attr import LayerAttribution, LayerGradCam
+        except ImportError:  # a dependency of mirante's, but an install may lack it: the maps are worth having alone
+            self.gradcam = False
+            return "", None
 
         name, conv = convs[-1]
         predicted = logits.argmax(dim=1)
