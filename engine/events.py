@@ -184,6 +184,27 @@ class Maps(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Visualized(Event):
+    """What a layer's filters respond to: for each, the input that maximises its mean activation, found by gradient
+    ascent from noise (`mirante visualize`), each image scaled to its own range, one byte a value."""
+
+    kind: ClassVar[str] = "Visualized"
+    layer: str
+    filters: tuple[int, ...]  # the layer's output channels drawn, in order
+    shape: tuple[int, ...]  # (filters, channels, height, width)
+    data: bytes = b""  # uint8, C-order
+    score: array = field(default_factory=lambda: array("f"))  # each filter's mean activation at the end
+    steps: int = 0  # gradient-ascent steps taken
+    checkpoint_step: int = 0  # the training step of the weights used
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "filters", tuple(int(n) for n in self.filters))
+        object.__setattr__(self, "shape", tuple(int(n) for n in self.shape))
+        object.__setattr__(self, "data", bytes(self.data))
+        object.__setattr__(self, "score", _f32(self.score))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Filters(Event):
     """Weights of one conv layer, float16, C-order, of `shape` (out, in, kh, kw)."""
 
@@ -228,7 +249,20 @@ class RunEnded(Event):
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.kind: cls
-    for cls in (RunStarted, Step, LayerStats, Epoch, Activation, Capture, Maps, Filters, Diagnostic, System, RunEnded)
+    for cls in (
+        RunStarted,
+        Step,
+        LayerStats,
+        Epoch,
+        Activation,
+        Capture,
+        Maps,
+        Visualized,
+        Filters,
+        Diagnostic,
+        System,
+        RunEnded,
+    )  # fmt: skip
 }
 
 

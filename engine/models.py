@@ -46,12 +46,14 @@ def build_model(
     aux_logits: bool = False,
     depth: int | None = None,
     residual: bool = False,
+    weights: bool = True,
 ) -> nn.Module:
     """Build `name` for square inputs of side `image_size` (use `input_size`), in training mode.
 
     `activation`, `depth` and `residual` shape `plainnet` only; `aux_logits` adds googlenet's and inception_v3's
     auxiliary heads. `pretrained` loads torchvision's ImageNet weights (a download) and keeps the
-    ImageNet stem; the classifier is replaced when `num_classes` is not 1000.
+    ImageNet stem; the classifier is replaced when `num_classes` is not 1000. `weights=False` builds a pretrained
+    run's architecture without its weights (for a checkpoint to fill).
     """
     spec = get_spec(name)
     check_size(spec, image_size)
@@ -75,8 +77,11 @@ def build_model(
         return _small_cnn(in_channels, num_classes, separable=name == "sepcnn")
     if name == "plainnet":
         return _plain_net(in_channels, num_classes, activation, 20 if depth is None else depth, residual)
-    if pretrained:
+    if pretrained and weights:
         return _pretrained(name, num_classes, aux_logits, image_size)
+    if pretrained:
+        extra = {"aux_logits": aux_logits, "init_weights": False} if name in AUX_MIN_SIZE else {}
+        return _new_classifier(models.get_model(name, weights=None, **extra), num_classes)
 
     extra = {"aux_logits": aux_logits, "init_weights": True} if name in AUX_MIN_SIZE else {}
     model = models.get_model(name, weights=None, num_classes=num_classes, **extra)
@@ -269,8 +274,12 @@ def _pretrained(name: str, num_classes: int, aux_logits: bool, image_size: int) 
         ) from None
     if name == "inception_v3" and not aux_logits:
         model.aux_logits, model.AuxLogits = False, None
+    return _new_classifier(model, num_classes)
+
+
+def _new_classifier(model: nn.Module, num_classes: int) -> nn.Module:
+    """Every 1000-way Linear (an ImageNet classifier: the main one and any auxiliary heads) made `num_classes`-way."""
     if num_classes != 1000:
-        # Every 1000-way Linear is an ImageNet classifier: the main one and any auxiliary heads.
         for path, module in list(model.named_modules()):
             if isinstance(module, nn.Linear) and module.out_features == 1000:
                 _set_submodule(model, path, nn.Linear(module.in_features, num_classes))

@@ -28,6 +28,26 @@ def small_shapes(monkeypatch):
     monkeypatch.setattr(train, "build_data", lambda *a, **k: original(*a, **{**k, "shapes_count": 1200}))
 
 
+@pytest.fixture(scope="session")
+def captured_run(tmp_path_factory):
+    """smallcnn trained 20 steps on a small shapes set, captured at steps 10 and 20 and at its end (10 images each),
+    with its checkpoint: a real run for the Activations pane and `mirante visualize` (one per xdist worker)."""
+    import engine.data
+    from engine import train
+    from engine.config import TrainConfig
+
+    tmp = tmp_path_factory.mktemp("captured")
+    original = engine.data.build_data
+    train.build_data = lambda *a, **k: original(*a, **{**k, "shapes_count": 1200})
+    try:
+        config = TrainConfig(model="smallcnn", dataset="shapes", steps=20, batch_size=32, runs_dir=str(tmp / "runs"),
+                             name="act", log_every=5, capture_every=10, device="cpu")  # fmt: skip
+        assert train.run(config.validate()) == 0
+    finally:
+        train.build_data = original
+    return tmp / "runs" / "act.mirante"
+
+
 # The suite runs on pytest-xdist workers (pyproject.toml): each runs its tests, and the trainers they start, on
 # one thread (tiny models gain nothing from more, and OpenMP threads on an oversubscribed CPU stall for seconds)
 os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -22,23 +22,13 @@ ROOT = Path(__file__).resolve().parents[1]
 RAMP = set(" .:-=+*#%@")
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    """smallcnn on a small shapes set, captured at steps 10 and 20 and at the end: 10 images each."""
-    import engine.data
-    from engine import train
-    from engine.config import TrainConfig
-
-    tmp = tmp_path_factory.mktemp("act")
-    original = engine.data.build_data
-    train.build_data = lambda *a, **k: original(*a, **{**k, "shapes_count": 1200})
-    try:
-        config = TrainConfig(model="smallcnn", dataset="shapes", steps=20, batch_size=32, runs_dir=str(tmp / "runs"),
-                             name="act", log_every=5, capture_every=10, device="cpu")  # fmt: skip
-        assert train.run(config.validate()) == 0
-    finally:
-        train.build_data = original
-    return tmp / "runs" / "act.mirante"
+@pytest.fixture
+def run(captured_run, tmp_path) -> Path:
+    """A copy of the session's captured run (the tests here may add to it)."""
+    store = tmp_path / captured_run.name
+    store.write_bytes(captured_run.read_bytes())
+    shutil.copytree(captured_run.with_suffix(".ckpt"), store.with_suffix(".ckpt"))
+    return store
 
 
 def lines(widget) -> list[str]:
@@ -121,9 +111,8 @@ def test_the_worst_pairs_say_the_commonest_mistakes():
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (.ci/run installs it)")
-def test_no_color_draws_the_maps_in_ascii_in_a_real_terminal(run, tmp_path):
-    store = tmp_path / run.name
-    store.write_bytes(run.read_bytes())
+def test_no_color_draws_the_maps_in_ascii_in_a_real_terminal(run):
+    store = run
     socket = f"mirante-act-{os.getpid()}"
     env = f"TERM=xterm-256color PYTHONPATH={ROOT} NO_COLOR=1"
 
@@ -149,3 +138,21 @@ def test_no_color_draws_the_maps_in_ascii_in_a_real_terminal(run, tmp_path):
         assert "▀" not in screen and "Traceback" not in screen
     finally:
         tmux("kill-server")
+
+
+def test_v_in_the_pane_visualizes_the_picked_layer_and_shows_what_its_filters_respond_to(run, monkeypatch):
+    from tui import visual
+
+    monkeypatch.setattr(visual, "STEPS", 16)  # the job's gradient ascent: a few steps are enough to see it work
+
+    async def script(app, pilot):
+        await pilot.press("4", "slash", *"conv5", "enter", "V")
+        pane = app.query_one("ActivationsPane")
+        assert pane.job is not None and pane.job.layer == "conv5"
+        assert apps.text_of(app.query_one("#caption")).startswith("visualizing conv5")
+        await apps.until(pilot, lambda: pane.job is None, timeout=120)  # the child: torch's import, 16 steps
+        assert pane.view == "filters" and "conv5" in app.state.visualized
+        text = "\n".join(lines(app.query_one("#view")))
+        assert "conv5: what each filter responds to most" in text and "▀" in text
+
+    drive(run, script, size=(100, 30))

@@ -531,6 +531,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     profile.add_arguments(pr)
     pr.set_defaults(func=profile.main)
+
+    from tui import visual
+
+    vi = sub.add_parser(
+        "visualize",
+        help="what each filter of a layer responds to, from a run's checkpoint",
+        description="For each filter of a layer, the input that maximises its mean activation (gradient ascent "
+        "from noise, jittered, on the run's device), drawn here and stored into the run for replay and compare.",
+    )
+    visual.add_arguments(vi)
+    vi.set_defaults(func=visual.main)
     return parser
 
 

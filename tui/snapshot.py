@@ -68,6 +68,9 @@ def load(
             if latest is not None:
                 state.keep_maps(maps_of(latest))
         state.apply_many(reader.events_of("Filters", limit=1, upto_seq=last_seq))
+        for _, _, layer in reader.activation_index("Visualized", upto_seq=last_seq):
+            if layer not in state.visualized:
+                state.apply(reader.activation(layer, kind="Visualized", upto_seq=last_seq))
         latest_capture = reader.capture_at(upto_seq=last_seq)
         if latest_capture is not None:
             state.apply(latest_capture)

@@ -180,6 +180,7 @@ class RunState:
         self.captured: OrderedDict[int, ev.Capture] = OrderedDict()  # the last MAPS_KEPT Capture events seen
         self.load_capture: Callable[[int], ev.Capture | None] | None = None  # reads an older one back from the store
         self.capture_order: list[str] = []  # the layers of the latest capture, in the model's order
+        self.visualized: dict[str, ev.Visualized] = {}  # the latest `mirante visualize` of each layer
         self.diagnostics: list[ev.Diagnostic] = []  # as stored by the run
         self.stored: dict[str, Finding] = {}  # the run's latest Diagnostic of each code
         self.checks = Diagnostics()  # the same checks run here: for runs that did not store them
@@ -247,6 +248,9 @@ class RunState:
         if i == len(self.capture_steps) or self.capture_steps[i] != e.step:
             self.capture_steps.insert(i, e.step)
 
+    def _visualized(self, e: ev.Visualized) -> None:
+        self.visualized[e.layer] = e
+
     def keep_capture(self, e: ev.Capture) -> None:
         self.captured[e.step] = e
         self.captured.move_to_end(e.step)
@@ -298,6 +302,7 @@ class RunState:
         ev.Activation: _activation,
         ev.Maps: _activation,
         ev.Capture: _capture,
+        ev.Visualized: _visualized,
         ev.Filters: _filters,
         ev.Diagnostic: _diagnostic,
         ev.System: _system,

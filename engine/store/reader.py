@@ -503,7 +503,7 @@ class RunReader:
     @_guarded
     def activation(
         self, layer: str, step: int | None = None, kind: str = "maps", upto_seq: int | None = None
-    ) -> ev.Maps | ev.Activation | ev.Filters | None:
+    ) -> ev.Maps | ev.Activation | ev.Filters | ev.Visualized | None:
         """The maps of `layer` recorded last at or before `step` (the latest if step is None), seq <= `upto_seq`."""
         kinds = _map_kinds(kind)
         limit = step if step is not None else _NO_LIMIT
@@ -729,6 +729,7 @@ def start_time(path: Path) -> float:
 def _map_kinds(kind: str) -> tuple[str, ...]:
     """The event kinds a kind of map is stored as: "maps" (Maps, or an older run's Activation), or "Filters"."""
     kinds = {"maps": ("Maps", "Activation"), "Activation": ("Activation",), "Maps": ("Maps",), "Filters": ("Filters",)}
+    kinds["Visualized"] = ("Visualized",)
     if kind not in kinds:
         raise ValueError(f"not a kind of map: {kind!r}")
     return kinds[kind]

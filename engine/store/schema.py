@@ -97,4 +97,10 @@ def event_crc(seq: int, step: int, wall_time: float, kind: str, body: bytes, tag
 
 
 EVENT_COLUMNS = "seq, kind, step, wall_time, body, crc, tag"  # the columns `RunReader._decode_row` takes
-TAGGED = {"Activation": "layer", "Maps": "layer", "Filters": "layer", "Diagnostic": "code"}  # kind -> field kept as tag
+TAGGED = {
+    "Activation": "layer",
+    "Maps": "layer",
+    "Visualized": "layer",
+    "Filters": "layer",
+    "Diagnostic": "code",
+}  # kind -> field kept as tag

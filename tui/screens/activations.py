@@ -18,6 +18,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Input, Static, Tree
 
+from engine.visualize_images import images_of
 from tui import captures
 from tui.screens.base import Pane, View
 from tui.state import MapCapture, RunState
@@ -51,6 +52,7 @@ class ActivationsPane(Pane):
         Binding("o", "order", "by mean", show=False),
         Binding("v", "next_view", "view", show=False),
         Binding("slash", "find", "find layer", show=False),
+        Binding("V", "visualize", "what the filters respond to", show=False),
         Binding("escape", "close_find", "close", show=False),
     ]
 
@@ -67,6 +69,7 @@ class ActivationsPane(Pane):
         self._tree_of: tuple[str, ...] = ()
         self._state: RunState | None = None
         self._view: View | None = None
+        self.job = None  # a running `mirante visualize` (tui.visual.Job)
 
     def compose(self) -> ComposeResult:
         yield Static(id="caption")
@@ -74,7 +77,7 @@ class ActivationsPane(Pane):
             with Vertical(id="side"):
                 yield Tree(literal("layers"), id="layer-tree")
                 yield Input(placeholder="layer name", id="find")
-                yield Static(literal("[ ] image  v view\nj k z o channels / find"), id="keys")
+                yield Static(literal("[ ] image  v view  V\nj k z o channels / find"), id="keys")
             yield CaptureView(id="view")
             yield MapGrid(id="filters")
 
@@ -99,8 +102,14 @@ class ActivationsPane(Pane):
         capture = state.capture_at(self.step)
         count = len(capture.images) if capture is not None else 1
         self.image = min(self.image, max(0, count - 1))
-        self.set_class(self.view == "filters", "filters")
-        if self.view == "filters":
+        seen = state.visualized.get(self.picked or "") if self.view == "filters" else None
+        self.set_class(self.view == "filters" and seen is None, "filters")
+        if seen is not None:
+            heading = f"{seen.layer}: what each filter responds to most (weights of step {seen.checkpoint_step:,})"
+            self.query_one("#view", CaptureView).set_frame(
+                Frame(mode="visualized", heading=heading, visual=images_of(seen), titles=[str(f) for f in seen.filters])
+            )
+        elif self.view == "filters":
             self._draw_filters(state)
         else:
             self.query_one("#view", CaptureView).set_frame(self.frame(state, capture))
@@ -164,8 +173,8 @@ class ActivationsPane(Pane):
         return frame
 
     def _draw_filters(self, state: RunState) -> None:
-        filters = state.filters
         grid = self.query_one("#filters", MapGrid)
+        filters = state.filters
         if filters is None or filters.maps.ndim != 4:
             grid.set_maps(np.empty((0, 0, 0)), heading="no filters captured yet")
             return
@@ -179,6 +188,10 @@ class ActivationsPane(Pane):
         )
 
     def caption(self, state: RunState, capture) -> str:
+        if self.job is not None and not self.job.done:
+            return f"visualizing {self.job.layer}: {self.job.progress} (V again: cancel)"
+        if self.job is not None and self.job.error:
+            return f"visualize {self.job.layer}: {self.job.error}"
         steps = state.capture_steps
         at = len(steps) if self.step is None else bisect.bisect_right(steps, self.step)
         if at == 0:
@@ -233,6 +246,29 @@ class ActivationsPane(Pane):
     def action_next_view(self) -> None:
         self.view = VIEWS[(VIEWS.index(self.view) + 1) % len(VIEWS)]
         self.redraw()
+
+    def action_visualize(self) -> None:
+        """Start `mirante visualize` of the picked layer in a child (V again cancels it); its images show in the
+        filters view when it is done."""
+        from tui.visual import Job
+
+        if self.job is not None and not self.job.done:
+            self.job.cancel()
+            self.job = None
+        elif self.app.store is None or not self.picked or self.picked == "input":
+            self.app.tell("visualize: pick a conv layer or a block in the tree first")
+        else:
+            self.job = Job(self.app.store, self.picked)
+        self.redraw()
+
+    def tick(self, state: RunState, view: View) -> None:
+        """The visualize job's progress; its images, once it is done."""
+        if self.job is None:
+            return
+        if self.job.done and self.job.event is not None:
+            state.apply(self.job.event)
+            self.view, self.job = "filters", None
+        self.draw(state, view)
 
     def action_find(self) -> None:
         find = self.query_one("#find", Input)

@@ -39,6 +39,7 @@ class Frame:
     classes: tuple[str, ...] = ()
     pairs: list[str] = field(default_factory=list)
     matrix_title: str = ""
+    visual: np.ndarray | None = None  # [F, C, H, W] in 0..1: what each filter responds to (titles: the filters)
 
 
 class CaptureView(CachedLines):
@@ -58,6 +59,10 @@ class CaptureView(CachedLines):
             return confusion_lines(f, width, height, color)
         if f.mode == "gradcam":
             return gradcam_lines(f, width, height, color)
+        if f.mode == "visualized" and f.visual is not None:
+            from tui.visual import draw
+
+            return ([Text(printable(f.heading)[:width])] + draw(f.visual, f.titles, width, color))[:height]
         side = min(SIDE, width // 4)
         left = picture_lines(f.image, f.image_lines, side, height, color)
         if f.mode == "channel" and f.channel is not None:
