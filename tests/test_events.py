@@ -64,7 +64,17 @@ def one_of_each() -> list[ev.Event]:
             hi=[math.inf],
             data=bytes([0, 1, 254, 255]),
             dead=bytes([0, 1, 0, 0]),
-        ),  # fmt: skip
+        ),
+        ev.Visualized(
+            **HEADER,
+            layer="c",
+            filters=(3, 1),
+            shape=(2, 1, 1, 2),
+            data=bytes([0, 9, 99, 255]),
+            score=[math.inf, -0.0],
+            steps=256,
+            checkpoint_step=41,
+        ),
         ev.Filters(**HEADER, layer="conv1", shape=(1, 1, 2, 3), data=maps),
         ev.Diagnostic(**HEADER, level="fail", code="divergence", message="loss is NaN", evidence={"loss": math.nan}),
         ev.System(**HEADER, rank=1, metrics={"gpu/mem_gb": -math.inf, "gpu/util": -0.0}),
