@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from engine import models
 
-BUDGET = 1 << 20  # bytes of maps per capture, by default
+BUDGET = 960 * 1024  # bytes per capture by default (maps, images, Grad-CAM): under 1 MB stored
 MAX_CHANNELS = 64  # channels kept of a layer at most, whatever the budget
 MIN_SIDE = 4  # maps are pooled down no smaller than this (longer side)
 MIN_CHANNELS = 8  # then channels are cut down to no fewer than this
@@ -179,7 +179,9 @@ class Capturer:
             self._forward(self.images[:1], [m.register_forward_hook(hook_for(n)) for n, m in self.layers])
             self._shapes = {"input": tuple(self.images.shape[1:]), **shapes}
             layers = {n: s for n, s in self._shapes.items() if n != "input"}
-            kept = fit(layers, len(self.images), self.budget, self.whole)
+            n, c, h, w = self.images.shape
+            own = n * c * h * w + (2 * n * h * w if self.gradcam else 0)  # the images and Grad-CAM count too
+            kept = fit(layers, n, max(0, self.budget - own), self.whole)
             c, h, w = self._shapes["input"]
             self._kept = {"input": Kept(c, h, w), **kept}  # the images themselves, whole
         return self._kept

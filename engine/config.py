@@ -110,7 +110,7 @@ class TrainConfig:
     update_every: int = _opt("steps between per-layer weight norms and update/weight ratios", default=10)
     capture_every: int = _opt("steps between activation and filter captures (0: at epoch ends only)", default=200)
     capture_images: int = _opt("validation images each capture shows, one per class in turn", default=10)
-    capture_kb: int = _opt("kilobytes of maps per capture: channels capped and maps pooled down to fit", default=1024)
+    capture_kb: int = _opt("KiB per capture: channels capped and maps pooled down to fit", default=960)
     capture_layer: str | None = _opt("a layer every capture keeps whole: all channels, full size", default=None)
     on_divergence: str = _opt(
         "on a NaN/infinite loss, or one grown 100x: stop the run (as failed), or only warn",

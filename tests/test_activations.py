@@ -156,3 +156,23 @@ def test_v_in_the_pane_visualizes_the_picked_layer_and_shows_what_its_filters_re
         assert "conv5: what each filter responds to most" in text and "▀" in text
 
     drive(run, script, size=(100, 30))
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (.ci/run installs it)")
+@pytest.mark.parametrize(("colorterm", "sequence", "not_sequence"), [("truecolor", "48;2;", "48;5;"),
+                                                                     (None, "48;5;", "48;2;")])  # fmt: skip
+def test_maps_are_true_colour_where_the_terminal_says_so_and_256_colours_elsewhere(
+    run, colorterm, sequence, not_sequence
+):
+    socket = f"mirante-colours-{os.getpid()}-{colorterm}"
+    colour = f"COLORTERM={colorterm}" if colorterm else "-u COLORTERM"
+    command = f"env {colour} TERM=xterm-256color PYTHONPATH={ROOT} {sys.executable} -m tui.cli watch {run}"
+    terminal.tmux(socket, "new-session", "-d", "-x", "80", "-y", "24", command)
+    try:
+        terminal.wait_for(lambda: "finished" in terminal.tmux(socket, "capture-pane", "-p"), 60, "the run")
+        terminal.tmux(socket, "send-keys", "4")
+        terminal.wait_for(lambda: "conv1 ·" in terminal.tmux(socket, "capture-pane", "-p"), 20, "the maps")
+        escaped = terminal.tmux(socket, "capture-pane", "-p", "-e")
+        assert escaped.count(sequence) > 100 and not_sequence not in escaped  # the map cells' backgrounds
+    finally:
+        terminal.tmux(socket, "kill-server")

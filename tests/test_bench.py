@@ -98,3 +98,12 @@ def test_the_profiler_table_runs(tmp_path):
     assert rows["mobilenet_v3_small"]["fcm_train_gflops"] > 5 * rows["mobilenet_v3_small"]["train_gflops"]
     assert rows["resnet18"]["fcm_train_gflops"] == pytest.approx(rows["resnet18"]["train_gflops"], rel=0.01)
     assert "3 of 3 models" in out
+
+
+def test_the_capture_benchmark_runs(tmp_path):
+    """bench/capture_bench.py, the source of BENCHMARKS.md's figures on captures, on a 4-step run."""
+    figures_path = tmp_path / "capture.json"
+    out = run(["bench/capture_bench.py", "--tiny", "--json", str(figures_path)], timeout=300)
+    figures = json.loads(figures_path.read_text())
+    assert figures["captures"] >= 2 and 0 < figures["capture s"] < 60 and 0 < figures["bytes per capture"], out
+    assert 0 < figures["share at default cadence"] < 1 and all(0 < t < 1e4 for t in figures["redraw ms"]), out
