@@ -105,5 +105,5 @@ def test_the_capture_benchmark_runs(tmp_path):
     figures_path = tmp_path / "capture.json"
     out = run(["bench/capture_bench.py", "--tiny", "--json", str(figures_path)], timeout=300)
     figures = json.loads(figures_path.read_text())
-    assert figures["captures"] >= 2 and 0 < figures["capture s"] < 60 and 0 < figures["bytes per capture"], out
+    assert figures["captures"] >= 2 and 0 < figures["capture s"] < 60 and figures["bytes per capture"] > 0, out
     assert 0 < figures["share at default cadence"] < 1 and all(0 < t < 1e4 for t in figures["redraw ms"]), out
