@@ -64,13 +64,15 @@ def fit(shapes: dict[str, tuple[int, int, int]], images: int, budget: int, whole
     """How much of each layer's (C, H, W) output fits `budget` bytes for `images` images.
 
     Channels are capped at MAX_CHANNELS; then, while over budget, the layer that costs most is halved: its maps
-    pooled to half their size down to MIN_SIDE, then its channels down to MIN_CHANNELS. A capture that cannot
+    pooled to half their size down to MIN_SIDE, then its channels down to MIN_CHANNELS (of layers that cost the same,
+    the deeper one). A capture that cannot
     fit even so keeps that floor and goes over. The layer named `whole` is kept whole, outside the budget.
     """
     kept = {name: Kept(min(c, MAX_CHANNELS), h, w) for name, (c, h, w) in shapes.items() if name != whole}
     total = sum(k.bytes(images) for k in kept.values())
     while kept and total > budget:
-        name = max(kept, key=lambda n: kept[n].bytes(images) if _shrinkable(kept[n]) else -1)
+        # of equals the deeper: the first conv's maps (the lecture's first-layer maps) are the last to blur
+        name = max(reversed(kept), key=lambda n: kept[n].bytes(images) if _shrinkable(kept[n]) else -1)
         k = kept[name]
         if not _shrinkable(k):
             break

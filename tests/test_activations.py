@@ -47,7 +47,7 @@ def test_any_layer_each_image_channels_gradcam_confusion_and_filters_at_80x24(ru
         caption = apps.text_of(app.query_one("#caption"))
         assert caption.startswith("capture 3/3 · step 20 · image 1/10 · maps"), caption
         shown = "\n".join(lines(view))
-        assert "conv1 · 32x32" in shown and "of 32 channels" in shown  # the first conv first
+        assert "conv1 · 32x32 ·" in shown and "of 32 channels" in shown  # the first conv first
         capture = app.state.capture_at()
         first = captures.guess(capture, 0)
         assert captures.class_name(app.state.classes, first.label) + " ->" in shown  # the image's class, the guess
@@ -128,10 +128,10 @@ def test_no_color_draws_the_maps_in_ascii_in_a_real_terminal(run):
             time.sleep(0.3)
         tmux("send-keys", "4")
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and "conv1 · 32x32" not in screen:
+        while time.monotonic() < deadline and "conv1 · 32x32 ·" not in screen:
             time.sleep(0.3)
             screen = tmux("capture-pane", "-p")
-        assert "conv1 · 32x32" in screen, screen
+        assert "conv1 · 32x32 ·" in screen, screen
         rows = [row[38:] for row in screen.splitlines()[4:20]]  # the grid, right of the tree and the image
         drawn = [row for row in rows if row.strip() and set(row) <= RAMP and len(set(row) - {" "}) >= 3]
         assert len(drawn) >= 6, screen  # map rows in the ASCII ramp, several levels each

@@ -32,7 +32,7 @@ def test_a_whole_run():
     assert steps.tolist() == [999, 1999, 2999] and val.tolist() == pytest.approx([0.45, 0.55, 0.65])
     assert state.layers.matrix().shape == (300, len(LAYERS)) and state.layers.count == 300
     assert state.filters.maps.shape == (4, 3, 3, 3)
-    assert state.latest_maps("conv1").maps.shape == (4, 8, 8)
+    assert state.latest_maps("conv1").maps.shape == (1, 4, 8, 8)  # an older run's capture: one image
     assert state.latest_maps("conv1", step=499) is None
     assert state.system["cpu/rss_mb"].last == 514.0
     worst = state.worst_diagnostics()
