@@ -13,6 +13,7 @@ import bisect
 from typing import ClassVar
 
 import numpy as np
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
@@ -77,7 +78,7 @@ class ActivationsPane(Pane):
             with Vertical(id="side"):
                 yield Tree(literal("layers"), id="layer-tree")
                 yield Input(placeholder="layer name", id="find")
-                yield Static(literal("[ ] image  v view  V\nj k z o channels / find"), id="keys")
+                yield Static(Text("[ ] image  v view  V\nj k z o  / find"), id="keys")
             yield CaptureView(id="view")
             yield MapGrid(id="filters")
 
@@ -105,7 +106,7 @@ class ActivationsPane(Pane):
         seen = state.visualized.get(self.picked or "") if self.view == "filters" else None
         self.set_class(self.view == "filters" and seen is None, "filters")
         if seen is not None:
-            heading = f"{seen.layer}: what each filter responds to most (weights of step {seen.checkpoint_step:,})"
+            heading = f"{seen.layer}: what each filter responds to most · step {seen.checkpoint_step:,}"
             self.query_one("#view", CaptureView).set_frame(
                 Frame(mode="visualized", heading=heading, visual=images_of(seen), titles=[str(f) for f in seen.filters])
             )

@@ -372,7 +372,9 @@ class Heatmap(CachedLines):
         if named and self.columns is not None:
             out.append(column_labels(self.columns, firsts, reps, label_w + 1 if label_w else 0))
         elif axis and self.steps is not None:
-            line = step_axis([self.steps[a] for a in firsts], reps, label_w + 1 if label_w else 0, width)
+            shown_steps = [self.steps[a] for a in firsts]
+            shown_steps[-1] = self.steps[-1]  # the axis ends at the newest step, in the last group of columns
+            line = step_axis(shown_steps, reps, label_w + 1 if label_w else 0, width)
             if label_w and len(shown) < r:  # the rows that did not fit are said, under the labels
                 line = Text(f"first {len(shown)} of {r}"[:label_w].ljust(label_w), end="") + line[label_w:]
             out.append(line)
