@@ -17,7 +17,8 @@ from tui.sources import CompareSource, FollowSource  # noqa: E402
 
 SIZE = (120, 36)
 SMALL = (80, 24)  # a plain ssh terminal
-SHOTS = [  # (key, screen, run[, size])
+FIND_CONV5 = ("4", "slash", "c", "o", "n", "v", "5", "enter")
+SHOTS = [  # (key or keys, screen, run[, size])
     ("1", "overview", "smallcnn-shapes"),
     ("1", "overview-80x24", "smallcnn-shapes", SMALL),
     ("g", "config", "smallcnn-shapes", SMALL),
@@ -25,6 +26,9 @@ SHOTS = [  # (key, screen, run[, size])
     ("2", "gradients", "plainnet-sigmoid"),
     ("3", "model", "resnet18-shapes"),
     ("4", "activations", "smallcnn-shapes"),
+    (("4", "right_square_bracket", "right_square_bracket", "v"), "gradcam", "smallcnn-shapes"),
+    (("4", "v", "v"), "confusion", "smallcnn-shapes"),
+    ((*FIND_CONV5, "v", "v", "v"), "visualized", "smallcnn-shapes"),
     ("5", "diagnostics", "diverging-lr"),
     ("5", "diagnostics-sigmoid", "plainnet-sigmoid"),
     ("5", "lr-find", "lrfind-smallcnn"),
@@ -37,13 +41,13 @@ COMPARES = [  # (key, screen, runs)
 ]
 
 
-async def shoot(key: str, screen: str, run: str, out: Path, size: tuple[int, int] = SIZE) -> None:
+async def shoot(key: str | tuple[str, ...], screen: str, run: str, out: Path, size: tuple[int, int] = SIZE) -> None:
     store = ROOT / "sample_runs" / f"{run}.mirante"
     app = MiranteApp(FollowSource(store), store=store)
     async with app.run_test(size=size) as pilot:
         while not app.source.done:
             await pilot.pause(0.1)
-        await pilot.press(key)
+        await pilot.press(*((key,) if isinstance(key, str) else key))
         await pilot.pause(0.5)
         app.save_screenshot(filename=f"{screen}.svg", path=str(out))
         await pilot.press("escape", "q")  # a view opened by its key closes first

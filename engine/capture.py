@@ -156,6 +156,8 @@ class Capturer:
         self.model = model
         self.images = images
         self.labels = labels
+        # made once, here: a copy of host memory to a GPU waits for the device, and a capture must not
+        self._true = torch.as_tensor(labels, device=images.device) if labels is not None else None
         self.indices = list(indices) if indices is not None else list(range(len(images)))
         self.budget = budget
         self.whole = whole
@@ -269,7 +271,7 @@ class Capturer:
 
         name, conv = convs[-1]
         predicted = logits.argmax(dim=1)
-        true = torch.as_tensor(self.labels, device=predicted.device) if self.labels is not None else predicted
+        true = self._true if self._true is not None else predicted
         was_training = self.model.training
         forward = _Logits(self.model)
         try:

@@ -176,3 +176,17 @@ def test_maps_are_true_colour_where_the_terminal_says_so_and_256_colours_elsewhe
         assert escaped.count(sequence) > 100 and not_sequence not in escaped  # the map cells' backgrounds
     finally:
         terminal.tmux(socket, "kill-server")
+
+
+def test_the_view_draws_one_by_one_maps_many_channels_and_says_when_the_terminal_is_too_small():
+    from tui.widgets.capture import CaptureView, Frame
+
+    rng = np.random.default_rng(0)
+    image = rng.random((3, 32, 32))
+    view = CaptureView()
+    view.frame = Frame(image=image, image_lines=["cat -> dog 40% (wrong)"], maps=rng.random((64, 1, 1)),
+                       titles=[str(i) for i in range(64)], heading="layer4.1.conv2 · 1x1", total=2048)  # fmt: skip
+    lines = [line.plain for line in view.draw(80, 20, color=True)]
+    assert any("layer4.1.conv2 · 1x1" in line and "of 2048 channels" in line for line in lines), lines
+    assert sum(line.count("▀") for line in lines) > 64  # every 1x1 map a cell (and the image)
+    assert [line.plain for line in view.draw(12, 3, color=True)] == ["enlarge the "]

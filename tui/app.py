@@ -528,10 +528,12 @@ class MiranteApp(CompareKeys, App[int]):
     def action_help(self) -> None:
         pane = self.active_pane()
         where = f"the {pane.TITLE}" if pane is not None and self.screen is self.screen_stack[0] else "this screen"
-        own = self.PANE_ACTIONS.get  # "capture(-1)" -> "ActivationsPane": the pane's own keys come first
-        rows = help_rows(
-            self.screen.active_bindings, self.get_key_display, lambda action: bool(own(action.split("(")[0]))
-        )
+
+        def own(action: str) -> bool:  # the pane's own keys come first: its actions, and the app's meant for it
+            name = action.split("(")[0]
+            return name in self.PANE_ACTIONS or f"action_{name}" in vars(type(pane))
+
+        rows = help_rows(self.screen.active_bindings, self.get_key_display, own)
         self.push_screen(HelpScreen(rows, where))
 
     @property

@@ -45,16 +45,16 @@ class ActivationsPane(Pane):
     ActivationsPane.filters #view { display: none; }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("left_square_bracket", "image(-1)", "image", show=False),
-        Binding("right_square_bracket", "image(1)", "image", show=False),
-        Binding("j", "channel(1)", "channel", show=False),
-        Binding("k", "channel(-1)", "channel", show=False),
-        Binding("z", "enlarge", "enlarge", show=False),
-        Binding("o", "order", "by mean", show=False),
-        Binding("v", "next_view", "view", show=False),
-        Binding("slash", "find", "find layer", show=False),
-        Binding("V", "visualize", "what the filters respond to", show=False),
-        Binding("escape", "close_find", "close", show=False),
+        Binding("left_square_bracket", "image(-1)", "previous image", show=False),
+        Binding("right_square_bracket", "image(1)", "next image", show=False),
+        Binding("j", "channel(1)", "next channel", show=False),
+        Binding("k", "channel(-1)", "previous channel", show=False),
+        Binding("z", "enlarge", "enlarge the channel (or back to all)", show=False),
+        Binding("o", "order", "channels by mean activation (or in order)", show=False),
+        Binding("v", "next_view", "next view: maps, Grad-CAM, confusion matrix, filters", show=False),
+        Binding("slash", "find", "find a layer by name", show=False),
+        Binding("V", "visualize", "visualize what the layer's filters respond to", show=False),
+        Binding("escape", "close_find", "close the search", show=False),
     ]
 
     step: int | None = None  # None: the latest capture; left/right keys step through them
