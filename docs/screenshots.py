@@ -26,7 +26,7 @@ SHOTS = [  # (key or keys, screen, run[, size])
     ("2", "gradients", "plainnet-sigmoid"),
     ("3", "model", "resnet18-shapes"),
     ("4", "activations", "smallcnn-shapes"),
-    (("4", "right_square_bracket", "right_square_bracket", "v"), "gradcam", "smallcnn-shapes"),
+    (("4", *["right_square_bracket"] * 7, "v"), "gradcam", "smallcnn-shapes"),  # image 8: a wrong guess
     (("4", "v", "v"), "confusion", "smallcnn-shapes"),
     ((*FIND_CONV5, "v", "v", "v"), "visualized", "smallcnn-shapes"),
     ("5", "diagnostics", "diverging-lr"),
