@@ -11,7 +11,7 @@ import io
 import json
 import math
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +117,7 @@ def read_row(path: Path) -> RunRow:
         model=summary.model,
         dataset=summary.dataset,
         status=summary.status,
-        config=dict(started.config) if started is not None else {},
+        config=with_defaults(dict(started.config)) if started is not None else {},
         steps=summary.steps,
         wall_s=summary.duration,
     )
@@ -134,6 +134,15 @@ def read_row(path: Path) -> RunRow:
         worst = max(problems, key=lambda d: (LEVELS[d.level], -d.seq))  # the earliest of the worst
         row.worst = f"{worst.level} {worst.code}"
     return row
+
+
+def with_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's config with every option of `mirante train` it lacks at its default: a run recorded before an option
+    existed was trained as the option's default trains, and does not differ from a newer run in it."""
+    from engine.config import TrainConfig
+
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+    return {**{k: v for k, v in defaults.items() if k not in NOT_COMPARED}, **config}
 
 
 def differing_keys(rows: list[RunRow]) -> list[str]:

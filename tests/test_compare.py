@@ -65,12 +65,14 @@ def test_runs_are_named_by_what_differs(tmp_path):
     assert [compare.label(r, ["lr"]) for r in rows] == ["lr=0.01", "lr=0.5"]
     header, body = compare.table(rows)
     assert header[:3] == ["run", "lr", "status"] and [line[1] for line in body] == [0.01, 0.5]
-    c = run_with(tmp_path / "c.mirante", lr=0.5, seed=1, momentum=0.9)  # a key the others lack differs too
+    d = run_with(tmp_path / "d.mirante", lr=0.5, seed=0, momentum=0.9)  # a key the others lack, at its default:
+    assert compare.differing_keys([*rows, compare.read_row(d)]) == ["lr"]  # they were trained so (an older version)
+    c = run_with(tmp_path / "c.mirante", lr=0.5, seed=1, momentum=0.5)  # ... at another value: it differs
     rows.append(compare.read_row(c))
     keys = compare.differing_keys(rows)
     assert keys == ["lr", "momentum", "seed"]
-    assert compare.label(rows[2], keys) == "lr=0.5 momentum=0.9 seed=1"
-    assert compare.label(rows[0], keys) == "lr=0.01 momentum=none seed=0"
+    assert compare.label(rows[2], keys) == "lr=0.5 momentum=0.5 seed=1"
+    assert compare.label(rows[0], keys) == "lr=0.01 momentum=0.9 seed=0"
 
 
 def test_runs_differing_in_many_keys_are_named_by_the_weightiest_keys_that_tell_them_apart():
@@ -117,7 +119,8 @@ def test_where_compares_numbers_as_numbers(tmp_path):
             enumerate([(0.1, "sgd"), (0.01, "sgd"), (0.1, "adam")])]  # fmt: skip
     assert [r.name for r in rows if compare.matches(r, ["lr=1e-1"])] == ["0", "2"]
     assert [r.name for r in rows if compare.matches(r, ["lr=0.1", "optimizer=adam"])] == ["2"]
-    assert not any(compare.matches(r, ["momentum=0.9"]) for r in rows)
+    assert not any(compare.matches(r, ["momentum=0.5"]) for r in rows)
+    assert all(compare.matches(r, ["momentum=0.9"]) for r in rows)  # a key a run lacks reads as its default
     with pytest.raises(compare.CompareError, match="expected KEY=VALUE"):
         compare.parse_where(["lr"])
 
