@@ -48,6 +48,17 @@ def captured_run(tmp_path_factory):
     return tmp / "runs" / "act.mirante"
 
 
+@pytest.fixture
+def captured_copy(captured_run, tmp_path):
+    """A copy of `captured_run` and its checkpoint that a test may add to."""
+    import shutil
+
+    store = tmp_path / captured_run.name
+    store.write_bytes(captured_run.read_bytes())
+    shutil.copytree(captured_run.with_suffix(".ckpt"), store.with_suffix(".ckpt"))
+    return store
+
+
 # The suite runs on pytest-xdist workers (pyproject.toml): each runs its tests, and the trainers they start, on
 # one thread (tiny models gain nothing from more, and OpenMP threads on an oversubscribed CPU stall for seconds)
 os.environ.setdefault("OMP_NUM_THREADS", "1")

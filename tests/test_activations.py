@@ -23,12 +23,8 @@ RAMP = set(" .:-=+*#%@")
 
 
 @pytest.fixture
-def run(captured_run, tmp_path) -> Path:
-    """A copy of the session's captured run (the tests here may add to it)."""
-    store = tmp_path / captured_run.name
-    store.write_bytes(captured_run.read_bytes())
-    shutil.copytree(captured_run.with_suffix(".ckpt"), store.with_suffix(".ckpt"))
-    return store
+def run(captured_copy) -> Path:
+    return captured_copy
 
 
 def lines(widget) -> list[str]:

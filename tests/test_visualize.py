@@ -17,11 +17,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
-def run(captured_run, tmp_path) -> Path:
-    store = tmp_path / captured_run.name
-    store.write_bytes(captured_run.read_bytes())
-    shutil.copytree(captured_run.with_suffix(".ckpt"), store.with_suffix(".ckpt"))
-    return store
+def run(captured_copy) -> Path:
+    return captured_copy
 
 
 def test_visualize_draws_the_filters_and_stores_them_in_the_run(run, capsys):
