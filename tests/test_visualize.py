@@ -84,3 +84,20 @@ def test_a_monitor_run_of_the_users_model_cannot_be_rebuilt(tmp_path, capsys):
     (tmp_path / "mine.ckpt" / "last.pt").write_bytes(b"")
     assert main(["visualize", str(tmp_path / "mine.mirante"), "--layer", "conv1"]) == 2
     assert "its model 'MyNet' is not one mirante builds" in capsys.readouterr().err
+
+
+def test_a_compare_shows_each_runs_visualized_filters(run, captured_run, capsys):
+    from tests.test_compare_view import compare_app, drive_compare
+
+    assert main(["visualize", str(run), "--layer", "conv5", "--filters", "0-7", "--steps", "4", "--no-draw"]) == 0
+    capsys.readouterr()
+
+    async def script(app, pilot):
+        await pilot.press("4")
+        await pilot.pause()
+        rows = app.query_one("#filter-rows")
+        text = "\n".join(strip.text for strip in rows.strips())
+        assert text.startswith("conv5: what each filter responds to most")
+        assert text.count("· step 20") == 1 and "▀" in text  # the run that has them, not the one without
+
+    drive_compare(compare_app([run, captured_run]), (100, 30), script)

@@ -1,4 +1,5 @@
-"""The compare panes: the runs' curves overlaid, the table of runs, and their layers side by side.
+"""The compare panes: the runs' curves overlaid, the table of runs, their layers side by side, and what their
+filters respond to.
 
 Each draws from a `CompareState` (one RunState per run) and the view options, as the single-run panes
 draw from a RunState. The runs are named by what differs in their configs (`lr=0.5`); runs that
@@ -10,13 +11,15 @@ from __future__ import annotations
 import numpy as np
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.containers import Grid
+from textual.containers import Grid, VerticalScroll
 from textual.widgets import DataTable, Static
 
 from engine.compare import FIGURES, cell, table
+from engine.visualize_images import images_of
 from tui.compare import AXIS_SCALE, AXIS_TITLE, LAYER_METRICS, CompareState
 from tui.screens.base import Pane, View
 from tui.widgets import Chart, Heatmap, literal
+from tui.widgets.base import CachedLines
 from tui.widgets.chart import swatch
 from tui.widgets.heatmap import colour_scale
 
@@ -233,4 +236,55 @@ class LayersPane(Pane):
         return "each run's latest probe" if self.at is None else f"step {steps[self.at]:,}"
 
 
-COMPARE_PANES = (CurvesPane, RunsPane, LayersPane)
+class FiltersPane(Pane):
+    """What each run's filters respond to (`mirante visualize`), layer by layer: the runs one under another."""
+
+    TITLE = "Filters"
+    KEY = "4"
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll():
+            yield FilterRows(id="filter-rows")
+
+    def draw(self, state: CompareState, view: View) -> None:
+        shown = [i for i in state.order() if not state.members[i].hidden and state.members[i].error is None]
+        layers = list(dict.fromkeys(name for i in shown for name in state.members[i].state.visualized))
+        blocks = []
+        for layer in layers:
+            runs = []
+            for i in shown:
+                seen = state.members[i].state.visualized.get(layer)
+                if seen is not None:
+                    runs.append((swatch(*state.color(i), view.color), state.group_label([i]), seen))
+            blocks.append((layer, runs))
+        self.query_one("#filter-rows", FilterRows).set_blocks(blocks)
+
+
+class FilterRows(CachedLines):
+    """Per layer, a heading; per run, its name and as many of its visualized filters as fit one row."""
+
+    blocks: list = []
+
+    def set_blocks(self, blocks: list) -> None:
+        self.blocks = blocks
+        self.styles.height = max(1, sum(1 + 10 * len(runs) for _, runs in blocks))  # (a row: a name, 9 lines)
+        self.changed()
+
+    def draw(self, width: int, height: int, color: bool) -> list[Text]:
+        from tui.visual import draw
+
+        if not self.blocks:
+            return [Text("no run has visualized filters: mirante visualize RUN --layer NAME (or V on a run's "
+                         "Activations screen) stores them in the run")]  # fmt: skip
+        out: list[Text] = []
+        for layer, runs in self.blocks:
+            out.append(literal(f"{layer}: what each filter responds to most", "bold" if color else ""))
+            for mark, name, seen in runs:
+                out.append(Text.assemble(mark, " ", literal(f"{name} · step {seen.checkpoint_step:,}")))
+                images = images_of(seen)
+                per_row = max(1, (width + 1) // 17)  # images 16 pixels wide, a column between
+                out += draw(images[:per_row], list(seen.filters[:per_row]), width, color)
+        return out
+
+
+COMPARE_PANES = (CurvesPane, RunsPane, LayersPane, FiltersPane)
