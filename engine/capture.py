@@ -190,9 +190,12 @@ class Capturer:
             self._kept = {"input": Kept(c, h, w), **kept}  # the images themselves, whole
         return self._kept
 
-    def capture(self) -> Captured:
-        """Every layer's maps, the probabilities and Grad-CAM, on the device."""
+    def capture(self, whole: str | None = None) -> Captured:
+        """Every layer's maps, the probabilities and Grad-CAM, on the device; the layer `whole` (a name from
+        `map_layers`) kept whole this time."""
         kept = self.plan()
+        if whole in self._shapes and whole != "input":
+            kept = {**kept, whole: Kept(*self._shapes[whole])}
         found: dict[str, LayerMaps] = {}
         waiting: list[LayerMaps] = []  # convs whose ReLU has not run yet
 

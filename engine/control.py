@@ -41,6 +41,12 @@ class NotListening(ControlError):
     """The run has no command pipe, or nobody reads it: it has ended, or has not started yet."""
 
 
+def is_command(line: str) -> bool:
+    """One of COMMANDS, or "capture LAYER" (a capture that keeps that layer whole)."""
+    word, _, rest = line.partition(" ")
+    return line in COMMANDS or (word == "capture" and bool(rest) and " " not in rest.strip())
+
+
 def control_path(store: str | os.PathLike) -> Path:
     """The FIFO beside the store: runs/NAME.mirante -> runs/NAME.mirante.ctl."""
     store = Path(store)
@@ -56,7 +62,7 @@ def send(store: str | os.PathLike, command: str, wait: float = 0.0) -> None:
     `wait`: keep trying for up to this many seconds while the run has no pipe yet or nobody
     reads it (a trainer still starting up); the default tries once.
     """
-    if command not in COMMANDS:
+    if not is_command(command):
         raise ValueError(f"unknown command {command!r}: one of {', '.join(COMMANDS)}")
     deadline = time.monotonic() + wait
     while True:
@@ -244,7 +250,7 @@ class Channel:
         heard = self._read_fifo()
         if "detach" in said or "detach" in heard:
             self.detached = True
-        return [w for w in said if w in COMMANDS] + [w for w in heard if w in COMMANDS and w != "detach"]
+        return [w for w in said if is_command(w)] + [w for w in heard if is_command(w) and w != "detach"]
 
     def _read_fifo(self) -> list[str]:
         if self._fd is None:

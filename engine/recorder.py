@@ -250,12 +250,13 @@ class Recorder:
         self.epoch_loss, self.epoch_correct, self.epoch_seen, self.epoch_steps = 0.0, 0.0, 0, 0
         return loss, acc
 
-    def capture(self, step: int) -> None:
+    def capture(self, step: int, whole: str | None = None) -> None:
         """Every layer's maps of the fixed images with the model's predictions and Grad-CAM, and the first layer's
-        filters (rank 0 only): computed on the device, read back without waiting."""
+        filters (rank 0 only): computed on the device, read back without waiting. The layer `whole` is kept whole
+        this time (all its channels, full size)."""
         if not self.main:
             return
-        captured = self.capturer.capture() if self.capturer is not None else None
+        captured = self.capturer.capture(whole) if self.capturer is not None else None
         filters = probes.first_filters(self.model)
         tensors: list[Tensor] = [filters.maps] if filters else []
         if captured is not None:

@@ -490,9 +490,10 @@ class Trainer:
         self.checkpoints.write(self.s, asdict(self.at) | self.plateau.state() | {"world_size": world}, best)
 
     def act(self, command: str) -> None:
-        """What RunControl leaves to the trainer: capture now; detach, or the parent gone (no live queue)."""
-        if command == "capture":
-            self.rec.capture(self.at.step)
+        """What RunControl leaves to the trainer: capture now (of one layer whole: "capture LAYER"); detach, or the
+        parent gone (no live queue)."""
+        if command.partition(" ")[0] == "capture":  # "capture LAYER": that layer kept whole this time
+            self.rec.capture(self.at.step, whole=command.partition(" ")[2].strip() or None)
         elif command in ("detach", "gone"):
             self.out.detach(flush=command == "detach")
 

@@ -181,3 +181,26 @@ def test_the_relu_after_a_conv_says_its_dead_channels_and_zero_share():
     pre = F.conv2d(F.relu(F.conv2d(x, net[0].weight, net[0].bias, padding=1)), net[2].weight, net[2].bias)
     assert float(second.zero) == pytest.approx(float((pre <= 0).float().mean()))
     assert second.dead.tolist() == [True, True] + [bool((pre[:, k] <= 0).all()) for k in (2, 3)]
+
+
+@pytest.mark.usefixtures("small_shapes")
+def test_capture_layer_keeps_that_layer_whole_in_that_capture(tmp_path):
+    """`c` on the Activations screen sends "capture LAYER": the trainer's capture keeps that layer whole, once."""
+    from engine import control
+    from engine.emit import Emitter
+    from engine.store import RunWriter
+
+    assert control.is_command("capture conv2") and control.is_command("capture")
+    assert not control.is_command("capture a b") and not control.is_command("capture ") and not control.is_command("x")
+    config = tiny_run(tmp_path, model="smallcnn", capture_kb=64, steps=2)
+    s = train.setup(config)
+    trainer = train.Trainer(s, Emitter(RunWriter(tmp_path / "whole.mirante")), name="whole")
+    trainer.start()
+    trainer.rec.capture(0)  # a capture at the budget
+    trainer.act("capture conv2")
+    trainer.rec.flush(0, wait=True)
+    trainer.out.close()
+    with RunReader(tmp_path / "whole.mirante") as run:
+        conv2 = [e for e in run.follow(0, limit=None) if isinstance(e, ev.Maps) and e.layer == "conv2"]
+    assert len(conv2) == 2 and conv2[0].shape[1:] != (32, 32, 32)  # the budget's capture, pooled or cut
+    assert conv2[1].shape == (10, 32, 32, 32)  # the one asked for: whole

@@ -501,7 +501,9 @@ class MiranteApp(CompareKeys, App[int]):
 
     def action_capture_now(self) -> None:
         """Ask the trainer for activation maps and filters now (it answers at its next logging interval)."""
-        error = self.command("capture")
+        pane = self.active_pane()
+        layer = getattr(pane, "picked", None) if pane is not None and pane.TITLE == "Activations" else None
+        error = self.command(f"capture {layer}" if layer and layer != "input" else "capture")  # that layer whole
         self.tell(f"capture: {error}" if error else "capture asked: maps arrive at the trainer's next logging interval")
         self.redraw(force=True)
 
