@@ -15,7 +15,6 @@ from tui.captures import overlay
 from tui.widgets.base import CachedLines
 from tui.widgets.heatmap import colour_table, render_heatmap, render_image, render_maps
 
-MODES = ("maps", "channel", "gradcam", "confusion")
 SIDE = 18  # columns of the image beside the maps
 
 
