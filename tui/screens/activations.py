@@ -96,10 +96,13 @@ class ActivationsPane(Pane):
     def draw(self, state: RunState, view: View) -> None:
         self._state, self._view = state, view
         layers = state.capture_layers
-        if tuple(layers) != self._tree_of:
+        built = tuple(layers) != self._tree_of
+        if built:
             self._build_tree(layers)
         if self.picked is None or self.picked not in layers:
             self.picked = default_layer(layers)
+        if built and self.picked is not None:
+            self.call_after_refresh(self.pick, self.picked)  # the tree's cursor on the layer shown
         capture = state.capture_at(self.step)
         count = len(capture.images) if capture is not None else 1
         self.image = min(self.image, max(0, count - 1))
@@ -330,8 +333,6 @@ class ActivationsPane(Pane):
         for child in captures.layer_tree(layers).children:
             add(tree.root, child)
         tree.root.expand()
-        if self.picked in layers:
-            self.call_after_refresh(self.pick, self.picked)
 
 
 def _nodes(node):
