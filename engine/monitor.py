@@ -272,7 +272,7 @@ class Monitor:
         if self.steps == self._epoch_start:
             raise RuntimeError(f"epoch() with no step() since {'the last epoch' if self.epochs else 'the start'}")
         # all checked: from here on the epoch is kept
-        if self.rec.capture_every == 0 and self.rec.sample is not None:  # 0: at epoch ends, as in mirante train
+        if self.rec.capture_every == 0 and self.rec.capturer is not None:  # 0: at epoch ends, as in mirante train
             self.rec.capture(self.steps)
         self.rec.flush(self.steps, wait=True)
         mean_loss, mean_acc = self.rec.take_epoch()

@@ -72,7 +72,6 @@ class Recorder:
         self.probe_every = probe_every
         self.update_every = update_every
         self.capture_every = capture_every
-        self.sample = sample
         self._autocast = autocast  # a zero-argument factory of the training's autocast context
         self.train_flops = train_flops  # forward + backward FLOPs per sample, for TFLOP/s and MFU
         self.peak_tflops = peak_tflops

@@ -104,7 +104,7 @@ class Setup:
     total_steps: int
     counts: flops.Counts
     # the validation images of captures, their labels and indices: read here, so a bad file fails setup
-    fixed: tuple[Tensor, list[int], list[int]] | None = None
+    fixed: tuple[Tensor, list[int], list[int]]
 
     def autocast(self) -> Any:
         if self.amp_dtype is None:
@@ -492,8 +492,9 @@ class Trainer:
     def act(self, command: str) -> None:
         """What RunControl leaves to the trainer: capture now (of one layer whole: "capture LAYER"); detach, or the
         parent gone (no live queue)."""
-        if command.partition(" ")[0] == "capture":  # "capture LAYER": that layer kept whole this time
-            self.rec.capture(self.at.step, whole=command.partition(" ")[2].strip() or None)
+        word, _, layer = command.partition(" ")
+        if word == "capture":  # "capture LAYER": that layer kept whole this time
+            self.rec.capture(self.at.step, whole=layer.strip() or None)
         elif command in ("detach", "gone"):
             self.out.detach(flush=command == "detach")
 
@@ -519,7 +520,7 @@ def run_recorder(s: Setup, emitter: Emitter, dist: Dist | None) -> Recorder:
 
 def capture_options(s: Setup) -> dict[str, Any]:
     """The Recorder's capture settings: the fixed validation images, their labels and indices, the budget."""
-    images, labels, indices = s.fixed if s.fixed is not None else s.data.fixed_images(s.config.capture_images)
+    images, labels, indices = s.fixed
     return {
         "sample": images,
         "labels": labels,

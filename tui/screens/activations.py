@@ -68,8 +68,6 @@ class ActivationsPane(Pane):
         self.enlarged = False
         self.view = "maps"
         self._tree_of: tuple[str, ...] = ()
-        self._state: RunState | None = None
-        self._view: View | None = None
         self.job = None  # a running `mirante visualize` (tui.visual.Job)
 
     def compose(self) -> ComposeResult:
@@ -94,7 +92,6 @@ class ActivationsPane(Pane):
     # -- drawing
 
     def draw(self, state: RunState, view: View) -> None:
-        self._state, self._view = state, view
         layers = state.capture_layers
         built = tuple(layers) != self._tree_of
         if built:
@@ -210,8 +207,8 @@ class ActivationsPane(Pane):
     # -- keys
 
     def redraw(self) -> None:
-        if self._state is not None and self._view is not None:
-            self.draw(self._state, self._view)
+        """Draw again now, after a key of this pane (the app draws the pane shown, from its state)."""
+        self.app.redraw(force=True)
 
     def move(self, state: RunState, delta: int) -> None:
         steps = state.capture_steps
@@ -221,14 +218,13 @@ class ActivationsPane(Pane):
         self.step = steps[max(0, min(len(steps) - 1, current + delta))]
 
     def action_image(self, delta: int) -> None:
-        state = self._state
-        capture = state.capture_at(self.step) if state is not None else None
+        capture = self.app.state.capture_at(self.step)
         count = len(capture.images) if capture is not None else 1
         self.image = (self.image + delta) % max(1, count)
         self.redraw()
 
     def action_channel(self, delta: int) -> None:
-        maps = self._state.latest_maps(self.picked, self.step) if self._state and self.picked else None
+        maps = self.app.state.latest_maps(self.picked, self.step) if self.picked else None
         if maps is None or maps.maps.ndim != 4 or self.image >= len(maps.maps):
             return
         order = captures.channel_order(maps.maps[self.image], self.by_mean)
@@ -287,7 +283,7 @@ class ActivationsPane(Pane):
             self.query_one("#layer-tree", Tree).focus()
 
     def on_input_changed(self, message: Input.Changed) -> None:
-        hits = captures.find_layers(self._state.capture_layers if self._state else [], message.value)
+        hits = captures.find_layers(self.app.state.capture_layers, message.value)
         if hits:
             self.pick(hits[0])
 

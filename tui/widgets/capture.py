@@ -116,7 +116,7 @@ def wrap(lines: list[str], width: int) -> list[str]:
 
 def enlarged_lines(channel: np.ndarray, said: list[str], width: int, height: int, color: bool) -> list[Text]:
     """One channel [H, W] as large as fits (whole-pixel scaling, two pixels a line), under its description."""
-    head = [Text(printable(line)[:width]) for line in said]
+    head = [Text(printable(line)[:width]) for line in wrap(said, width)]
     rows = max(1, height - len(head))
     h, w = channel.shape
     scale = max(1, min(width // max(1, w), (2 * rows) // max(1, h)))
@@ -166,7 +166,7 @@ def confusion_lines(f: Frame, width: int, height: int, color: bool) -> list[Text
     if label + 1 + k * cell > width:  # too many classes for the width: numbers for names, narrow cells
         names, cell = [str(i) for i in range(k)], max(3, len(f"{int(m.max())}") + 1)
         label = len(str(k - 1))
-    out = [Text(printable(f.matrix_title)[:width], style="bold" if color else "")]
+    out = [Text(printable(line)[:width], style="bold" if color else "") for line in wrap([f.matrix_title], width)]
     header = " " * (label + 1) + "".join(printable(n)[: cell - 1].rjust(cell - 1) + " " for n in names)
     out.append(Text(header[:width], style="dim" if color else ""))
     table = colour_table("viridis")
