@@ -52,6 +52,7 @@ from textual import events  # noqa: E402
 from engine import events as ev  # noqa: E402
 from engine.diagnostics import VERSION as DIAGNOSTICS_VERSION  # noqa: E402
 from engine.store import RunWriter  # noqa: E402
+from tui import graphics  # noqa: E402
 from tui.app import MiranteApp  # noqa: E402
 
 LAYERS = 64
@@ -117,7 +118,7 @@ def open_in_terminal(argv: list[str], marker: str, timeout: float = 60.0) -> tup
         os.environ.update(TERM="xterm-256color", PYTHONPATH=str(ROOT), COLUMNS=str(SIZE[0]), LINES=str(SIZE[1]))
         os.execv(sys.executable, [sys.executable, "-m", "tui.cli", *argv])
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", SIZE[1], SIZE[0], 0, 0))
-    seen, elapsed, rss = b"", math.nan, math.nan
+    seen, elapsed, rss, answered = b"", math.nan, math.nan, False
     try:
         while time.perf_counter() - start < timeout:
             if select.select([fd], [], [], 0.05)[0]:
@@ -125,6 +126,9 @@ def open_in_terminal(argv: list[str], marker: str, timeout: float = 60.0) -> tup
                     seen += os.read(fd, 1 << 16)
                 except OSError:
                     break
+                if not answered and graphics.DA1 in seen:  # a terminal answers "who are you" (tmux's answer):
+                    os.write(fd, b"\x1b[?1;2c")  # without one, the app waits graphics.WAIT for it
+                    answered = True
                 if marker.encode() in seen:
                     elapsed = time.perf_counter() - start
                     rss = rss_mb(pid)

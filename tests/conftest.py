@@ -6,6 +6,10 @@ import os
 
 import pytest
 
+# The app draws pictures in cells in every test, whatever terminal runs pytest (a test that wants Sixel or Kitty
+# graphics asks for them): with `pytest -s` in a terminal that speaks Sixel, auto would pick it.
+os.environ["MIRANTE_IMAGES"] = "cells"
+
 
 @pytest.fixture
 def one_thread():

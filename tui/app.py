@@ -18,6 +18,7 @@ from textual.worker import get_current_worker
 
 from engine import events as ev
 from engine.store import RunReader, StoreError
+from tui import graphics
 from tui.compare import CompareState
 from tui.compare_keys import CompareKeys
 from tui.messages import EventsArrived, SourceDone, SourceFailed
@@ -87,8 +88,13 @@ class MiranteApp(CompareKeys, App[int]):
         *[Binding(p.KEY, f"show('{p.__name__}')", p.TITLE, show=False) for p in PANES + COMPARE_PANES],  # the tabs say
     ]
 
-    def __init__(self, source: Any, *, store: str | Path | None = None, commands: Any = None) -> None:
+    def __init__(
+        self, source: Any, *, store: str | Path | None = None, commands: Any = None, images: str | None = None
+    ) -> None:
         super().__init__()
+        # the textual-image widget for pictures where the terminal speaks Sixel or Kitty's protocol, else None;
+        # asked here, before the app reads the keyboard (tui.graphics)
+        self.graphics = graphics.image_widget(images)
         self.source = source
         self.store = Path(store) if store else None
         # how keys reach the run: its trainer's queue (trained in this app), its command pipe, or nothing (a replay)

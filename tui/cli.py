@@ -17,6 +17,9 @@ from engine.config import ConfigError, finite_float
 from engine.export import printable
 from engine.names import RunNameError, find_run, store_path
 from engine.store import SUFFIX, RunReader, RunSummary, StoreError, find_runs
+from tui.graphics import ENV as IMAGES_ENV
+from tui.graphics import MODES as IMAGE_MODES
+from tui.graphics import GraphicsError
 
 EXIT_USAGE = 2
 RUNS_DIR = Path("runs")
@@ -401,7 +404,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     source = FollowSource(path).prefetch()  # the run opens while the app's modules load
     from tui.app import MiranteApp
 
-    return MiranteApp(source, store=path).run() or 0
+    return MiranteApp(source, store=path, images=args.images).run() or 0
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -413,7 +416,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     source = ReplaySource(path, speed=args.speed, start=args.start).prefetch()  # opens while the app's modules load
     from tui.app import MiranteApp
 
-    return MiranteApp(source, store=path).run() or 0
+    return MiranteApp(source, store=path, images=args.images).run() or 0
 
 
 # --- main --------------------------------------------------------------------------------
@@ -504,6 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     wa = sub.add_parser("watch", help="attach to a run being written (or finished)", description="Attach to a run.")
     wa.add_argument("run", nargs="?", help=f"a run store or name (default: the newest running run in {RUNS_DIR}/)")
+    add_images_option(wa)
     wa.set_defaults(func=cmd_watch)
     st = sub.add_parser(
         "stop",
@@ -519,6 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("run", help=f"a run store, or the name of a run in {RUNS_DIR}/")
     rp.add_argument("--speed", type=finite_float, default=10.0, help="times the recorded pace (default: 10)")
     rp.add_argument("--start", type=int, default=None, metavar="STEP", help="jump to STEP first, then replay on")
+    add_images_option(rp)
     rp.set_defaults(func=cmd_replay)
 
     from tui import profile
@@ -545,6 +550,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_images_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--images",
+        choices=IMAGE_MODES,
+        default=None,
+        help="pictures on the Activations screen: auto (Sixel or Kitty graphics where the terminal speaks them), "
+        f"sixel, kitty, or cells (half-blocks); default: ${IMAGES_ENV}, else auto",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
@@ -556,7 +571,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (CliError, StoreError, ConfigError) as exc:
+    except (CliError, StoreError, ConfigError, GraphicsError) as exc:
         print(f"mirante: error: {printable(str(exc))}", file=sys.stderr)  # may quote a store's strings
         return EXIT_USAGE
     except BrokenPipeError:  # `mirante export run | head`: the reader left, nothing is wrong

@@ -25,6 +25,7 @@ from tui.screens.base import Pane, View
 from tui.state import MapCapture, RunState
 from tui.widgets import MapGrid, literal
 from tui.widgets.capture import CaptureView, Frame
+from tui.widgets.pictures import PictureView, sheet_of
 
 VIEWS = ("maps", "gradcam", "confusion", "filters")
 
@@ -43,6 +44,9 @@ class ActivationsPane(Pane):
     ActivationsPane #filters { display: none; }
     ActivationsPane.filters #filters { display: block; }
     ActivationsPane.filters #view { display: none; }
+    ActivationsPane #pictures { display: none; width: 1fr; }
+    ActivationsPane.pictures #pictures { display: block; }
+    ActivationsPane.pictures #view { display: none; }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("left_square_bracket", "image(-1)", "previous image", show=False),
@@ -79,6 +83,8 @@ class ActivationsPane(Pane):
                 yield Static(Text("[ ] image  v view  V\nj k z o  / find"), id="keys")
             yield CaptureView(id="view")
             yield MapGrid(id="filters")
+            if self.app.graphics is not None:  # the terminal draws pictures (tui.graphics)
+                yield PictureView(self.app.graphics, id="pictures")
 
     def on_mount(self) -> None:
         tree = self.query_one("#layer-tree", Tree)
@@ -107,14 +113,24 @@ class ActivationsPane(Pane):
         self.set_class(self.view == "filters" and seen is None, "filters")
         if seen is not None:
             heading = f"{seen.layer}: what each filter responds to most · step {seen.checkpoint_step:,}"
-            self.query_one("#view", CaptureView).set_frame(
+            self.show(
                 Frame(mode="visualized", heading=heading, visual=images_of(seen), titles=[str(f) for f in seen.filters])
             )
         elif self.view == "filters":
+            self.set_class(False, "pictures")
             self._draw_filters(state)
         else:
-            self.query_one("#view", CaptureView).set_frame(self.frame(state, capture))
+            self.show(self.frame(state, capture))
         self.query_one("#caption", Static).update(self.caption(state, capture))
+
+    def show(self, frame: Frame) -> None:
+        """The frame in pictures where the terminal draws them and the frame has some, else in cells."""
+        sheet = sheet_of(frame) if self.app.graphics is not None else None
+        self.set_class(sheet is not None, "pictures")
+        if sheet is not None:
+            self.query_one("#pictures", PictureView).show(sheet)
+        else:
+            self.query_one("#view", CaptureView).set_frame(frame)
 
     def frame(self, state: RunState, capture) -> Frame:
         """What the view on the right draws now."""

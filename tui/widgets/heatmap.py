@@ -146,19 +146,46 @@ def render_image(image: np.ndarray, color: bool = True) -> list[Text]:
 
     Other channel counts are cut to the first three (RGBA) or the first one (two channels).
     """
+    t = image_levels(image)
+    if t is None:
+        return []
+    if not color:
+        return shade_lines(t.mean(axis=0))
+    return half_block_lines(image_packed(t))
+
+
+def image_levels(image: np.ndarray) -> np.ndarray | None:
+    """The image as [3, H, W] or [1, H, W] min-max scaled to 0..1 (NaN kept), or None when it is not an image."""
     img = np.asarray(image, dtype=np.float64)
     img = img[None] if img.ndim == 2 else img
     if img.ndim != 3 or img.size == 0:
-        return []
-    img = img[:3] if img.shape[0] >= 3 else img[:1]
-    t = normalize(img)
-    if not color:
-        return shade_lines(t.mean(axis=0))
+        return None
+    return normalize(img[:3] if img.shape[0] >= 3 else img[:1])
+
+
+def image_packed(t: np.ndarray) -> np.ndarray:
+    """Packed colours [H, W] of an image scaled by `image_levels`; a pixel with a NaN channel in the NaN colour."""
     rgb = np.rint(np.nan_to_num(t) * 255).astype(np.uint8)
     rgb = np.repeat(rgb, 3, axis=0) if rgb.shape[0] == 1 else rgb
     packed = pack(np.moveaxis(rgb, 0, -1))
     packed[np.isnan(t).any(axis=0)] = pack(np.array(NAN_RGB))
-    return half_block_lines(packed)
+    return packed
+
+
+def unpack(packed: np.ndarray) -> np.ndarray:
+    """Packed colours back to [..., 3] uint8."""
+    return np.stack([(packed >> 16) & 255, (packed >> 8) & 255, packed & 255], axis=-1).astype(np.uint8)
+
+
+def image_rgb(image: np.ndarray) -> np.ndarray | None:
+    """An image as `render_image` colours it, as pixels [H, W, 3] uint8 (for a terminal graphics protocol)."""
+    t = image_levels(image)
+    return None if t is None else unpack(image_packed(t))
+
+
+def heat_rgb(matrix: np.ndarray, lo: float | None = None, hi: float | None = None, cmap: str = "viridis") -> np.ndarray:
+    """A heatmap as `render_heatmap` colours it, as pixels [H, W, 3] uint8."""
+    return unpack(to_rgb(normalize(as_2d(matrix), lo, hi), cmap))
 
 
 @dataclass(frozen=True)
