@@ -12,6 +12,9 @@
 2. Bytes per capture: the run's Capture and Maps events, as stored (their encoded size), per capture.
 3. A redraw at 80x24: the Activations pane showing `--model`'s 64-channel layer (resnet18: layer1.0.conv1, 8x8;
    smallcnn: conv4, 16x16) for one image, in the app (Textual's Pilot): the pane's draw and the view's lines.
+4. Pictures in a Sixel terminal, end to end: `mirante replay RUN --images sixel` in a pty at 80x24 (10x20-pixel
+   cells), Grad-CAM shown (`4`, `v`: the image and its map, as Sixel images); the time from `]` (the next image)
+   to the end of the last Sixel image the app writes for it, and the bytes it writes.
 
 `--tiny` runs each part small (the test suite runs it, so the benchmark cannot rot); its figures mean nothing.
 """
@@ -20,12 +23,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import json
 import os
 import platform
+import pty
+import re
+import select
+import signal
 import statistics
+import struct
 import sys
 import tempfile
+import termios
 import time
 from pathlib import Path
 
@@ -131,6 +141,56 @@ def redraw_ms(store: Path, layer: str, repeat: int) -> list[float]:
     return times
 
 
+SIXEL = re.compile(rb"\x1bP[0-9;]*q.*?\x1b\\", re.S)  # one Sixel image, start to end
+
+
+def sixel_ms(store: Path, repeat: int) -> tuple[list[float], list[int]]:
+    """(ms from `]` to the end of the last Sixel image drawn for the next image, bytes written) for each of
+    `repeat` images, on the Grad-CAM view of `mirante replay --images sixel` in a pty."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.environ.update(TERM="xterm-256color", COLORTERM="truecolor", PYTHONPATH=str(ROOT))
+        os.execv(sys.executable, [sys.executable, "-m", "tui.cli", "replay", str(store), "--speed", "1000",
+                                  "--images", "sixel"])  # fmt: skip
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 800, 480))
+    seen = bytearray()
+
+    def read_until(done, timeout: float = 60.0) -> float:
+        start = time.perf_counter()
+        while time.perf_counter() - start < timeout:
+            if select.select([fd], [], [], 0.02)[0]:
+                seen.extend(os.read(fd, 1 << 20))
+            if done():
+                return time.perf_counter()
+        raise RuntimeError(f"the app did not draw in {timeout:g} s:\n{bytes(seen[-1000:])!r}")
+
+    times, sizes = [], []
+    try:
+        read_until(lambda: b"end of run" in seen)
+        os.write(fd, b"4")
+        time.sleep(1.0)
+        os.write(fd, b"v")
+        read_until(lambda: len(SIXEL.findall(seen)) >= 2)
+        for _ in range(repeat):
+            time.sleep(0.5)  # the previous drawing settled
+            if select.select([fd], [], [], 0)[0]:
+                seen.extend(os.read(fd, 1 << 20))
+            before = len(seen)
+            start = time.perf_counter()
+            os.write(fd, b"]")
+            end = read_until(lambda before=before: len(SIXEL.findall(seen[before:])) >= 2)
+            while select.select([fd], [], [], 0.3)[0]:  # the rest of the frame
+                seen.extend(os.read(fd, 1 << 20))
+            last = list(SIXEL.finditer(seen[before:]))
+            times.append(1000 * (end - start))
+            sizes.append(sum(len(m.group(0)) for m in last))
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(fd)
+    return times, sizes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet18", choices=sorted(WIDE))
@@ -158,6 +218,10 @@ def main() -> None:
         figures["redraw ms"] = times
         print(f"redraw of {WIDE[args.model]} (64 channels) at 80x24: median {statistics.median(times):.1f} ms, "
               f"max {max(times):.1f} ms", flush=True)  # fmt: skip
+        times, sizes = sixel_ms(Path(tmp) / "cost.mirante", repeat)
+        figures["sixel ms"], figures["sixel bytes"] = times, sizes
+        print(f"Grad-CAM in a Sixel terminal at 80x24, next image: median {statistics.median(times):.0f} ms, "
+              f"max {max(times):.0f} ms, {statistics.median(sizes) / 1e3:.0f} kB of Sixel", flush=True)  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))
 

@@ -107,3 +107,4 @@ def test_the_capture_benchmark_runs(tmp_path):
     figures = json.loads(figures_path.read_text())
     assert figures["captures"] >= 2 and 0 < figures["capture s"] < 60 and figures["bytes per capture"] > 0, out
     assert 0 < figures["share at default cadence"] < 1 and all(0 < t < 1e4 for t in figures["redraw ms"]), out
+    assert all(0 < t < 6e4 for t in figures["sixel ms"]) and all(b > 1000 for b in figures["sixel bytes"]), out
