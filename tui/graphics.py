@@ -9,7 +9,7 @@ where there are pictures to draw) asks again at import, and gets its answers as 
 
 - `auto` (default): what the terminal says it speaks; cells when it speaks neither, under NO_COLOR, or when
   the output is not a terminal;
-- `sixel`, `kitty`: that protocol, without asking (a terminal that lacks it shows nothing, or noise);
+- `sixel`, `kitty`: that protocol, whatever the terminal says (one that lacks it shows nothing, or noise);
 - `cells`: the half-block (or, under NO_COLOR, ASCII) drawing everywhere, which is also the fallback.
 """
 
@@ -54,16 +54,19 @@ def image_widget(flag: str | None = None) -> type | None:
     mode = mode_from(flag)
     if mode == "cells" or (mode == "auto" and ("NO_COLOR" in os.environ or not on_terminal())):
         return None
+    protocol = mode
     if mode == "auto":
         sixel, kitty = ask_terminal()
         if not (sixel or kitty):
             return None
-        mode = "sixel" if sixel else "kitty"  # textual-image's order: Konsole and WezTerm say both, and show Sixel
+        protocol = "sixel" if sixel else "kitty"  # textual-image's order: Konsole and WezTerm say both, show Sixel
     try:
         import textual_image.widget as widgets  # asks the terminal too, and measures its cells in pixels
     except ImportError as exc:
+        if mode == "auto":
+            return None
         raise GraphicsError(f"--images {mode} needs textual-image ({exc})") from None
-    return widgets.SixelImage if mode == "sixel" else widgets.TGPImage
+    return widgets.SixelImage if protocol == "sixel" else widgets.TGPImage
 
 
 def ask_terminal(wait: float = WAIT) -> tuple[bool, bool]:
