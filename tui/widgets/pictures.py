@@ -163,7 +163,7 @@ class PictureView(Vertical):
             under = under + [f"{len(panels) - fit.shown} more not shown: a larger terminal shows them"]
         self.query_one("#pictures-head", Static).update(Text("\n").join(map(literal, head)))
         self.query_one("#pictures-under", Static).update(Text("\n").join(map(literal, under)))
-        grid.styles.grid_size_columns = fit.per_row
+        grid.styles.grid_size_columns = max(1, fit.per_row)
         grid.styles.grid_columns = str(fit.cols)
         grid.styles.grid_rows = str(fit.rows + 1)
         grid.remove_children()
