@@ -92,14 +92,14 @@ class MiranteApp(CompareKeys, App[int]):
         self, source: Any, *, store: str | Path | None = None, commands: Any = None, images: str | None = None
     ) -> None:
         super().__init__()
-        # the textual-image widget for pictures where the terminal speaks Sixel or Kitty's protocol, else None;
-        # asked here, before the app reads the keyboard (tui.graphics)
-        self.graphics = graphics.image_widget(images)
         self.source = source
         self.store = Path(store) if store else None
         # how keys reach the run: its trainer's queue (trained in this app), its command pipe, or nothing (a replay)
         self.replay = hasattr(source, "restart")
         self.compare = getattr(source, "compare", False)  # several runs: the compare panes, no commands
+        # the textual-image widget for the Activations screen's pictures where the terminal speaks Sixel or Kitty's
+        # protocol, else None (and always for compare, which has no such screen); asked before the app reads keys
+        self.graphics = None if self.compare else graphics.image_widget(images)
         self.panes = COMPARE_PANES if self.compare else PANES
         self.remote = None if self.replay or self.compare else Remote(self.store, commands)
         self.stopping = False  # the user chose to stop the run: the app leaves once it has ended
