@@ -51,7 +51,7 @@ from textual import events  # noqa: E402
 
 from engine import events as ev  # noqa: E402
 from engine.diagnostics import VERSION as DIAGNOSTICS_VERSION  # noqa: E402
-from engine.store import RunWriter  # noqa: E402
+from engine.store import RunReader, RunWriter  # noqa: E402
 from tui import graphics  # noqa: E402
 from tui.app import MiranteApp  # noqa: E402
 
@@ -110,6 +110,15 @@ def write_big_run(path: Path, steps: int, config: dict | None = None) -> int:
 # --- 1. open, end to end -------------------------------------------------------------------
 
 
+def answer_who(fd: int, output: bytes) -> bool:
+    """Answer "who are you" (DA1) once the app asks it, as tmux does (a terminal always answers it; without an
+    answer the app waits graphics.WAIT for one). True once answered."""
+    if graphics.DA1 not in output:
+        return False
+    os.write(fd, b"\x1b[?1;2c")
+    return True
+
+
 def open_in_terminal(argv: list[str], marker: str, timeout: float = 60.0) -> tuple[float, float]:
     """(seconds from spawn until `marker` reached the terminal, VmRSS in MB then) for a command in a pty."""
     start = time.perf_counter()
@@ -126,9 +135,7 @@ def open_in_terminal(argv: list[str], marker: str, timeout: float = 60.0) -> tup
                     seen += os.read(fd, 1 << 16)
                 except OSError:
                     break
-                if not answered and graphics.DA1 in seen:  # a terminal answers "who are you" (tmux's answer):
-                    os.write(fd, b"\x1b[?1;2c")  # without one, the app waits graphics.WAIT for it
-                    answered = True
+                answered = answered or answer_who(fd, seen)
                 if marker.encode() in seen:
                     elapsed = time.perf_counter() - start
                     rss = rss_mb(pid)
@@ -317,8 +324,15 @@ class PacedSource:
 
 
 def terminal_bytes(seconds: float, speed: float = 5.0) -> float:
-    """Bytes per second `mirante replay` writes to a 120x40 pseudo-terminal, after its first 3 s."""
+    """Bytes per second `mirante replay` writes to a 120x40 pseudo-terminal, after its first 3 s, while the replay
+    runs: the window ends with the replay (a window running past its end averaged idle seconds in)."""
     sample = ROOT / "sample_runs" / "smallcnn-shapes.mirante"
+    with RunReader(sample) as run:
+        _, _, first, last = run.extent()
+    replayed = (last - first) / speed  # seconds the replay runs, from when the app has started it
+    if replayed <= 3 + 0.5:
+        raise RuntimeError(f"{sample.name} replays in {replayed:.1f} s at {speed:g}x: too short for a window after 3 s")
+    seconds = min(seconds, replayed - 3)
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / sample.name
         copy.write_bytes(sample.read_bytes())
@@ -327,7 +341,7 @@ def terminal_bytes(seconds: float, speed: float = 5.0) -> float:
             os.environ.update(TERM="xterm-256color", PYTHONPATH=str(ROOT))
             os.execv(sys.executable, [sys.executable, "-m", "tui.cli", "replay", str(copy), "--speed", str(speed)])
         fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", SIZE[1], SIZE[0], 0, 0))
-        total, start, counting = 0, time.perf_counter(), None
+        total, start, counting, answered = 0, time.perf_counter(), None, False
         try:
             while time.perf_counter() - start < seconds + 3:
                 if select.select([fd], [], [], 0.1)[0]:
@@ -335,6 +349,7 @@ def terminal_bytes(seconds: float, speed: float = 5.0) -> float:
                         data = os.read(fd, 65536)
                     except OSError:
                         break
+                    answered = answered or answer_who(fd, data)
                     if counting is None and time.perf_counter() - start > 3:
                         counting = time.perf_counter()
                     if counting is not None:
